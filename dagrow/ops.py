@@ -1,0 +1,405 @@
+"""One registry of edge ops and node activations.
+
+Everything that knows about an op or an activation reads it from here: the spec language (pydantic
+discriminated unions), the shape checks, the compiler, the JSON Schema, the CLI help and the contract
+tests (parametrised over :func:`list_ops` and :func:`list_activations`).
+
+An *op* sits on an edge ``u -> w`` and maps the post-activation of ``u`` to a contribution to the
+pre-activation of ``w``. An *activation* sits on a node and maps its pre-activation ``a`` to its
+post-activation ``b = sigma(a)``.
+
+Shapes never include the batch dimension: a flat node has shape ``(width,)``, an image node
+``(channels, height, width)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from torch import nn
+
+Shape = tuple[int, ...]
+
+
+class ShapeError(ValueError):
+    """An op cannot map its input shape to the shape the target node declares."""
+
+
+class SpecModel(BaseModel):
+    """Base of every model of the spec language: frozen, unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Ops (edges)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OpInfo:
+    """What the rest of dagrow needs to know about an op.
+
+    ``out_shape(op, in_shape, target)`` returns the shape the edge produces given the source shape and
+    the target node's declared ``(width, channels)``; ``build(op, in_shape, out_shape)`` returns the
+    ``nn.Module`` that computes it (parameters named ``weight`` when the op is parametric).
+    """
+
+    name: str
+    model: type[SpecModel]
+    summary: str
+    parametric: bool
+    out_shape: Callable[[SpecModel, Shape, tuple[int | None, int | None]], Shape]
+    build: Callable[[SpecModel, Shape, Shape], nn.Module]
+    fan_in: Callable[[SpecModel, Shape], int]
+
+
+_OPS: dict[str, OpInfo] = {}
+
+
+def register_op(name: str, summary: str, *, parametric: bool, fan_in=lambda op, s: 0):
+    """Class decorator: register a pydantic op model with its shape rule and builder."""
+
+    def deco(model: type[SpecModel]) -> type[SpecModel]:
+        _OPS[name] = OpInfo(
+            name=name,
+            model=model,
+            summary=summary,
+            parametric=parametric,
+            out_shape=lambda op, s, t: op.out_shape(s, t),  # type: ignore[attr-defined]
+            build=lambda op, s, o: op.build(s, o),  # type: ignore[attr-defined]
+            fan_in=fan_in,
+        )
+        return model
+
+    return deco
+
+
+def list_ops() -> list[str]:
+    """Names of the registered ops, in registration order."""
+    return list(_OPS)
+
+
+def op_info(name: str) -> OpInfo:
+    return _OPS[name]
+
+
+def _need_flat(name: str, in_shape: Shape) -> int:
+    if len(in_shape) != 1:
+        raise ShapeError(
+            f"{name} needs a flat input but its source has shape {list(in_shape)} "
+            "(put a flatten edge before it)"
+        )
+    return in_shape[0]
+
+
+def _need_image(name: str, in_shape: Shape) -> tuple[int, int, int]:
+    if len(in_shape) != 3:
+        raise ShapeError(f"{name} needs an image input (channels, height, width) but got {list(in_shape)}")
+    return in_shape  # type: ignore[return-value]
+
+
+def _need_width(name: str, target: tuple[int | None, int | None]) -> int:
+    width, _ = target
+    if width is None:
+        raise ShapeError(f"{name} writes a flat vector, so its target node needs 'width', not 'channels'")
+    return width
+
+
+def _need_channels(name: str, target: tuple[int | None, int | None]) -> int:
+    _, channels = target
+    if channels is None:
+        raise ShapeError(f"{name} writes an image, so its target node needs 'channels', not 'width'")
+    return channels
+
+
+def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def _spatial_out(name, in_shape, kernel, stride, padding) -> tuple[int, int]:
+    _, h, w = _need_image(name, in_shape)
+    (kh, kw), (sh, sw), (ph, pw) = _pair(kernel), _pair(stride), _pair(padding)
+    oh, ow = _conv_out(h, kh, sh, ph), _conv_out(w, kw, sw, pw)
+    if oh < 1 or ow < 1:
+        raise ShapeError(f"{name} with kernel {kernel} on a {h}x{w} image leaves no output pixel")
+    return oh, ow
+
+
+class LinearWeight(nn.Module):
+    """``y = x W^T`` with ``W`` of shape ``[out, in]``; no bias (the bias lives in the target node)."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(x, self.weight)
+
+    def extra_repr(self) -> str:
+        return f"in={self.weight.shape[1]}, out={self.weight.shape[0]}"
+
+
+class Conv2dWeight(nn.Module):
+    """2-D convolution without bias; weight ``[out_channels, in_channels, kh, kw]``."""
+
+    def __init__(self, cin: int, cout: int, kernel, stride, padding) -> None:
+        super().__init__()
+        kh, kw = _pair(kernel)
+        self.weight = nn.Parameter(torch.empty(cout, cin, kh, kw))
+        self.stride, self.padding = _pair(stride), _pair(padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.conv2d(x, self.weight, stride=self.stride, padding=self.padding)
+
+
+class Flatten(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+
+@register_op("linear", "dense map W b_u (weight [out, in], no bias)", parametric=True,
+             fan_in=lambda op, s: s[0])
+class LinearOp(SpecModel):
+    type: Literal["linear"] = "linear"
+
+    def out_shape(self, in_shape: Shape, target) -> Shape:
+        _need_flat("linear", in_shape)
+        return (_need_width("linear", target),)
+
+    def build(self, in_shape: Shape, out_shape: Shape) -> nn.Module:
+        return LinearWeight(in_shape[0], out_shape[0])
+
+
+@register_op("conv2d", "2-D convolution (kernel, stride, padding; weight [out, in, k, k], no bias)",
+             parametric=True, fan_in=lambda op, s: s[0] * math.prod(_pair(op.kernel)))
+class Conv2dOp(SpecModel):
+    type: Literal["conv2d"] = "conv2d"
+    kernel: PositiveInt | tuple[PositiveInt, PositiveInt] = 3
+    stride: PositiveInt | tuple[PositiveInt, PositiveInt] = 1
+    padding: int | tuple[int, int] = Field(default=0, ge=0)
+
+    def out_shape(self, in_shape: Shape, target) -> Shape:
+        oh, ow = _spatial_out("conv2d", in_shape, self.kernel, self.stride, self.padding)
+        return (_need_channels("conv2d", target), oh, ow)
+
+    def build(self, in_shape: Shape, out_shape: Shape) -> nn.Module:
+        return Conv2dWeight(in_shape[0], out_shape[0], self.kernel, self.stride, self.padding)
+
+
+@register_op("flatten", "image (C, H, W) -> flat vector of C*H*W", parametric=False)
+class FlattenOp(SpecModel):
+    type: Literal["flatten"] = "flatten"
+
+    def out_shape(self, in_shape: Shape, target) -> Shape:
+        c, h, w = _need_image("flatten", in_shape)
+        width = _need_width("flatten", target)
+        if width != c * h * w:
+            raise ShapeError(f"flatten of {list(in_shape)} gives {c * h * w} features but the target has width {width}")
+        return (width,)
+
+    def build(self, in_shape: Shape, out_shape: Shape) -> nn.Module:
+        return Flatten()
+
+
+@register_op("identity", "copies the source (shapes must match)", parametric=False)
+class IdentityOp(SpecModel):
+    type: Literal["identity"] = "identity"
+
+    def out_shape(self, in_shape: Shape, target) -> Shape:
+        width, channels = target
+        if len(in_shape) == 1:
+            if width != in_shape[0]:
+                raise ShapeError(f"identity from a source of width {in_shape[0]} into a node of "
+                                 f"{'width ' + str(width) if width else 'channels ' + str(channels)}")
+        elif channels != in_shape[0]:
+            raise ShapeError(f"identity from an image of {in_shape[0]} channels into a node of "
+                             f"{'channels ' + str(channels) if channels else 'width ' + str(width)}")
+        return in_shape
+
+    def build(self, in_shape: Shape, out_shape: Shape) -> nn.Module:
+        return nn.Identity()
+
+
+class _PoolOp(SpecModel):
+    kernel: PositiveInt | tuple[PositiveInt, PositiveInt] = 2
+    stride: PositiveInt | tuple[PositiveInt, PositiveInt] | None = None
+    padding: int | tuple[int, int] = Field(default=0, ge=0)
+
+    def out_shape(self, in_shape: Shape, target) -> Shape:
+        stride = self.kernel if self.stride is None else self.stride
+        oh, ow = _spatial_out(self.type, in_shape, self.kernel, stride, self.padding)  # type: ignore[attr-defined]
+        channels = _need_channels(self.type, target)  # type: ignore[attr-defined]
+        if channels != in_shape[0]:
+            raise ShapeError(f"{self.type} keeps {in_shape[0]} channels but the target has {channels}")  # type: ignore[attr-defined]
+        return (channels, oh, ow)
+
+
+@register_op("avg_pool", "2-D average pooling (kernel, stride defaults to kernel, padding)", parametric=False)
+class AvgPoolOp(_PoolOp):
+    type: Literal["avg_pool"] = "avg_pool"
+
+    def build(self, in_shape: Shape, out_shape: Shape) -> nn.Module:
+        return nn.AvgPool2d(self.kernel, self.stride, self.padding)
+
+
+@register_op("max_pool", "2-D max pooling (kernel, stride defaults to kernel, padding)", parametric=False)
+class MaxPoolOp(_PoolOp):
+    type: Literal["max_pool"] = "max_pool"
+
+    def build(self, in_shape: Shape, out_shape: Shape) -> nn.Module:
+        return nn.MaxPool2d(self.kernel, self.stride, self.padding)
+
+
+# --------------------------------------------------------------------------------------------------
+# Activations (nodes)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ActivationInfo:
+    """An activation: its pydantic model, a one-line summary and its module builder."""
+
+    name: str
+    model: type[SpecModel]
+    summary: str
+    build: Callable[[SpecModel], nn.Module]
+
+
+_ACTIVATIONS: dict[str, ActivationInfo] = {}
+
+
+def register_activation(name: str, summary: str):
+    def deco(model: type[SpecModel]) -> type[SpecModel]:
+        _ACTIVATIONS[name] = ActivationInfo(name, model, summary, lambda a: a.build())  # type: ignore[attr-defined]
+        return model
+
+    return deco
+
+
+def list_activations() -> list[str]:
+    return list(_ACTIVATIONS)
+
+
+def activation_info(name: str) -> ActivationInfo:
+    return _ACTIVATIONS[name]
+
+
+def _simple_activation(name: str, summary: str, factory: Callable[[], nn.Module]) -> type[SpecModel]:
+    model = type(
+        f"{''.join(p.title() for p in name.split('_'))}Activation",
+        (SpecModel,),
+        {
+            "__annotations__": {"name": Literal[name]},  # type: ignore[valid-type]
+            "name": name,
+            "build": lambda self: factory(),
+            "__doc__": summary,
+        },
+    )
+    return register_activation(name, summary)(model)
+
+
+class _ReluGrad1Fn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * (x >= 0).to(grad.dtype)
+
+
+class ReluGrad1(nn.Module):
+    """ReLU whose derivative at 0 is 1 (as in the GradMax code), so zero fan-in neurons can learn."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _ReluGrad1Fn.apply(x)
+
+
+class Rational(nn.Module):
+    """SENN's rational activation ``(2 v x + c) / (1 + x^2) + l x``; identity at v = c = 0, l = 1."""
+
+    def __init__(self, v: float = 0.0, c: float = 0.0, l: float = 1.0) -> None:
+        super().__init__()
+        self.v = nn.Parameter(torch.tensor(float(v)))
+        self.c = nn.Parameter(torch.tensor(float(c)))
+        self.l = nn.Parameter(torch.tensor(float(l)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (2 * self.v * x + self.c) / (1 + x * x) + self.l * x
+
+
+IdentityActivation = _simple_activation("identity", "sigma(a) = a", nn.Identity)
+ReluActivation = _simple_activation("relu", "max(a, 0) (PyTorch's gradient 0 at 0)", nn.ReLU)
+ReluGrad1Activation = _simple_activation(
+    "relu_grad1", "max(a, 0) with derivative 1 at 0 (GradMax: zero fan-in neurons still learn)", ReluGrad1
+)
+TanhActivation = _simple_activation("tanh", "tanh(a)", nn.Tanh)
+SigmoidActivation = _simple_activation("sigmoid", "1 / (1 + exp(-a))", nn.Sigmoid)
+GeluActivation = _simple_activation("gelu", "a Phi(a) (exact erf form)", nn.GELU)
+SeluActivation = _simple_activation("selu", "scaled ELU (Klambauer et al.)", nn.SELU)
+
+
+@register_activation("leaky_relu", "max(a, 0) + negative_slope min(a, 0)")
+class LeakyReluActivation(SpecModel):
+    name: Literal["leaky_relu"] = "leaky_relu"
+    negative_slope: float = 0.01
+
+    def build(self) -> nn.Module:
+        return nn.LeakyReLU(self.negative_slope)
+
+
+@register_activation("softplus", "log(1 + exp(beta a)) / beta")
+class SoftplusActivation(SpecModel):
+    name: Literal["softplus"] = "softplus"
+    beta: float = Field(default=1.0, gt=0)
+
+    def build(self) -> nn.Module:
+        return nn.Softplus(beta=self.beta)
+
+
+@register_activation("prelu", "max(a, 0) + w min(a, 0), learnable slope w (init 1 = identity)")
+class PreluActivation(SpecModel):
+    name: Literal["prelu"] = "prelu"
+    init: float = 0.25
+
+    def build(self) -> nn.Module:
+        return nn.PReLU(num_parameters=1, init=self.init)
+
+
+@register_activation("rational", "SENN: (2 v a + c)/(1 + a^2) + l a, learnable v, c, l (identity at 0, 0, 1)")
+class RationalActivation(SpecModel):
+    name: Literal["rational"] = "rational"
+    v: float = 0.0
+    c: float = 0.0
+    l: float = 1.0
+
+    def build(self) -> nn.Module:
+        return Rational(self.v, self.c, self.l)
+
+
+def slope_at_zero(activation: SpecModel) -> float:
+    """sigma'(0) of an activation as autograd computes it (ReLU gives 0, relu_grad1 gives 1)."""
+    module = activation.build().to(torch.float64)  # type: ignore[attr-defined]
+    x = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    with torch.enable_grad():
+        (g,) = torch.autograd.grad(module(x).sum(), x)
+    return float(g)
+
+
+def value_at_zero(activation: SpecModel) -> float:
+    """sigma(0) of an activation."""
+    module = activation.build().to(torch.float64)  # type: ignore[attr-defined]
+    with torch.no_grad():
+        return float(module(torch.zeros(1, dtype=torch.float64)))

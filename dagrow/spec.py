@@ -1,0 +1,383 @@
+"""The YAML language of dagrow: pydantic models, loading with file:line errors, canonical dumping.
+
+A spec is a DAG. Inputs are named tensors (shape without the batch dimension). A *node* sums its
+incoming edges, adds its bias and applies its activation; an *edge* carries an op (linear by default)
+from a node or an input to a node. ``outputs`` lists the nodes the model returns.
+
+:func:`load_spec` parses the YAML safely, keeps the line and column of every key, rejects duplicate
+keys, validates with pydantic and then runs the graph checks of :mod:`dagrow.graph`. Every problem is
+reported as a :class:`Diagnostic` (``FILE:LINE:COL: message``) inside one :class:`SpecError`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import keyword
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
+
+from .ops import SpecModel, _ACTIVATIONS, _OPS, list_activations, list_ops
+
+MAX_WIDTH = 1_000_000  # refuse absurd widths before allocating anything
+
+
+def _check_name(name: str) -> str:
+    if not name.isidentifier() or keyword.iskeyword(name):
+        raise ValueError(f"{name!r} is not a Python identifier (letters, digits and _, not starting with a digit)")
+    if "__" in name:
+        raise ValueError(f"{name!r} contains '__', which dagrow reserves for edge names such as h1__h2")
+    return name
+
+
+Name = Annotated[str, AfterValidator(_check_name)]
+
+
+def _shorthand(key: str):
+    """Let ``op: linear`` stand for ``op: {type: linear}`` (and the same for activations)."""
+
+    def convert(value: Any) -> Any:
+        return {key: value} if isinstance(value, str) else value
+
+    return convert
+
+
+OpSpec = Annotated[
+    Union[tuple(info.model for info in _OPS.values())],  # type: ignore[misc]
+    Field(discriminator="type"),
+]
+ActivationSpec = Annotated[
+    Union[tuple(info.model for info in _ACTIVATIONS.values())],  # type: ignore[misc]
+    Field(discriminator="name"),
+]
+OpField = Annotated[
+    OpSpec,
+    BeforeValidator(_shorthand("type"), json_schema_input_type=Union[Literal[tuple(list_ops())], OpSpec]),
+]
+ActivationField = Annotated[
+    ActivationSpec,
+    BeforeValidator(
+        _shorthand("name"), json_schema_input_type=Union[Literal[tuple(list_activations())], ActivationSpec]
+    ),
+]
+
+
+def _activation(name: str) -> SpecModel:
+    return _ACTIVATIONS[name].model()
+
+
+class InputSpec(SpecModel):
+    """A model input: ``shape`` without the batch dimension, ``[features]`` or ``[channels, h, w]``."""
+
+    shape: tuple[Annotated[int, Field(gt=0, le=MAX_WIDTH)], ...] = Field(min_length=1, max_length=3)
+
+    @model_validator(mode="after")
+    def _rank(self) -> InputSpec:
+        if len(self.shape) == 2:
+            raise ValueError("shape must be [features] or [channels, height, width]")
+        return self
+
+
+class NodeSpec(SpecModel):
+    """A node: ``width`` (flat) or ``channels`` (image), an activation, and a bias unless ``bias: false``."""
+
+    width: Annotated[int, Field(gt=0, le=MAX_WIDTH)] | None = None
+    channels: Annotated[int, Field(gt=0, le=MAX_WIDTH)] | None = None
+    activation: ActivationField = Field(default_factory=lambda: _activation("identity"))
+    bias: bool = True
+
+    @model_validator(mode="after")
+    def _one_size(self) -> NodeSpec:
+        if (self.width is None) == (self.channels is None):
+            raise ValueError("a node needs exactly one of 'width' (flat) or 'channels' (image)")
+        return self
+
+    @property
+    def size(self) -> int:
+        """The growable dimension: width or channels."""
+        return self.width if self.width is not None else self.channels  # type: ignore[return-value]
+
+
+class EdgeSpec(SpecModel):
+    """An edge ``from -> to`` carrying an op (``linear`` by default)."""
+
+    source: Name = Field(alias="from")
+    target: Name = Field(alias="to")
+    op: OpField = Field(default_factory=lambda: _OPS["linear"].model())
+
+    model_config = SpecModel.model_config | {"populate_by_name": True}
+
+    @property
+    def key(self) -> str:
+        """Module name of the edge in the compiled model: ``source__target``."""
+        return f"{self.source}__{self.target}"
+
+
+Pair = tuple[Name, Name]
+
+
+class GrowthSpec(SpecModel):
+    """Where growth may happen and its limits.
+
+    ``widen``: nodes that may take new neurons (``all``, ``none`` or a list).
+    ``new_nodes``: pairs (u, w) that may take a new hidden node u -> new -> w: ``edges`` (pairs joined
+    by an existing linear edge), ``all`` (every ordered pair that keeps the graph acyclic), ``none`` or a
+    list of pairs. ``new_edges``: pairs that may take a direct linear edge (same choices). ``deepen``:
+    existing linear edges that may take an identity-initialised block (``all``, ``none`` or pairs).
+    """
+
+    widen: Literal["all", "none"] | list[Name] = "all"
+    new_nodes: Literal["edges", "all", "none"] | list[Pair] = "edges"
+    new_edges: Literal["all", "none"] | list[Pair] = "none"
+    deepen: Literal["all", "none"] | list[Pair] = "none"
+    new_node_activation: ActivationField = Field(default_factory=lambda: _activation("relu"))
+    max_width: Annotated[int, Field(gt=0, le=MAX_WIDTH)] = 1024
+    max_params: PositiveInt | None = None
+
+
+class GraphSpec(SpecModel):
+    """A whole architecture. The single source of truth: the compiled module is generated from it."""
+
+    version: Literal[1] = 1
+    name: str = "net"
+    description: str | None = None
+    inputs: dict[Name, InputSpec] = Field(min_length=1)
+    nodes: dict[Name, NodeSpec] = Field(min_length=1)
+    edges: list[EdgeSpec] = Field(min_length=1)
+    outputs: list[Name] = Field(min_length=1)
+    growth: GrowthSpec = Field(default_factory=GrowthSpec)
+
+    def edge(self, source: str, target: str) -> EdgeSpec:
+        for e in self.edges:
+            if e.source == source and e.target == target:
+                return e
+        raise KeyError(f"no edge {source}->{target}")
+
+    def to_data(self) -> dict[str, Any]:
+        """Canonical plain data (defaults filled, shorthands used where they say everything)."""
+        return _shorten(self.model_dump(mode="json", by_alias=True))
+
+    def to_yaml(self) -> str:
+        """Canonical YAML text: ``load_spec(spec.to_yaml()) == spec``."""
+        return yaml.safe_dump(self.to_data(), sort_keys=False, default_flow_style=None, width=110)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_data(), sort_keys=False, separators=(",", ":"))
+
+
+def _shorten(data: Any) -> Any:
+    """``{type: linear}`` -> ``linear``, ``{name: relu}`` -> ``relu``; drop ``null`` keys."""
+    if isinstance(data, dict):
+        if len(data) == 1 and ("type" in data or "name" in data):
+            return next(iter(data.values()))
+        return {k: _shorten(v) for k, v in data.items() if v is not None}
+    if isinstance(data, list):
+        return [_shorten(v) for v in data]
+    return data
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors with locations
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One problem in a spec: where (file, line, column, element) and what."""
+
+    file: str
+    line: int
+    column: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}: {self.message}"
+
+
+class SpecError(ValueError):
+    """A spec (or a bundle, or data) is invalid; ``diagnostics`` says where and why."""
+
+    def __init__(self, diagnostics: Sequence[Diagnostic]) -> None:
+        self.diagnostics = list(diagnostics)
+        super().__init__("\n".join(str(d) for d in self.diagnostics))
+
+
+Path_ = tuple[Any, ...]
+
+
+@dataclass
+class SourceMap:
+    """Line and column (1-based) of every key and item of a parsed YAML document."""
+
+    file: str
+    locations: dict[Path_, tuple[int, int]]
+    data: Any = None
+
+    def locate(self, path: Iterable[Any]) -> tuple[int, int]:
+        path = tuple(path)
+        for end in range(len(path), -1, -1):
+            if path[:end] in self.locations:
+                return self.locations[path[:end]]
+        return (1, 1)
+
+    def diagnostic(self, path: Iterable[Any], message: str) -> Diagnostic:
+        line, col = self.locate(path)
+        return Diagnostic(self.file, line, col, message)
+
+
+def _compose(text: str, file: str) -> SourceMap:
+    """Parse YAML safely into plain data, recording the location of every key; refuse duplicates."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError([Diagnostic(file, line, col, f"YAML syntax error: {problem}")]) from None
+    smap = SourceMap(file, {})
+    if root is None:
+        raise SpecError([Diagnostic(file, 1, 1, "the spec is empty")])
+    constructor = yaml.constructor.SafeConstructor()
+    errors: list[Diagnostic] = []
+
+    def build(node: yaml.Node, path: Path_) -> Any:
+        smap.locations[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+        if isinstance(node, yaml.MappingNode):
+            out: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                key = constructor.construct_object(key_node, deep=True)
+                if isinstance(key, list | dict):
+                    errors.append(Diagnostic(file, key_node.start_mark.line + 1,
+                                             key_node.start_mark.column + 1, "a mapping key must be a scalar"))
+                    continue
+                if key in out:
+                    first = smap.locations[(*path, key)]
+                    errors.append(Diagnostic(file, key_node.start_mark.line + 1, key_node.start_mark.column + 1,
+                                             f"duplicate key {key!r} (first defined at line {first[0]})"))
+                    continue
+                out[key] = build(value_node, (*path, key))
+                # a key's own location is where the key is written
+                smap.locations[(*path, key)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [build(item, (*path, i)) for i, item in enumerate(node.value)]
+        try:
+            return constructor.construct_object(node, deep=True)
+        except yaml.YAMLError as exc:
+            errors.append(Diagnostic(file, node.start_mark.line + 1, node.start_mark.column + 1, str(exc)))
+            return None
+
+    smap.data = build(root, ())
+    if errors:
+        raise SpecError(errors)
+    return smap
+
+
+def _vocabulary() -> list[str]:
+    names: set[str] = set()
+    models = [InputSpec, NodeSpec, EdgeSpec, GrowthSpec, GraphSpec]
+    models += [i.model for i in _OPS.values()] + [i.model for i in _ACTIVATIONS.values()]
+    for model in models:
+        for field_name, field in model.model_fields.items():
+            names.add(field.alias or field_name)
+    return sorted(names)
+
+
+def element_name(data: Any, path: Path_) -> str:
+    """Human name of the spec element a path points into: ``node 'h1'``, ``edge x->h1``."""
+    if len(path) >= 2 and path[0] in ("nodes", "inputs"):
+        return f"{path[0][:-1]} {path[1]!r}"
+    if len(path) >= 2 and path[0] == "edges" and isinstance(path[1], int):
+        try:
+            e = data["edges"][path[1]]
+            return f"edge {e.get('from', '?')}->{e.get('to', '?')} (edges[{path[1]}])"
+        except (KeyError, IndexError, TypeError, AttributeError):
+            return f"edges[{path[1]}]"
+    if path and path[0] in ("outputs", "growth"):
+        return str(path[0])
+    return "spec"
+
+
+def _pydantic_diagnostics(exc: ValidationError, smap: SourceMap) -> list[Diagnostic]:
+    vocab = _vocabulary()
+    out = []
+    data_paths = set(smap.locations)
+    for err in exc.errors():
+        # drop discriminator tags and union branch names that pydantic adds to the location
+        loc: list[Any] = []
+        for part in err["loc"]:
+            if tuple((*loc, part)) in data_paths or isinstance(part, int):
+                loc.append(part)
+        loc_t = tuple(loc)
+        where = element_name(smap.data, loc_t)
+        if err["type"] == "extra_forbidden":
+            key = loc_t[-1] if loc_t else err["loc"][-1]
+            hint = difflib.get_close_matches(str(key), vocab, n=1, cutoff=0.6)
+            msg = f"{where}: unknown key {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+        elif err["type"] == "union_tag_invalid":
+            tag = err.get("ctx", {}).get("tag")
+            choices = err.get("ctx", {}).get("expected_tags", "")
+            hint = difflib.get_close_matches(str(tag), [c.strip(" '") for c in choices.split(",")], n=1)
+            msg = f"{where}: unknown {loc_t[-1] if loc_t else 'value'} {tag!r}; expected one of {choices}" + (
+                f" (did you mean {hint[0]!r}?)" if hint else "")
+        else:
+            field = ".".join(str(p) for p in err["loc"])
+            msg = f"{where}: {field}: {err['msg']}"
+        out.append(smap.diagnostic(loc_t, msg))
+    return out
+
+
+def parse_spec(data: Any, smap: SourceMap | None = None) -> GraphSpec:
+    """Validate plain data into a :class:`GraphSpec` and run the graph checks."""
+    from .graph import check_spec  # graph imports this module
+
+    smap = smap or SourceMap("<spec>", {}, data)
+    if not isinstance(data, dict):
+        raise SpecError([smap.diagnostic((), "a spec must be a mapping with inputs, nodes, edges and outputs")])
+    try:
+        spec = GraphSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_pydantic_diagnostics(exc, smap)) from None
+    problems = check_spec(spec)
+    if problems:
+        raise SpecError([smap.diagnostic(p.path, f"{element_name(data, p.path)}: {p.message}") for p in problems])
+    return spec
+
+
+def load_spec(source: str | Path | GraphSpec) -> GraphSpec:
+    """Load a spec from a path or from YAML text; raise :class:`SpecError` with file:line diagnostics."""
+    if isinstance(source, GraphSpec):
+        return source
+    if isinstance(source, Path) or ("\n" not in source and source.endswith((".yaml", ".yml", ".json"))):
+        path = Path(source)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise SpecError([Diagnostic(str(path), 1, 1, f"cannot read spec: {exc.strerror or exc}")]) from None
+        except UnicodeDecodeError:
+            raise SpecError([Diagnostic(str(path), 1, 1, "the spec is not UTF-8 text")]) from None
+        file = str(path)
+    else:
+        text, file = source, "<string>"
+    smap = _compose(text, file)
+    return parse_spec(smap.data, smap)
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of the spec language (generated from the pydantic models)."""
+    schema = GraphSpec.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "dagrow spec"
+    return schema
