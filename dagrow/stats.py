@@ -1,0 +1,279 @@
+"""One instrumented forward/backward per batch that accumulates the moments every growth site needs.
+
+Convention (DESIGN.md): the loss is a mean over samples, ``L = (1/n) sum_i l_i``; statistics use the
+per-sample gradient ``g_v(x_i) = d l_i / d a_v = n dL/da_v(x_i)`` of each node's pre-activation, so no
+figure depends on the batch size. With ``b_s`` the post-activation of a source node (the input itself
+for an input) and ``"1"`` the constant feature, the accumulator keeps sums over samples of
+
+- ``b_s b_t^T`` for the pairs of sources that some S or P block needs,
+- ``b_s g_w^T`` for the (source, target) pairs that some M block needs,
+- ``g_w g_w^T`` (the output-side factor G_w and the squared gradient norm),
+
+and :class:`Statistics` divides by n and assembles blocks: ``moment(U, V) = (1/n) sum B_U B_V^T``,
+``grad_moment(U, w) = (1/n) sum B_U g_w^T``. Memory does not depend on the number of batches.
+Only the blocks the sites need are computed, one matrix product per source node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .compile import spec_of
+from .graph import analyze
+from .sites import ONE, Site, enumerate_sites, linear_sources
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+LOSSES: dict[str, LossFn] = {"mse": F.mse_loss, "cross_entropy": F.cross_entropy}
+
+
+class StatsError(ValueError):
+    """The statistics cannot be measured (non-finite data or loss, empty stream, bad batch)."""
+
+
+def loss_function(loss: str | LossFn) -> LossFn:
+    """``"mse"``, ``"cross_entropy"`` or a callable ``(output, target) -> mean loss``."""
+    if callable(loss):
+        return loss
+    try:
+        return LOSSES[loss]
+    except KeyError:
+        raise ValueError(f"unknown loss {loss!r}; expected one of {', '.join(LOSSES)} or a callable") from None
+
+
+@dataclass
+class Requirements:
+    """Which blocks to accumulate: source pairs, (source, target) pairs and the targets' G."""
+
+    pairs: set[tuple[str, str]] = field(default_factory=set)
+    grads: set[tuple[str, str]] = field(default_factory=set)
+    targets: set[str] = field(default_factory=set)
+
+    def add_moment(self, xs: Sequence[str], ys: Sequence[str]) -> None:
+        for x in xs:
+            for y in ys:
+                self.pairs.add((x, y))
+
+    def add_grad(self, xs: Sequence[str], w: str) -> None:
+        self.targets.add(w)
+        for x in xs:
+            self.grads.add((x, w))
+
+
+def requirements(model_or_spec, sites: Iterable[Site] | None = None, *, all_nodes: bool = True) -> Requirements:
+    """The blocks needed for ``sites`` (default: every supported site) and, with ``all_nodes``, for
+    S_v, M_v and G_v of every flat node whose incoming edges are linear."""
+    spec = model_or_spec if not isinstance(model_or_spec, nn.Module) else spec_of(model_or_spec)
+    sg = analyze(spec)
+    req = Requirements()
+    sites = [s for s in (enumerate_sites(sg) if sites is None else sites) if s.supported]
+    own = [v for v in sg.hidden_and_outputs if sg.is_flat(v)
+           and all(e.op.type == "linear" or not _parametric(e) for e in sg.in_edges(v))] if all_nodes else []
+    for w in set(own) | {w for s in sites for w in s.targets}:
+        bw = linear_sources(sg, w)
+        req.add_moment(bw, bw)
+        req.add_grad(bw, w)
+    for s in sites:
+        req.add_moment(s.sources, s.sources)
+        for w in s.targets:
+            req.add_moment(s.sources, linear_sources(sg, w))
+            req.add_grad(s.sources, w)
+    return req
+
+
+def _parametric(edge) -> bool:
+    from .ops import op_info
+
+    return op_info(edge.op.type).parametric
+
+
+@dataclass
+class Statistics:
+    """Accumulated sums over ``n`` samples; read them as means through the methods below."""
+
+    n: int
+    pair_sums: dict[tuple[str, str], Tensor]
+    grad_sums: dict[tuple[str, str], Tensor]
+    g_sums: dict[str, Tensor]
+    widths: dict[str, int]
+    loss_sum: float
+    spec: object = None
+
+    @property
+    def loss(self) -> float:
+        """Mean loss over the measured samples (before any growth)."""
+        return self.loss_sum / self.n
+
+    def dim(self, sources: Sequence[str]) -> int:
+        return sum(1 if s == ONE else self.widths[s] for s in sources)
+
+    def _pair(self, x: str, y: str) -> Tensor:
+        if (x, y) in self.pair_sums:
+            return self.pair_sums[(x, y)]
+        if (y, x) in self.pair_sums:
+            return self.pair_sums[(y, x)].T
+        raise KeyError(f"the block ({x}, {y}) was not measured: pass the site to measure()")
+
+    def moment(self, xs: Sequence[str], ys: Sequence[str]) -> Tensor:
+        """(1/n) sum B_xs B_ys^T, shape [dim xs, dim ys]."""
+        return torch.cat([torch.cat([self._pair(x, y) for y in ys], 1) for x in xs], 0) / self.n
+
+    def grad_moment(self, xs: Sequence[str], w: str) -> Tensor:
+        """(1/n) sum B_xs g_w^T, shape [dim xs, width w]."""
+        try:
+            return torch.cat([self.grad_sums[(x, w)] for x in xs], 0) / self.n
+        except KeyError as exc:
+            raise KeyError(f"the block {exc} was not measured: pass the site to measure()") from None
+
+    def G(self, w: str) -> Tensor:
+        """Output-side factor G_w = (1/n) sum g_w g_w^T, shape [width, width]."""
+        return self.g_sums[w] / self.n
+
+    def grad_sq(self, w: str) -> float:
+        """(1/n) sum ||g_w||^2."""
+        return float(torch.trace(self.g_sums[w])) / self.n
+
+
+class _Accumulator:
+    def __init__(self, model: nn.Module, req: Requirements, dtype: torch.dtype | None) -> None:
+        self.spec = spec_of(model)
+        self.sg = analyze(self.spec)
+        self.model, self.req, self.dtype = model, req, dtype
+        self.sources = sorted({s for p in req.pairs for s in p} | {s for s, _ in req.grads} - {ONE},
+                              key=lambda v: self.sg.position.get(v, -1))
+        self.sources = [s for s in self.sources if s != ONE]
+        rank = {ONE: -1, **{s: i for i, s in enumerate(self.sources)}}
+        self.rank = rank
+        # canonical (lower rank first) pairs per source
+        self.partners: dict[str, list[str]] = {s: [] for s in [ONE, *self.sources]}
+        for x, y in req.pairs:
+            a, b = (x, y) if rank[x] <= rank[y] else (y, x)
+            if b not in self.partners[a]:
+                self.partners[a].append(b)
+        for s in self.partners:
+            self.partners[s].sort(key=rank.__getitem__)
+        self.grad_targets: dict[str, list[str]] = {s: [] for s in [ONE, *self.sources]}
+        for x, w in sorted(req.grads, key=lambda p: (rank[p[0]], self.sg.position[p[1]])):
+            self.grad_targets[x].append(w)
+        self.targets = sorted(req.targets, key=self.sg.position.__getitem__)
+        self.n = 0
+        self.loss_sum = 0.0
+        self.pair_sums: dict[tuple[str, str], Tensor] = {}
+        self.grad_sums: dict[tuple[str, str], Tensor] = {}
+        self.g_sums: dict[str, Tensor] = {}
+
+    def add(self, inputs: tuple[Tensor, ...], target: Tensor, loss_fn: LossFn, index: int) -> None:
+        model, spec = self.model, self.spec
+        for name, x in zip(spec.inputs, inputs, strict=True):
+            if not torch.isfinite(x).all():
+                raise StatsError(f"batch {index}: input {name!r} contains NaN or infinite values")
+        post: dict[str, Tensor] = dict(zip(spec.inputs, inputs, strict=True))
+        pre: dict[str, Tensor] = {}
+        handles = []
+        wanted_post = set(self.sources) - set(spec.inputs)
+        for v in wanted_post:
+            handles.append(model.get_submodule(f"nodes.{v}.activation").register_forward_hook(
+                lambda m, i, o, v=v: post.__setitem__(v, o)))
+        for w in self.targets:
+            handles.append(model.get_submodule(f"nodes.{w}").register_forward_hook(lambda m, i, o, w=w: pre.__setitem__(w, o)))
+        try:
+            with torch.enable_grad():
+                out = model(*inputs)
+                loss = loss_fn(out, target)
+                if loss.dim() != 0:
+                    raise StatsError(f"the loss must be a scalar mean over samples, got shape {list(loss.shape)}")
+                if not torch.isfinite(loss):
+                    raise StatsError(f"batch {index}: the loss is not finite ({float(loss)})")
+                grads = torch.autograd.grad(loss, [pre[w] for w in self.targets], allow_unused=True)
+        finally:
+            for h in handles:
+                h.remove()
+        n = inputs[0].shape[0]
+        dtype = self.dtype or inputs[0].dtype
+        z = {s: post[s].detach().flatten(1).to(dtype) for s in self.sources}
+        g = {w: (torch.zeros_like(pre[w]) if gr is None else gr.detach() * n).flatten(1).to(dtype)
+             for w, gr in zip(self.targets, grads, strict=True)}
+        self._accumulate(z, g, n, dtype)
+        self.n += n
+        self.loss_sum += float(loss.detach()) * n
+
+    def _add(self, store: dict, key, value: Tensor) -> None:
+        if key in store:
+            store[key] += value
+        else:
+            store[key] = value.clone()
+
+    def _accumulate(self, z: dict[str, Tensor], g: dict[str, Tensor], n: int, dtype) -> None:
+        device = next(iter(z.values()), next(iter(g.values()))).device
+        ones = torch.full((1, 1), float(n), dtype=dtype, device=device)
+        for s in [ONE, *self.sources]:
+            parts = [z[p] if p != ONE else None for p in self.partners[s]]
+            blocks = [z[p] for p in self.partners[s] if p != ONE] + [g[w] for w in self.grad_targets[s]]
+            if not blocks and ONE not in self.partners[s]:
+                continue
+            if blocks:
+                rhs = torch.cat(blocks, 1)
+                prod = rhs.sum(0, keepdim=True) if s == ONE else z[s].T @ rhs
+            col = 0
+            for p, part in zip(self.partners[s], parts, strict=True):
+                if p == ONE:  # only s == ONE can pair with ONE first; else ONE ranks lower than s
+                    self._add(self.pair_sums, (s, p), ones)
+                    continue
+                width = part.shape[1]  # type: ignore[union-attr]
+                self._add(self.pair_sums, (s, p), prod[:, col:col + width])
+                col += width
+            for w in self.grad_targets[s]:
+                width = g[w].shape[1]
+                self._add(self.grad_sums, (s, w), prod[:, col:col + width])
+                col += width
+        for w in self.targets:
+            self._add(self.g_sums, w, g[w].T @ g[w])
+
+    def result(self) -> Statistics:
+        if self.n == 0:
+            raise StatsError("no batch was given: the statistics need at least one sample")
+        for store in (self.pair_sums, self.grad_sums, self.g_sums):
+            for key, value in store.items():
+                if not torch.isfinite(value).all():
+                    raise StatsError(f"non-finite statistics for {key} (NaN or overflow in activations or gradients)")
+        widths = {v: int(torch.tensor(s).prod()) for v, s in self.sg.shapes.items()}
+        return Statistics(self.n, self.pair_sums, self.grad_sums, self.g_sums, widths, self.loss_sum, self.spec)
+
+
+def _split_batch(batch, n_inputs: int) -> tuple[tuple[Tensor, ...], Tensor]:
+    if not isinstance(batch, tuple | list) or len(batch) != 2:
+        raise StatsError("each batch must be a pair (inputs, target)")
+    x, y = batch
+    xs = tuple(x) if isinstance(x, tuple | list) else (x,)
+    if len(xs) != n_inputs:
+        raise StatsError(f"the model has {n_inputs} inputs but a batch gives {len(xs)}")
+    return xs, y
+
+
+def measure(
+    model: nn.Module,
+    batches: Iterable,
+    loss: str | LossFn = "mse",
+    *,
+    sites: Iterable[Site] | None = None,
+    dtype: torch.dtype | None = torch.float64,
+    all_nodes: bool = True,
+) -> Statistics:
+    """Accumulate the statistics of ``model`` over ``batches`` of ``(inputs, target)``.
+
+    ``inputs`` is a tensor (one model input) or a tuple in the spec's input order. ``dtype`` is the
+    accumulation dtype (float64 by default; ``None`` keeps the model's). Only the blocks the ``sites``
+    need (default: every supported site of the spec) are computed.
+    """
+    loss_fn = loss_function(loss)
+    req = requirements(model, sites, all_nodes=all_nodes)
+    acc = _Accumulator(model, req, dtype)
+    n_inputs = len(acc.spec.inputs)
+    for i, batch in enumerate(batches):
+        xs, y = _split_batch(batch, n_inputs)
+        acc.add(xs, y, loss_fn, i)
+    return acc.result()
