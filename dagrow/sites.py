@@ -89,9 +89,15 @@ def _pairs(spec: GraphSpec, setting, sg: SpecGraph, existing: bool) -> list[tupl
         return [(e.source, e.target) for e in spec.edges if e.op.type == "linear"]
     if setting == "all":
         names = [v for v in sg.order]
-        return [(u, w) for u in names for w in names  # "all" offers only the legal pairs
-                if w in spec.nodes and u != w and (existing or not sg.dag.has_edge(u, w))
-                and not nx.has_path(sg.dag, w, u)]
+        return [
+            (u, w)
+            for u in names
+            for w in names  # "all" offers only the legal pairs
+            if w in spec.nodes
+            and u != w
+            and (existing or not sg.dag.has_edge(u, w))
+            and not nx.has_path(sg.dag, w, u)
+        ]
     return [tuple(p) for p in setting]
 
 
@@ -116,8 +122,16 @@ def enumerate_sites(spec: GraphSpec | SpecGraph, *, include_unsupported: bool = 
             reason = f"{h} has reached max_width {g.max_width}"
         if reason is None:
             reason = next(filter(None, (_measurable_target(sg, w) for w in sg.succs(h))), None)
-        sites.append(Site("widen", linear_sources(sg, h), tuple(sg.succs(h)),
-                          node=h, supported=reason is None, reason=reason))
+        sites.append(
+            Site(
+                "widen",
+                linear_sources(sg, h),
+                tuple(sg.succs(h)),
+                node=h,
+                supported=reason is None,
+                reason=reason,
+            )
+        )
 
     for kind, setting in (("node", g.new_nodes), ("edge", g.new_edges), ("deepen", g.deepen)):
         for u, w in _pairs(spec, setting, sg, existing=kind != "edge"):

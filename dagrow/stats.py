@@ -42,7 +42,9 @@ def loss_function(loss: str | LossFn) -> LossFn:
     try:
         return LOSSES[loss]
     except KeyError:
-        raise ValueError(f"unknown loss {loss!r}; expected one of {', '.join(LOSSES)} or a callable") from None
+        raise ValueError(
+            f"unknown loss {loss!r}; expected one of {', '.join(LOSSES)} or a callable"
+        ) from None
 
 
 @dataclass
@@ -64,15 +66,24 @@ class Requirements:
             self.grads.add((x, w))
 
 
-def requirements(model_or_spec, sites: Iterable[Site] | None = None, *, all_nodes: bool = True) -> Requirements:
+def requirements(
+    model_or_spec, sites: Iterable[Site] | None = None, *, all_nodes: bool = True
+) -> Requirements:
     """The blocks needed for ``sites`` (default: every supported site) and, with ``all_nodes``, for
     S_v, M_v and G_v of every flat node whose incoming edges are linear."""
     spec = model_or_spec if not isinstance(model_or_spec, nn.Module) else spec_of(model_or_spec)
     sg = analyze(spec)
     req = Requirements()
     sites = [s for s in (enumerate_sites(sg) if sites is None else sites) if s.supported]
-    own = [v for v in sg.hidden_and_outputs if sg.is_flat(v)
-           and all(e.op.type == "linear" or not _parametric(e) for e in sg.in_edges(v))] if all_nodes else []
+    own = (
+        [
+            v
+            for v in sg.hidden_and_outputs
+            if sg.is_flat(v) and all(e.op.type == "linear" or not _parametric(e) for e in sg.in_edges(v))
+        ]
+        if all_nodes
+        else []
+    )
     for w in set(own) | {w for s in sites for w in s.targets}:
         bw = linear_sources(sg, w)
         req.add_moment(bw, bw)
@@ -143,8 +154,10 @@ class _Accumulator:
         self.spec = spec_of(model)
         self.sg = analyze(self.spec)
         self.model, self.req, self.dtype = model, req, dtype
-        self.sources = sorted({s for p in req.pairs for s in p} | {s for s, _ in req.grads} - {ONE},
-                              key=lambda v: self.sg.position.get(v, -1))
+        self.sources = sorted(
+            {s for p in req.pairs for s in p} | {s for s, _ in req.grads} - {ONE},
+            key=lambda v: self.sg.position.get(v, -1),
+        )
         self.sources = [s for s in self.sources if s != ONE]
         rank = {ONE: -1, **{s: i for i, s in enumerate(self.sources)}}
         self.rank = rank
@@ -176,16 +189,25 @@ class _Accumulator:
         handles = []
         wanted_post = set(self.sources) - set(spec.inputs)
         for v in wanted_post:
-            handles.append(model.get_submodule(f"nodes.{v}.activation").register_forward_hook(
-                lambda m, i, o, v=v: post.__setitem__(v, o)))
+            handles.append(
+                model.get_submodule(f"nodes.{v}.activation").register_forward_hook(
+                    lambda m, i, o, v=v: post.__setitem__(v, o)
+                )
+            )
         for w in self.targets:
-            handles.append(model.get_submodule(f"nodes.{w}").register_forward_hook(lambda m, i, o, w=w: pre.__setitem__(w, o)))
+            handles.append(
+                model.get_submodule(f"nodes.{w}").register_forward_hook(
+                    lambda m, i, o, w=w: pre.__setitem__(w, o)
+                )
+            )
         try:
             with torch.enable_grad():
                 out = model(*inputs)
                 loss = loss_fn(out, target)
                 if loss.dim() != 0:
-                    raise StatsError(f"the loss must be a scalar mean over samples, got shape {list(loss.shape)}")
+                    raise StatsError(
+                        f"the loss must be a scalar mean over samples, got shape {list(loss.shape)}"
+                    )
                 if not torch.isfinite(loss):
                     raise StatsError(f"batch {index}: the loss is not finite ({float(loss)})")
                 grads = torch.autograd.grad(loss, [pre[w] for w in self.targets], allow_unused=True)
@@ -195,8 +217,10 @@ class _Accumulator:
         n = inputs[0].shape[0]
         dtype = self.dtype or inputs[0].dtype
         z = {s: post[s].detach().flatten(1).to(dtype) for s in self.sources}
-        g = {w: (torch.zeros_like(pre[w]) if gr is None else gr.detach() * n).flatten(1).to(dtype)
-             for w, gr in zip(self.targets, grads, strict=True)}
+        g = {
+            w: (torch.zeros_like(pre[w]) if gr is None else gr.detach() * n).flatten(1).to(dtype)
+            for w, gr in zip(self.targets, grads, strict=True)
+        }
         self._accumulate(z, g, n, dtype)
         self.n += n
         self.loss_sum += float(loss.detach()) * n
@@ -224,11 +248,11 @@ class _Accumulator:
                     self._add(self.pair_sums, (s, p), ones)
                     continue
                 width = part.shape[1]  # type: ignore[union-attr]
-                self._add(self.pair_sums, (s, p), prod[:, col:col + width])
+                self._add(self.pair_sums, (s, p), prod[:, col : col + width])
                 col += width
             for w in self.grad_targets[s]:
                 width = g[w].shape[1]
-                self._add(self.grad_sums, (s, w), prod[:, col:col + width])
+                self._add(self.grad_sums, (s, w), prod[:, col : col + width])
                 col += width
         for w in self.targets:
             self._add(self.g_sums, w, g[w].T @ g[w])
@@ -239,9 +263,13 @@ class _Accumulator:
         for store in (self.pair_sums, self.grad_sums, self.g_sums):
             for key, value in store.items():
                 if not torch.isfinite(value).all():
-                    raise StatsError(f"non-finite statistics for {key} (NaN or overflow in activations or gradients)")
+                    raise StatsError(
+                        f"non-finite statistics for {key} (NaN or overflow in activations or gradients)"
+                    )
         widths = {v: int(torch.tensor(s).prod()) for v, s in self.sg.shapes.items()}
-        return Statistics(self.n, self.pair_sums, self.grad_sums, self.g_sums, widths, self.loss_sum, self.spec)
+        return Statistics(
+            self.n, self.pair_sums, self.grad_sums, self.g_sums, widths, self.loss_sum, self.spec
+        )
 
 
 def _split_batch(batch, n_inputs: int) -> tuple[tuple[Tensor, ...], Tensor]:

@@ -58,8 +58,10 @@ class ProposalSettings:
     seed: int = 0
 
     def report(self) -> dict[str, float]:
-        return {"numerical_threshold": self.numerical_threshold,
-                "statistical_threshold": self.statistical_threshold}
+        return {
+            "numerical_threshold": self.numerical_threshold,
+            "statistical_threshold": self.statistical_threshold,
+        }
 
 
 @dataclass
@@ -196,7 +198,7 @@ def _params_added(site: Site, K: int, stats: Statistics) -> int:
 def _split_rows(t: Tensor, targets: tuple[str, ...], stats: Statistics) -> dict[str, Tensor]:
     out, row = {}, 0
     for w in targets:
-        out[w] = t[row:row + stats.widths[w]]
+        out[w] = t[row : row + stats.widths[w]]
         row += stats.widths[w]
     return out
 
@@ -226,9 +228,20 @@ def propose(
     empty = torch.zeros(0, stats.dim(site.sources), dtype=torch.float64)
     base = dict(site=site, init=init, activation=act, thresholds=settings.report())
     if not site.supported:
-        return Proposal(**base, neurons=0, updates={}, d=0.0, bottleneck=0.0, lambdas=torch.zeros(0),
-                        fan_in=empty, fan_out={}, first_order_improvement=0.0, sum_lambda_sq=0.0,
-                        params_added=0, skipped=site.reason)
+        return Proposal(
+            **base,
+            neurons=0,
+            updates={},
+            d=0.0,
+            bottleneck=0.0,
+            lambdas=torch.zeros(0),
+            fan_in=empty,
+            fan_out={},
+            first_order_improvement=0.0,
+            sum_lambda_sq=0.0,
+            params_added=0,
+            skipped=site.reason,
+        )
     if site.kind == "widen":
         neurons = min(neurons, spec.growth.max_width - spec.nodes[site.node].size)
     updates = {w: target_update(stats, spec, w, settings) for w in site.targets}
@@ -237,8 +250,14 @@ def propose(
     U = site.sources
     S_U = stats.moment(U, U).double()
     M_UW = torch.cat([stats.grad_moment(U, w).double() for w in site.targets], 1)
-    N = torch.cat([-stats.grad_moment(U, w).double()
-                   + stats.moment(U, updates[w].sources).double() @ updates[w].delta.T for w in site.targets], 1)
+    N = torch.cat(
+        [
+            -stats.grad_moment(U, w).double()
+            + stats.moment(U, updates[w].sources).double() @ updates[w].delta.T
+            for w in site.targets
+        ],
+        1,
+    )
     S_is = inv_sqrt_psd(S_U, settings.numerical_threshold)
     _, lam, _ = torch.linalg.svd(S_is @ N, full_matrices=False)
     kept = lam[lam.pow(2) > max(settings.statistical_threshold * bottleneck, 1e-300)]
@@ -247,10 +266,21 @@ def propose(
     if site.kind == "edge":
         E = (pinv_psd(S_U, settings.numerical_threshold) @ N).T  # least squares of -Vperp_w on b_u
         gain = -float((E * M_UW.T).sum())
-        return Proposal(**base, neurons=0, updates=updates, d=d, bottleneck=bottleneck, lambdas=kept,
-                        fan_in=empty, fan_out={}, edge_weight=E.contiguous(), first_order_improvement=d + gain,
-                        sum_lambda_sq=float(kept.pow(2).sum()), params_added=_params_added(site, 0, stats),
-                        skipped=None if kept.numel() else "no bottleneck direction above the thresholds")
+        return Proposal(
+            **base,
+            neurons=0,
+            updates=updates,
+            d=d,
+            bottleneck=bottleneck,
+            lambdas=kept,
+            fan_in=empty,
+            fan_out={},
+            edge_weight=E.contiguous(),
+            first_order_improvement=d + gain,
+            sum_lambda_sq=float(kept.pow(2).sum()),
+            params_added=_params_added(site, 0, stats),
+            skipped=None if kept.numel() else "no bottleneck direction above the thresholds",
+        )
 
     slope = slope_at_zero(act)
     gen = torch.Generator().manual_seed(settings.seed)
@@ -268,7 +298,9 @@ def propose(
         if K == 0:
             skipped = "no bottleneck direction above the thresholds"
         if value_at_zero(act) != 0.0:
-            notes.append(f"{act.name}(0) != 0: the new neurons shift the output by sqrt(gamma) omega sigma(0)")
+            notes.append(
+                f"{act.name}(0) != 0: the new neurons shift the output by sqrt(gamma) omega sigma(0)"
+            )
         neurons = K
     elif init == "gradmax":
         _, _, Vh = torch.linalg.svd(M_UW, full_matrices=False)
@@ -279,8 +311,10 @@ def propose(
         fan_out = _split_rows(omega, site.targets, stats)
         init_score = slope**2 * float((M_UW @ omega).pow(2).sum())
         if slope == 0.0 or value_at_zero(act) != 0.0:
-            msg = (f"gradmax needs sigma(0) = 0 and sigma'(0) != 0 but {act.name} has sigma'(0) = {slope:g}, "
-                   f"sigma(0) = {value_at_zero(act):g}: zero fan-in neurons will not learn (use relu_grad1)")
+            msg = (
+                f"gradmax needs sigma(0) = 0 and sigma'(0) != 0 but {act.name} has sigma'(0) = {slope:g}, "
+                f"sigma(0) = {value_at_zero(act):g}: zero fan-in neurons will not learn (use relu_grad1)"
+            )
             warnings.warn(msg, stacklevel=2)
             notes.append(msg)
         neurons = K
@@ -306,21 +340,39 @@ def propose(
         fan_out = {}
         for w in site.targets:
             fan_w = max(stats.dim([s for s in linear_sources(analyze(spec), w) if s != ONE]), 1)
-            om = (torch.rand(stats.widths[w], neurons // 2, generator=gen, dtype=torch.float64) * 2 - 1)
+            om = torch.rand(stats.widths[w], neurons // 2, generator=gen, dtype=torch.float64) * 2 - 1
             om = om / math.sqrt(fan_w)
             fan_out[w] = torch.cat([om, -om], 1)
 
     C = {w: slope * fan_out[w] @ fan_in for w in site.targets}  # linearised effect per unit gamma
     gain = -sum(float((C[w] * stats.grad_moment(U, w).double().T).sum()) for w in site.targets)
-    return Proposal(**base, neurons=neurons, updates=updates, d=d, bottleneck=bottleneck, lambdas=kept,
-                    fan_in=fan_in, fan_out=fan_out, first_order_improvement=d + gain,
-                    sum_lambda_sq=float(kept[:neurons].pow(2).sum()) if init == "tiny" else 0.0,
-                    params_added=_params_added(site, neurons, stats), init_score=init_score,
-                    skipped=skipped, notes=notes)
+    return Proposal(
+        **base,
+        neurons=neurons,
+        updates=updates,
+        d=d,
+        bottleneck=bottleneck,
+        lambdas=kept,
+        fan_in=fan_in,
+        fan_out=fan_out,
+        first_order_improvement=d + gain,
+        sum_lambda_sq=float(kept[:neurons].pow(2).sum()) if init == "tiny" else 0.0,
+        params_added=_params_added(site, neurons, stats),
+        init_score=init_score,
+        skipped=skipped,
+        notes=notes,
+    )
 
 
-def _north_fan_in(S: Tensor, existing: Tensor | None, K: int, gen: torch.Generator, stats: Statistics,
-                  sources: tuple[str, ...], settings: ProposalSettings) -> Tensor:
+def _north_fan_in(
+    S: Tensor,
+    existing: Tensor | None,
+    K: int,
+    gen: torch.Generator,
+    stats: Statistics,
+    sources: tuple[str, ...],
+    settings: ProposalSettings,
+) -> Tensor:
     """Random fan-in S-orthogonalised against the existing rows and each other (batch estimate of
     NORTH: the new pre-activations are orthogonal, over the measured samples, to the existing ones)."""
     basis: list[Tensor] = []  # S-orthonormal rows
@@ -350,8 +402,14 @@ def _north_fan_in(S: Tensor, existing: Tensor | None, K: int, gen: torch.Generat
     return torch.stack(out) if out else torch.zeros(0, S.shape[0], dtype=torch.float64)
 
 
-def propose_all(stats: Statistics, sites: Iterable[Site], init: str = "tiny", neurons: int = 1, *,
-                weights: Mapping[str, Tensor] | None = None,
-                settings: ProposalSettings | None = None) -> list[Proposal]:
+def propose_all(
+    stats: Statistics,
+    sites: Iterable[Site],
+    init: str = "tiny",
+    neurons: int = 1,
+    *,
+    weights: Mapping[str, Tensor] | None = None,
+    settings: ProposalSettings | None = None,
+) -> list[Proposal]:
     """One proposal per site, from the same statistics."""
     return [propose(stats, s, init, neurons, weights=weights, settings=settings) for s in sites]

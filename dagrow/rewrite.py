@@ -1,0 +1,346 @@
+"""Growth actions as data, each a pure function ``(spec, weights) -> (spec', weights')``.
+
+An action checks before (the site exists, the shapes of its tensors agree with the spec) and after (the
+new spec passes every graph check and the new weights have exactly the names and shapes the new spec
+compiles to). Inputs are never modified. A growth history is a list of actions; :func:`replay` applies
+it to an initial bundle and rebuilds the grown model. Actions serialise to JSON (``to_dict`` /
+:func:`action_from_dict`); tensors are stored as nested lists of float64 numbers, which round-trip
+exactly.
+
+Amplitude: neuron-adding actions carry ``gamma`` and write ``sqrt(gamma) * fan_in`` and
+``sqrt(gamma) * fan_out``; :class:`AddEdge` writes ``gamma * weight``; :class:`UpdateWeights` writes
+``W - gamma * delta``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from .compile import compile as compile_spec
+from .compile import weights_problems
+from .graph import analyze
+from .sites import ONE
+from .spec import GraphSpec, SpecError, parse_spec
+
+Weights = dict[str, Tensor]
+
+
+class RewriteError(ValueError):
+    """An action does not fit the spec or the weights it is applied to."""
+
+
+def _t(x: Any) -> Tensor:
+    return x if isinstance(x, Tensor) else torch.tensor(x, dtype=torch.float64)
+
+
+@dataclass(frozen=True)
+class Action:
+    """Base class: subclasses implement ``_apply(data, weights, spec)`` on copies."""
+
+    kind: ClassVar[str] = "action"
+
+    def apply(self, spec: GraphSpec, weights: Mapping[str, Tensor]) -> tuple[GraphSpec, Weights]:
+        data = spec.model_dump(mode="json", by_alias=True)
+        new_weights = {k: v.detach().clone() for k, v in weights.items()}
+        self._apply(data, new_weights, spec)
+        try:
+            new_spec = parse_spec(data)
+        except SpecError as exc:
+            raise RewriteError(f"{self.describe()}: the grown spec is invalid: {exc}") from None
+        problems = weights_problems(compile_spec(new_spec), new_weights)
+        if problems:
+            raise RewriteError(f"{self.describe()}: " + "; ".join(problems))
+        return new_spec, new_weights
+
+    def _apply(self, data: dict, weights: Weights, spec: GraphSpec) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return self.kind
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"action": self.kind}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, Tensor):
+                v = v.double().tolist()
+            elif isinstance(v, dict):
+                v = {k: t.double().tolist() if isinstance(t, Tensor) else t for k, t in v.items()}
+            elif isinstance(v, tuple):
+                v = list(v)
+            out[f.name] = v
+        return out
+
+
+def _like(t: Tensor, ref: Tensor) -> Tensor:
+    return t.to(dtype=ref.dtype, device=ref.device)
+
+
+def _require(cond: bool, message: str) -> None:
+    if not cond:
+        raise RewriteError(message)
+
+
+@dataclass(frozen=True)
+class UpdateWeights(Action):
+    """``W <- W - gamma * delta`` for each named parameter (dW* of the proposals)."""
+
+    deltas: dict[str, Tensor]
+    gamma: float = 1.0
+    kind: ClassVar[str] = "update_weights"
+
+    def _apply(self, data, weights, spec) -> None:
+        for name, delta in self.deltas.items():
+            _require(name in weights, f"update_weights: no parameter {name!r}")
+            w = weights[name]
+            _require(
+                tuple(w.shape) == tuple(delta.shape),
+                f"update_weights: {name} has shape {list(w.shape)}, delta {list(delta.shape)}",
+            )
+            weights[name] = w - self.gamma * _like(_t(delta), w)
+
+    def describe(self) -> str:
+        return f"update_weights({', '.join(self.deltas)}, gamma={self.gamma:g})"
+
+
+def _split_columns(t: Tensor, sources: Iterable[str], widths: Mapping[str, int]) -> dict[str, Tensor]:
+    out, col = {}, 0
+    for s in sources:
+        k = 1 if s == ONE else widths[s]
+        out[s] = t[:, col : col + k]
+        col += k
+    _require(col == t.shape[1], f"fan-in has {t.shape[1]} columns but the sources need {col}")
+    return out
+
+
+def _widths(spec: GraphSpec) -> dict[str, int]:
+    return {v: math.prod(s) for v, s in analyze(spec).shapes.items()}
+
+
+@dataclass(frozen=True)
+class AddNeurons(Action):
+    """Widen ``node`` by K neurons: new rows of every linear edge into it (columns of ``fan_in`` in
+    the order of ``sources``, bias last as "1"), new columns of every edge out of it (``fan_out``)."""
+
+    node: str
+    sources: tuple[str, ...]
+    fan_in: Tensor  # [K, dim U]
+    fan_out: dict[str, Tensor]  # w -> [width_w, K]
+    gamma: float = 1.0
+    kind: ClassVar[str] = "add_neurons"
+
+    def _apply(self, data, weights, spec) -> None:
+        h, fan_in = self.node, _t(self.fan_in)
+        _require(h in spec.nodes, f"add_neurons: unknown node {h!r}")
+        sg = analyze(spec)
+        K = fan_in.shape[0]
+        expected = tuple(e.source for e in sg.in_edges(h)) + ((ONE,) if spec.nodes[h].bias else ())
+        _require(
+            tuple(self.sources) == expected,
+            f"add_neurons: sources {list(self.sources)} do not match the edges into {h}: {list(expected)}",
+        )
+        _require(
+            set(self.fan_out) == set(sg.succs(h)),
+            f"add_neurons: fan-out targets {sorted(self.fan_out)} != successors of {h} {sg.succs(h)}",
+        )
+        root = math.sqrt(self.gamma)
+        for s, block in _split_columns(fan_in, self.sources, _widths(spec)).items():
+            name = f"nodes.{h}.bias" if s == ONE else f"edges.{s}__{h}.weight"
+            new = root * (block.reshape(-1) if s == ONE else block)
+            weights[name] = torch.cat([weights[name], _like(new, weights[name])], 0)
+        for w, om in self.fan_out.items():
+            name = f"edges.{h}__{w}.weight"
+            om = _t(om)
+            _require(
+                om.shape == (weights[name].shape[0], K),
+                f"add_neurons: fan-out into {w} has shape "
+                f"{list(om.shape)}, expected {[weights[name].shape[0], K]}",
+            )
+            weights[name] = torch.cat([weights[name], _like(root * om, weights[name])], 1)
+        data["nodes"][h]["width"] = spec.nodes[h].width + K
+
+    def describe(self) -> str:
+        return f"add_neurons({self.node}, +{_t(self.fan_in).shape[0]})"
+
+
+def new_node_name(spec: GraphSpec, u: str, w: str) -> str:
+    """A fresh node name for a node inserted between u and w."""
+    base = f"{u}_{w}".replace("__", "_")
+    name, i = base, 2
+    while name in spec.nodes or name in spec.inputs:
+        name, i = f"{base}_{i}", i + 1
+    return name
+
+
+def _insert_node(data: dict, before: str, name: str, node: dict) -> None:
+    nodes = {}
+    for k, v in data["nodes"].items():
+        if k == before:
+            nodes[name] = node
+        nodes[k] = v
+    data["nodes"] = nodes
+
+
+@dataclass(frozen=True)
+class AddNode(Action):
+    """A new hidden node ``name`` with edges ``source -> name -> target``; ``fan_in`` is [K, d_u + 1]
+    (bias last), ``fan_out`` is [width_target, K]; ``activation`` is a spec activation (data)."""
+
+    source: str
+    target: str
+    name: str
+    fan_in: Tensor
+    fan_out: Tensor
+    activation: Any = "relu"
+    gamma: float = 1.0
+    kind: ClassVar[str] = "add_node"
+
+    def _apply(self, data, weights, spec) -> None:
+        u, w, m = self.source, self.target, self.name
+        _require(m not in spec.nodes and m not in spec.inputs, f"add_node: {m!r} already exists")
+        _require(w in spec.nodes, f"add_node: unknown target {w!r}")
+        fan_in, fan_out = _t(self.fan_in), _t(self.fan_out)
+        K = fan_in.shape[0]
+        widths = _widths(spec)
+        _require(
+            fan_in.shape == (K, widths[u] + 1),
+            f"add_node: fan-in shape {list(fan_in.shape)}, expected {[K, widths[u] + 1]}",
+        )
+        _require(
+            fan_out.shape == (widths[w], K),
+            f"add_node: fan-out shape {list(fan_out.shape)}, expected {[widths[w], K]}",
+        )
+        act = self.activation if isinstance(self.activation, str | dict) else self.activation.model_dump()
+        _insert_node(data, w, m, {"width": K, "activation": act, "bias": True})
+        data["edges"] += [
+            {"from": u, "to": m, "op": {"type": "linear"}},
+            {"from": m, "to": w, "op": {"type": "linear"}},
+        ]
+        ref = weights[f"nodes.{w}.bias"] if f"nodes.{w}.bias" in weights else next(iter(weights.values()))
+        root = math.sqrt(self.gamma)
+        weights[f"edges.{u}__{m}.weight"] = _like(root * fan_in[:, :-1], ref)
+        weights[f"nodes.{m}.bias"] = _like(root * fan_in[:, -1], ref)
+        weights[f"edges.{m}__{w}.weight"] = _like(root * fan_out, ref)
+        for pname, value in _activation_params(self.activation).items():
+            weights[f"nodes.{m}.activation.{pname}"] = _like(value, ref)
+
+    def describe(self) -> str:
+        return f"add_node({self.source}->{self.name}->{self.target}, width {_t(self.fan_in).shape[0]})"
+
+
+def _activation_params(activation: Any) -> dict[str, Tensor]:
+    """Initial learnable parameters of an activation given as spec data or model."""
+    from .spec import NodeSpec
+
+    node = NodeSpec.model_validate({"width": 1, "activation": activation})
+    module = node.activation.build()  # type: ignore[attr-defined]
+    return {k: v.detach().double() for k, v in module.state_dict().items()}
+
+
+@dataclass(frozen=True)
+class AddEdge(Action):
+    """A direct linear edge ``source -> target`` with weight ``gamma * weight`` ([width_w, width_u])."""
+
+    source: str
+    target: str
+    weight: Tensor
+    gamma: float = 1.0
+    kind: ClassVar[str] = "add_edge"
+
+    def _apply(self, data, weights, spec) -> None:
+        u, w = self.source, self.target
+        _require(all(not (e.source == u and e.target == w) for e in spec.edges), f"add_edge: {u}->{w} exists")
+        widths = _widths(spec)
+        wt = _t(self.weight)
+        _require(
+            wt.shape == (widths[w], widths[u]),
+            f"add_edge: weight shape {list(wt.shape)}, expected {[widths[w], widths[u]]}",
+        )
+        data["edges"].append({"from": u, "to": w, "op": {"type": "linear"}})
+        ref = next(iter(weights.values()))
+        weights[f"edges.{u}__{w}.weight"] = _like(self.gamma * wt, ref)
+
+    def describe(self) -> str:
+        return f"add_edge({self.source}->{self.target})"
+
+
+@dataclass(frozen=True)
+class DeepenEdge(Action):
+    """Replace the linear edge ``u -> w`` by ``u -> m -> w`` computing exactly the same function.
+
+    ``m`` has the width of ``u``, an identity weight on ``u -> m``, zero bias and an activation that is
+    the identity at initialisation (``prelu`` with init 1, ``rational`` at v = c = 0, l = 1, or
+    ``identity``); ``m -> w`` takes the old weight.
+    """
+
+    source: str
+    target: str
+    name: str
+    activation: Any = field(default_factory=lambda: {"name": "prelu", "init": 1.0})
+    kind: ClassVar[str] = "deepen_edge"
+
+    def _apply(self, data, weights, spec) -> None:
+        u, w, m = self.source, self.target, self.name
+        index = [i for i, e in enumerate(spec.edges) if e.source == u and e.target == w]
+        _require(
+            bool(index) and spec.edges[index[0]].op.type == "linear", f"deepen_edge: no linear edge {u}->{w}"
+        )
+        _require(m not in spec.nodes and m not in spec.inputs, f"deepen_edge: {m!r} already exists")
+        width = _widths(spec)[u]
+        _insert_node(data, w, m, {"width": width, "activation": self.activation, "bias": True})
+        data["edges"][index[0] : index[0] + 1] = [
+            {"from": u, "to": m, "op": {"type": "linear"}},
+            {"from": m, "to": w, "op": {"type": "linear"}},
+        ]
+        old = weights.pop(f"edges.{u}__{w}.weight")
+        weights[f"edges.{u}__{m}.weight"] = torch.eye(width, dtype=old.dtype, device=old.device)
+        weights[f"nodes.{m}.bias"] = torch.zeros(width, dtype=old.dtype, device=old.device)
+        weights[f"edges.{m}__{w}.weight"] = old
+        for pname, value in _activation_params(self.activation).items():
+            weights[f"nodes.{m}.activation.{pname}"] = _like(value, old)
+
+    def describe(self) -> str:
+        return f"deepen_edge({self.source}->{self.name}->{self.target})"
+
+
+ACTIONS: dict[str, type[Action]] = {
+    a.kind: a for a in (UpdateWeights, AddNeurons, AddNode, AddEdge, DeepenEdge)
+}
+
+
+def action_from_dict(data: Mapping[str, Any]) -> Action:
+    """Inverse of ``Action.to_dict``."""
+    data = dict(data)
+    kind = data.pop("action", None)
+    if kind not in ACTIONS:
+        raise RewriteError(f"unknown action {kind!r}; expected one of {', '.join(ACTIONS)}")
+    cls = ACTIONS[kind]
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        v = data[f.name]
+        if f.name in ("fan_in", "weight") or (f.name == "fan_out" and not isinstance(v, dict)):
+            v = _t(v)
+        elif f.name in ("fan_out", "deltas"):
+            v = {k: _t(t) for k, t in v.items()}
+        elif f.name == "sources":
+            v = tuple(v)
+        kwargs[f.name] = v
+    return cls(**kwargs)
+
+
+def replay(
+    spec: GraphSpec, weights: Mapping[str, Tensor], actions: Iterable[Action]
+) -> tuple[GraphSpec, Weights]:
+    """Apply a growth history in order."""
+    w: Weights = dict(weights)
+    for a in actions:
+        spec, w = a.apply(spec, w)
+    return spec, w
