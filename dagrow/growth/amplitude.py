@@ -103,7 +103,7 @@ class AmplitudeResult:
 
 
 def line_search(
-    f: Callable[[float], float], *, lo_exp: int = -12, hi_exp: int = 4, refine: int = 12
+    f: Callable[[float], float], *, lo_exp: int = -12, hi_exp: int = 6, refine: int = 12
 ) -> tuple[float, float, int]:
     """Minimise f on [0, 2^hi_exp]: a grid 0, 2^lo_exp .. 2^hi_exp, then golden section around the best
     grid point. Returns (gamma*, f(gamma*), evaluations). Non-finite values count as +inf."""
