@@ -5,7 +5,7 @@ The grown architecture does not depend on gamma, so it is compiled once; the wei
 ``W(gamma) = W0 + gamma (Wu - W0) + sqrt(gamma) (Wn - W0)`` where ``Wu`` applies only the best update
 and ``Wn`` only the new neurons (each entry of the grown weights is one or the other), and the loss
 is evaluated with ``torch.func.functional_call``. The search evaluates a log grid of gamma (2^-12 ..
-2^4 by default), then refines around the best point by golden section: about 30 forward passes.
+2^6 by default), then refines around the best point by golden section: about 30 forward passes.
 ``Delta_l = L(0) - L(gamma*)``.
 """
 
@@ -184,7 +184,7 @@ def amplitude_factor(
     update: bool = True,
     family: GrownFamily | None = None,
     lo_exp: int = -12,
-    hi_exp: int = 4,
+    hi_exp: int = 6,
 ) -> tuple[AmplitudeResult, GrownFamily]:
     """gamma* for the proposal on ``batch = (inputs, target)`` and the grown family it belongs to."""
     start = time.perf_counter()

@@ -1,0 +1,195 @@
+"""`dagrow sites` and `dagrow grow`: the growth commands (registered on the app of dagrow.cli)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .bundle import atomic_write_text, read_bundle, save
+from .compile import compile
+from .graph import analyze
+from .growth.proposals import INITS, ProposalSettings, propose_all
+from .loop import GrowthConfig, grow
+from .planner import STRATEGIES
+from .sites import enumerate_sites
+from .spec import load_spec
+from .stats import LOSSES, measure
+from .tasks import Task, list_tasks, load_data, make_task
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def _model_source(path: Path):
+    """A spec (.yaml/.yml/.json) compiled fresh, or a bundle (.safetensors) with its weights."""
+    if path.suffix == ".safetensors":
+        spec, tensors = read_bundle(path)
+        return spec, tensors
+    return load_spec(path), None
+
+
+def _task(task: str | None, data: Path | None, seed: int) -> Task:
+    if (task is None) == (data is None):
+        _fail("give exactly one of --task NAME or --data FILE")
+    if task is not None:
+        return make_task(task, seed=seed)
+    return load_data(data, seed=seed)  # type: ignore[arg-type]
+
+
+def _check_choice(value: str, choices, what: str) -> str:
+    if value not in choices:
+        _fail(f"unknown {what} {value!r}; expected one of {', '.join(choices)}")
+    return value
+
+
+TASK_HELP = "built-in task: " + ", ".join(list_tasks())
+INIT_HELP = "; ".join(f"{k}: {v.split(':', 1)[0]}" for k, v in INITS.items())
+
+
+def sites_command(
+    source: Annotated[Path, typer.Argument(help="spec (.yaml) or bundle (.safetensors)")],
+    task: Annotated[str | None, typer.Option(help=TASK_HELP)] = None,
+    data: Annotated[Path | None, typer.Option(help="user data: .npz with x and y, or .csv")] = None,
+    loss: Annotated[str | None, typer.Option(help="mse or cross_entropy (default: the task's)")] = None,
+    init: Annotated[str, typer.Option(help=f"initialisation ({', '.join(INITS)})")] = "tiny",
+    neurons: Annotated[int, typer.Option(min=1, help="new neurons per site")] = 1,
+    batch: Annotated[int, typer.Option(min=1, help="samples in the statistics pass")] = 1024,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
+    seed: Annotated[int, typer.Option(help="seed of the data and of a freshly compiled spec")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Score every growth site of a network from one statistics pass."""
+    _check_choice(init, INITS, "init")
+    if loss is not None:
+        _check_choice(loss, LOSSES, "loss")
+    spec, weights = _model_source(source)
+    the_task = _task(task, data, seed)
+    model = compile(spec, weights, seed=seed).to(device)
+    x, y = next(the_task.batches("train", None, device=device))
+    x, y = x[:batch], y[:batch]
+    all_sites = enumerate_sites(spec)
+    supported = [s for s in all_sites if s.supported]
+    stats = measure(model, [(x, y)], loss or the_task.loss, sites=supported)
+    settings = ProposalSettings(seed=seed)
+    proposals = propose_all(stats, all_sites, init, neurons, weights=model.state_dict(), settings=settings)
+    if as_json:
+        doc = {"spec": spec.name, "task": the_task.name, "loss": stats.loss, "samples": stats.n, "init": init,
+               "neurons": neurons, "thresholds": settings.report(), "sites": [p.to_dict() for p in proposals]}
+        print(json.dumps(doc, indent=2))
+        return
+    title = f"{spec.name}: {len(supported)} growable sites, loss {stats.loss:.4g} on {stats.n} samples"
+    table = Table(title=title)
+    for col in ("site", "kind", "lambdas", "first-order", "bottleneck", "|dW*|", "params"):
+        table.add_column(col, justify="left" if col in ("site", "kind", "lambdas") else "right")
+    for p in proposals:
+        if not p.site.supported:
+            continue
+        lams = ", ".join(f"{float(v):.3g}" for v in p.lambdas[: max(neurons, 3)]) or "-"
+        table.add_row(p.site.id, p.site.kind, lams, f"{p.first_order_improvement:.4g}", f"{p.bottleneck:.4g}",
+                      f"{p.delta_w_norm:.3g}", str(p.params_added))
+    out.print(table)
+    for p in proposals:
+        if not p.site.supported:
+            out.print(f"[dim]{p.site.id}: not supported: {p.skipped}[/dim]", highlight=False)
+    out.print(f"thresholds: {settings.report()}", highlight=False)
+
+
+def _write_outputs(out_dir: Path, model, history: list[dict[str, Any]]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save(model, out_dir / "model.safetensors")
+    atomic_write_text(out_dir / "spec.yaml", model.spec.to_yaml())
+    atomic_write_text(out_dir / "history.jsonl", "".join(json.dumps(line) + "\n" for line in history))
+    try:
+        from .export import to_dot, write_png
+
+        atomic_write_text(out_dir / "architecture.dot", to_dot(model.spec))
+        write_png(model.spec, out_dir / "architecture.png")
+    except ImportError as exc:  # matplotlib is an optional extra
+        err.print(f"[yellow]note:[/yellow] architecture.png not written ({exc})")
+
+
+def grow_command(
+    source: Annotated[Path | None, typer.Argument(help="spec (.yaml) or bundle (.safetensors)")] = None,
+    task: Annotated[str | None, typer.Option(help=TASK_HELP)] = None,
+    data: Annotated[Path | None, typer.Option(help="user data: .npz with x and y, or .csv")] = None,
+    strategy: Annotated[str, typer.Option(help=", ".join(STRATEGIES))] = "amplitude_factor",
+    init: Annotated[str, typer.Option(help=INIT_HELP)] = "tiny",
+    growths: Annotated[int, typer.Option(min=0, help="number of growth steps")] = 10,
+    max_params: Annotated[int | None, typer.Option(min=1, help="stop growing at this size")] = None,
+    every: Annotated[int, typer.Option(min=1, help="training steps between growths")] = 200,
+    neurons: Annotated[int, typer.Option(min=1, help="neurons per growth")] = 1,
+    optimizer: Annotated[str, typer.Option(help="sgd, adam or best_update")] = "adam",
+    lr: Annotated[float, typer.Option(min=0.0, help="learning rate")] = 1e-2,
+    batch_size: Annotated[int, typer.Option(min=1, help="training minibatch")] = 128,
+    growth_batch: Annotated[int, typer.Option(min=1, help="samples for statistics and amplitude")] = 1024,
+    joint_update: Annotated[bool, typer.Option(help="apply gamma dW* together with the neurons")] = False,
+    normalize: Annotated[bool, typer.Option(help="divide site scores by the parameters they add")] = False,
+    device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
+    seed: Annotated[int, typer.Option(help="seed of data, initialisation and training")] = 0,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="output folder")] = None,
+    resume: Annotated[Path | None, typer.Option(help="continue the run saved in this folder")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Train and grow a network; write the grown spec, bundle, history and architecture drawing."""
+    _check_choice(strategy, STRATEGIES, "strategy")
+    _check_choice(init, INITS, "init")
+    _check_choice(optimizer, ("sgd", "adam", "best_update"), "optimizer")
+    previous: list[dict[str, Any]] = []
+    if resume is not None:
+        out_dir = out_dir or resume
+        hist_path = resume / "history.jsonl"
+        if not (resume / "model.safetensors").is_file() or not hist_path.is_file():
+            _fail(f"{resume}: nothing to resume (needs model.safetensors and history.jsonl)")
+        previous = [json.loads(line) for line in hist_path.read_text().splitlines() if line.strip()]
+        source = resume / "model.safetensors"
+    if source is None or out_dir is None:
+        _fail("give a SPEC_OR_BUNDLE and --out DIR (or --resume DIR)")
+    spec, weights = _model_source(source)  # type: ignore[arg-type]
+    the_task = _task(task, data, seed)
+    config = GrowthConfig(strategy=strategy, init=init, growths=growths, max_params=max_params, every=every,
+                          neurons=neurons, optimizer=optimizer, lr=lr, batch_size=batch_size,  # type: ignore[arg-type]
+                          growth_batch=growth_batch, joint_update=joint_update, normalize=normalize,
+                          seed=seed, device=device)
+    config.validate()
+    done = sum(1 for h in previous if h.get("event") in ("growth", "rollback"))
+    model = compile(spec, weights, seed=seed)
+    params_before = analyze(spec).num_params()
+    history = [h for h in previous if h.get("event") != "end"]
+    progress = Progress(TextColumn("[bold]growing"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=err, disable=quiet)
+    with progress:
+        bar = progress.add_task("grow", total=growths, completed=min(done, growths), status="")
+
+        def on_event(line: dict[str, Any]) -> None:
+            history.append(line)
+            if line.get("event") in ("growth", "rollback"):
+                progress.update(bar, advance=1, status=f"{line.get('site')} params={line.get('params', '')}")
+
+        result = grow(model, the_task, config, on_event=on_event, start_growth=done)
+    _write_outputs(out_dir, result.model, history)
+    end = history[-1]
+    grown = [h["site"] for h in history if h.get("event") == "growth" and h.get("site") and "reason" not in h]
+    metric = the_task.metric_name
+    out.print(f"parameters: {params_before} -> {end['params']}", highlight=False)
+    out.print(f"sites grown: {', '.join(grown) or 'none'}", highlight=False)
+    out.print(f"validation {metric}: {end[f'val_{metric}']:.4f}   test {metric}: {end[f'test_{metric}']:.4f}",
+              highlight=False)
+    out.print(f"wrote {out_dir}/spec.yaml, model.safetensors, history.jsonl, architecture.dot/.png",
+              highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("sites")(sites_command)
+    app.command("grow")(grow_command)
+
