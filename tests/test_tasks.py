@@ -22,7 +22,7 @@ from dagrow.tasks import (
 
 BUILT_IN = ["sin50", "teacher_student", "regression1d", "moons", "digits", "multisin"]
 DEFAULT_N = {
-    "sin50": 2000,
+    "sin50": 20000,
     "teacher_student": 1000,
     "regression1d": 200,
     "moons": 200,
