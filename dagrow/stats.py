@@ -209,7 +209,7 @@ class _Accumulator:
                         f"the loss must be a scalar mean over samples, got shape {list(loss.shape)}"
                     )
                 if not torch.isfinite(loss):
-                    raise StatsError(f"batch {index}: the loss is not finite ({float(loss)})")
+                    raise StatsError(f"batch {index}: the loss is not finite ({float(loss.detach())})")
                 grads = torch.autograd.grad(loss, [pre[w] for w in self.targets], allow_unused=True)
         finally:
             for h in handles:
