@@ -151,7 +151,8 @@ def weights_problems(model: nn.Module, weights: Mapping[str, torch.Tensor]) -> l
             problems.append(f"missing tensor {k!r} (shape {list(expected[k])})")
     for k, t in weights.items():
         if k not in expected:
-            problems.append(f"unexpected tensor {k!r} (shape {list(t.shape)}): the spec has no such parameter")
+            problems.append(f"unexpected tensor {k!r} (shape {list(t.shape)}): the spec has no such "
+                            "parameter")
         elif tuple(t.shape) != expected[k]:
             problems.append(f"tensor {k!r} has shape {list(t.shape)} but the spec needs {list(expected[k])}")
     return problems

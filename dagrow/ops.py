@@ -204,7 +204,8 @@ class FlattenOp(SpecModel):
         c, h, w = _need_image("flatten", in_shape)
         width = _need_width("flatten", target)
         if width != c * h * w:
-            raise ShapeError(f"flatten of {list(in_shape)} gives {c * h * w} features but the target has width {width}")
+            raise ShapeError(f"flatten of {list(in_shape)} gives {c * h * w} features "
+                             f"but the target has width {width}")
         return (width,)
 
     def build(self, in_shape: Shape, out_shape: Shape) -> nn.Module:

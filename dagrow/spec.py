@@ -29,14 +29,15 @@ from pydantic import (
     model_validator,
 )
 
-from .ops import SpecModel, _ACTIVATIONS, _OPS, list_activations, list_ops
+from .ops import _ACTIVATIONS, _OPS, SpecModel, list_activations, list_ops
 
 MAX_WIDTH = 1_000_000  # refuse absurd widths before allocating anything
 
 
 def _check_name(name: str) -> str:
     if not name.isidentifier() or keyword.iskeyword(name):
-        raise ValueError(f"{name!r} is not a Python identifier (letters, digits and _, not starting with a digit)")
+        raise ValueError(f"{name!r} is not a Python identifier "
+                         "(letters, digits and _, not starting with a digit)")
     if "__" in name:
         raise ValueError(f"{name!r} contains '__', which dagrow reserves for edge names such as h1__h2")
     return name
@@ -55,21 +56,21 @@ def _shorthand(key: str):
 
 
 OpSpec = Annotated[
-    Union[tuple(info.model for info in _OPS.values())],  # type: ignore[misc]
+    Union[tuple(info.model for info in _OPS.values())],  # type: ignore[misc]  # noqa: UP007
     Field(discriminator="type"),
 ]
 ActivationSpec = Annotated[
-    Union[tuple(info.model for info in _ACTIVATIONS.values())],  # type: ignore[misc]
+    Union[tuple(info.model for info in _ACTIVATIONS.values())],  # type: ignore[misc]  # noqa: UP007
     Field(discriminator="name"),
 ]
 OpField = Annotated[
     OpSpec,
-    BeforeValidator(_shorthand("type"), json_schema_input_type=Union[Literal[tuple(list_ops())], OpSpec]),
+    BeforeValidator(_shorthand("type"), json_schema_input_type=Literal[tuple(list_ops())] | OpSpec),
 ]
 ActivationField = Annotated[
     ActivationSpec,
     BeforeValidator(
-        _shorthand("name"), json_schema_input_type=Union[Literal[tuple(list_activations())], ActivationSpec]
+        _shorthand("name"), json_schema_input_type=Literal[tuple(list_activations())] | ActivationSpec
     ),
 ]
 
@@ -258,18 +259,18 @@ def _compose(text: str, file: str) -> SourceMap:
             out: dict[Any, Any] = {}
             for key_node, value_node in node.value:
                 key = constructor.construct_object(key_node, deep=True)
+                line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
                 if isinstance(key, list | dict):
-                    errors.append(Diagnostic(file, key_node.start_mark.line + 1,
-                                             key_node.start_mark.column + 1, "a mapping key must be a scalar"))
+                    errors.append(Diagnostic(file, line, col, "a mapping key must be a scalar"))
                     continue
                 if key in out:
                     first = smap.locations[(*path, key)]
-                    errors.append(Diagnostic(file, key_node.start_mark.line + 1, key_node.start_mark.column + 1,
-                                             f"duplicate key {key!r} (first defined at line {first[0]})"))
+                    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+                    message = f"duplicate key {key!r} in {where or 'the spec'} (first at line {first[0]})"
+                    errors.append(Diagnostic(file, line, col, message))
                     continue
                 out[key] = build(value_node, (*path, key))
-                # a key's own location is where the key is written
-                smap.locations[(*path, key)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+                smap.locations[(*path, key)] = (line, col)  # a key's own location is where the key is written
             return out
         if isinstance(node, yaml.SequenceNode):
             return [build(item, (*path, i)) for i, item in enumerate(node.value)]
@@ -345,14 +346,15 @@ def parse_spec(data: Any, smap: SourceMap | None = None) -> GraphSpec:
 
     smap = smap or SourceMap("<spec>", {}, data)
     if not isinstance(data, dict):
-        raise SpecError([smap.diagnostic((), "a spec must be a mapping with inputs, nodes, edges and outputs")])
+        raise SpecError([smap.diagnostic((), "a spec must be a mapping of inputs, nodes, edges and outputs")])
     try:
         spec = GraphSpec.model_validate(data)
     except ValidationError as exc:
         raise SpecError(_pydantic_diagnostics(exc, smap)) from None
     problems = check_spec(spec)
     if problems:
-        raise SpecError([smap.diagnostic(p.path, f"{element_name(data, p.path)}: {p.message}") for p in problems])
+        raise SpecError([smap.diagnostic(p.path, f"{element_name(data, p.path)}: {p.message}")
+                         for p in problems])
     return spec
 
 
@@ -365,7 +367,8 @@ def load_spec(source: str | Path | GraphSpec) -> GraphSpec:
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
-            raise SpecError([Diagnostic(str(path), 1, 1, f"cannot read spec: {exc.strerror or exc}")]) from None
+            message = f"cannot read spec: {exc.strerror or exc}"
+            raise SpecError([Diagnostic(str(path), 1, 1, message)]) from None
         except UnicodeDecodeError:
             raise SpecError([Diagnostic(str(path), 1, 1, "the spec is not UTF-8 text")]) from None
         file = str(path)
