@@ -1,84 +1,151 @@
-"""The `dagrow` command (typer + rich). Every error is a message on stderr and exit status 1."""
+"""The `dagrow` command (typer + rich): the app, the helpers every command shares, and the spec commands.
+
+Every error is a message on stderr and exit status 1, never a traceback: spec problems as
+``FILE:LINE:COL: message`` lines, other failures (weights that do not fit, unreadable files, a missing
+optional extra, a bad option value) as one ``error: ...`` line.
+
+Commands that live in other modules register themselves through a ``register(app)`` function named in
+:data:`COMMAND_MODULES`; :func:`exit_on_error` then guards them like the commands below.
+"""
 
 from __future__ import annotations
 
-import functools
+import contextlib
+import importlib
 import json
+from collections.abc import Iterator
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
 
-from .bundle import atomic_write_text, read_bundle
-from .compile import WeightsMismatch, compile
+from .bundle import atomic_write_text
+from .bundle import load as load_bundle
+from .compile import DagModel, compile
 from .graph import analyze
 from .ops import activation_info, list_activations, list_ops, op_info
-from .rewrite import RewriteError
 from .spec import GraphSpec, SpecError, json_schema, load_spec
-from .stats import StatsError
-from .tasks import DataError
+
+out = Console()
+err = Console(stderr=True)
+
+# modules (in this package) with a ``register(app)`` function that adds more commands
+COMMAND_MODULES = ["cli_growth"]
+
+
+class _Group(TyperGroup):
+    """A usage error (unknown option, bad value, missing argument) exits with status 1 like any error."""
+
+    def make_context(self, *args, **kwargs):
+        with _usage_errors_exit_1():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx):
+        with _usage_errors_exit_1():
+            return super().invoke(ctx)
+
+
+# the click UsageError that typer raises (recent typer versions vendor click as typer._click)
+_UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+@contextlib.contextmanager
+def _usage_errors_exit_1() -> Iterator[None]:
+    try:
+        yield
+    except _UsageError as exc:
+        if type(exc).__name__ != "NoArgsIsHelpError":  # plain `dagrow` shows the help with click's status
+            exc.exit_code = 1
+        raise
+
 
 app = typer.Typer(
     name="dagrow",
-    help="Grow neural networks defined as YAML DAGs while they train.",
+    cls=_Group,
+    help="Compile YAML DAG architectures to torch.fx and grow them while they train. "
+    "`dagrow ops` lists the edge ops and node activations a spec can use.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
 
 
-def load_spec_or_bundle(path: Path) -> tuple[GraphSpec, dict | None]:
-    """A spec (.yaml/.yml/.json) or a bundle (.safetensors) with its weights."""
+def _print_error(line: str) -> None:
+    err.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def exit_on_error() -> Iterator[None]:
+    """Turn an expected failure into stderr lines and exit status 1 (a context manager or a decorator).
+
+    :class:`SpecError` prints its ``FILE:LINE:COL: message`` diagnostics; any other ``ValueError``
+    (``WeightsMismatch``, ``DataError``, ``RewriteError``, ...), ``OSError`` or ``ImportError`` (a
+    missing optional extra) prints ``error: <message>``.
+    """
+    try:
+        yield
+    except SpecError as exc:
+        for d in exc.diagnostics:
+            _print_error(str(d))
+        raise typer.Exit(1) from None
+    except (ValueError, OSError, ImportError) as exc:
+        _print_error(f"error: {exc}")
+        raise typer.Exit(1) from None
+
+
+def load_model_or_spec(path: Path) -> tuple[GraphSpec, DagModel | None]:
+    """A spec file (.yaml, .yml, .json) as ``(spec, None)``, or a bundle (.safetensors) as
+    ``(spec, model)`` with its weights loaded after a check of every tensor name and shape."""
     if path.suffix == ".safetensors":
-        return read_bundle(path)
+        model = load_bundle(path)
+        return model.spec, model
     return load_spec(path), None
 
 
-def _spec_problems(path: Path) -> tuple[GraphSpec | None, list[str]]:
-    try:
-        return load_spec_or_bundle(path)[0], []
-    except SpecError as exc:
-        return None, [str(d) for d in exc.diagnostics]
+def _summary(path: Path, spec: GraphSpec) -> str:
+    n_params = analyze(spec).num_params()
+    return (f"{path}: ok: {spec.name}: {len(spec.inputs)} inputs, {len(spec.nodes)} nodes, "
+            f"{len(spec.edges)} edges, {n_params:,} parameters")
 
 
 @app.command()
-def validate(specs: Annotated[list[Path], typer.Argument(help="spec files (.yaml) or bundles")]) -> None:
-    """Check specs: one summary line each, or FILE:LINE:COL: message lines on stderr (exit 1)."""
+def validate(
+    sources: Annotated[list[Path], typer.Argument(metavar="SPEC...", help="specs (.yaml) or bundles")],
+) -> None:
+    """Check specs: a summary line each, or FILE:LINE:COL: message lines on stderr and exit status 1."""
     failed = False
-    for path in specs:
-        spec, problems = _spec_problems(path)
-        if problems:
-            failed = True
-            for line in problems:
-                err.print(line, highlight=False, markup=False, soft_wrap=True)
+    for path in sources:
+        try:
+            with exit_on_error():
+                spec, _ = load_model_or_spec(path)
+        except typer.Exit:
+            failed = True  # reported; go on with the next file
             continue
-        sg = analyze(spec)  # type: ignore[arg-type]
-        out.print(f"{path}: ok: {spec.name}: {len(spec.inputs)} inputs, {len(spec.nodes)} nodes, "  # type: ignore[union-attr]
-                  f"{len(spec.edges)} edges, {sg.num_params():,} parameters", highlight=False, markup=False,
-                  soft_wrap=True)
+        out.print(_summary(path, spec), highlight=False, markup=False, soft_wrap=True)
     if failed:
         raise typer.Exit(1)
 
 
 @app.command("compile")
 def compile_command(
-    source: Annotated[Path, typer.Argument(help="spec (.yaml) or bundle (.safetensors)")],
+    source: Annotated[Path, typer.Argument(metavar="SPEC", help="spec (.yaml) or bundle (.safetensors)")],
     code: Annotated[bool, typer.Option("--code", help="print the generated torch.fx code")] = False,
-    params: Annotated[bool, typer.Option("--params", help="table of parameter names and shapes")] = False,
+    params: Annotated[bool, typer.Option("--params", help="print the parameter names and shapes")] = False,
 ) -> None:
-    """Compile a spec to a torch.fx GraphModule and show its code and/or parameters."""
-    spec, weights = load_spec_or_bundle(source)
-    model = compile(spec, weights)
+    """Compile a spec to a torch.fx GraphModule; print its code (the default) and/or its parameters."""
+    spec, model = load_model_or_spec(source)
+    model = model if model is not None else compile(spec, seed=0)
     if code or not params:
-        out.print(model.code.strip(), highlight=False, markup=False)
+        out.print(model.code.strip(), highlight=False, markup=False, soft_wrap=True)
     if params:
-        table = Table(title=f"{spec.name}: parameters")
-        table.add_column("name")
-        table.add_column("shape")
+        table = Table(title=f"{spec.name}: {sum(p.numel() for p in model.parameters()):,} parameters")
+        table.add_column("name", no_wrap=True)
+        table.add_column("shape", no_wrap=True)
         table.add_column("count", justify="right")
         for name, p in model.named_parameters():
             table.add_row(name, str(list(p.shape)), f"{p.numel():,}")
@@ -87,9 +154,9 @@ def compile_command(
 
 @app.command()
 def schema(
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="write to FILE")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="write to FILE (atomically)")] = None,
 ) -> None:
-    """Print (or write) the JSON Schema of the spec language."""
+    """Print (or write) the JSON Schema of the spec language, generated from its pydantic models."""
     text = json.dumps(json_schema(), indent=2) + "\n"
     if output is None:
         print(text, end="")
@@ -97,28 +164,32 @@ def schema(
         atomic_write_text(output, text)
 
 
-EXPORT_FORMATS = ("dot", "png", "yaml")
+class ExportFormat(StrEnum):
+    dot = "dot"
+    png = "png"
+    yaml = "yaml"
+
+
+EXPORT_HELP = "dot: Graphviz text; png: a drawing (needs matplotlib: the 'plot' extra); yaml: canonical spec"
 
 
 @app.command()
 def export(
-    source: Annotated[Path, typer.Argument(help="spec (.yaml) or bundle (.safetensors)")],
-    to: Annotated[str, typer.Option("--to", help="dot, png or yaml")] = "dot",
+    source: Annotated[Path, typer.Argument(metavar="SPEC_OR_BUNDLE", help="spec (.yaml) or bundle")],
+    to: Annotated[ExportFormat, typer.Option("--to", help=EXPORT_HELP)] = ExportFormat.dot,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="output file (png needs one)")] = None,
 ) -> None:
-    """Export an architecture as DOT text, a PNG drawing or canonical YAML."""
+    """Export an architecture as DOT text (widths on nodes, ops on edges), a PNG drawing or canonical YAML."""
     from .export import to_dot, write_png
 
-    if to not in EXPORT_FORMATS:
-        raise ValueError(f"unknown export format {to!r}; expected one of {', '.join(EXPORT_FORMATS)}")
-    spec, _ = load_spec_or_bundle(source)
-    if to == "png":
+    spec, _ = load_model_or_spec(source)
+    if to is ExportFormat.png:
         if output is None:
             raise ValueError("--to png needs -o FILE.png")
         write_png(spec, output)
-        out.print(f"wrote {output}", highlight=False)
+        out.print(f"wrote {output}", highlight=False, markup=False)
         return
-    text = to_dot(spec) if to == "dot" else spec.to_yaml()
+    text = to_dot(spec) if to is ExportFormat.dot else spec.to_yaml()
     if output is None:
         print(text, end="")
     else:
@@ -127,53 +198,41 @@ def export(
 
 @app.command()
 def ops() -> None:
-    """List the registered edge ops and node activations."""
-    table = Table(title="edge ops")
-    table.add_column("op")
-    table.add_column("parametric")
+    """List the registered edge ops and node activations (the registry the spec language is built from)."""
+    table = Table(title="edge ops (edges: op: NAME or {type: NAME, ...})")
+    table.add_column("op", no_wrap=True)
+    table.add_column("parameters", no_wrap=True)
     table.add_column("what it does")
     for name in list_ops():
         info = op_info(name)
-        table.add_row(name, "yes" if info.parametric else "no", info.summary)
+        table.add_row(name, _fields(info.model, "type") + (" (learned weight)" if info.parametric else ""),
+                      Text(info.summary))
     out.print(table)
-    table = Table(title="activations")
-    table.add_column("activation")
+    table = Table(title="activations (nodes: activation: NAME or {name: NAME, ...})")
+    table.add_column("activation", no_wrap=True)
+    table.add_column("parameters", no_wrap=True)
     table.add_column("what it does")
     for name in list_activations():
-        table.add_row(name, activation_info(name).summary)
+        info = activation_info(name)
+        table.add_row(name, _fields(info.model, "name"), Text(info.summary))
     out.print(table)
 
 
-def _register_growth_commands() -> None:
-    from .cli_growth import register
-
-    register(app)
-
-
-_register_growth_commands()
-
-ERRORS = (SpecError, WeightsMismatch, RewriteError, StatsError, DataError, ValueError, OSError, ImportError)
+def _fields(model, tag: str) -> str:
+    """``kernel=3, stride=1`` from a registry model's fields and defaults."""
+    return ", ".join(f"{k}={f.default}" for k, f in model.model_fields.items() if k != tag) or "-"
 
 
-def _guard(func):
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except SpecError as exc:
-            for d in exc.diagnostics:
-                err.print(str(d), highlight=False, markup=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-        except ERRORS as exc:
-            err.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-
-    return wrapper
+def _register_command_modules() -> None:
+    for name in COMMAND_MODULES:
+        importlib.import_module(f".{name}", __package__).register(app)
+    for command in app.registered_commands:
+        command.callback = exit_on_error()(command.callback)
 
 
-for _command in app.registered_commands:
-    _command.callback = _guard(_command.callback)
+_register_command_modules()
 
 
 def main() -> None:
+    """Console entry point (``dagrow = "dagrow.cli:main"``)."""
     app()

@@ -22,17 +22,24 @@ def _label(spec: GraphSpec, v: str, shape) -> str:
     return f"{v}\\n{size}\\n{node.activation.name}"
 
 
+def _op_label(op) -> str:
+    """``linear``, or ``conv2d kernel=3 padding=1``: the op and the settings that differ from defaults."""
+    settings = op.model_dump(exclude_defaults=True, exclude={"type"})
+    return " ".join([op.type, *(f"{k}={v}" for k, v in settings.items())])
+
+
 def to_dot(spec: GraphSpec) -> str:
     """DOT text: nodes show their size and activation, edges their op."""
     sg = analyze(spec)
-    lines = [f'digraph "{spec.name}" {{', "  rankdir=LR;", '  node [shape=box, style="rounded,filled", '
+    name = spec.name.replace("\\", "\\\\").replace('"', '\\"')
+    lines = [f'digraph "{name}" {{', "  rankdir=LR;", '  node [shape=box, style="rounded,filled", '
              'fillcolor="#eef3fb", fontname="Helvetica"];']
     for v in sg.order:
         extra = ', fillcolor="#fdf1d8"' if v in spec.inputs else (
             ', fillcolor="#e3f4e1"' if v in spec.outputs else "")
         lines.append(f'  "{v}" [label="{_label(spec, v, sg.shapes[v])}"{extra}];')
     for e in spec.edges:
-        lines.append(f'  "{e.source}" -> "{e.target}" [label="{e.op.type}"];')
+        lines.append(f'  "{e.source}" -> "{e.target}" [label="{_op_label(e.op)}"];')
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -67,7 +74,7 @@ def write_png(spec: GraphSpec, path: str | Path) -> Path:
     nx.draw_networkx_labels(g, pos, labels, ax=ax, font_size=8)
     nx.draw_networkx_edges(g, pos, ax=ax, arrows=True, arrowsize=14, node_size=2600,
                            connectionstyle="arc3,rad=0.08")
-    nx.draw_networkx_edge_labels(g, pos, {(e.source, e.target): e.op.type for e in spec.edges}, ax=ax,
+    nx.draw_networkx_edge_labels(g, pos, {(e.source, e.target): _op_label(e.op) for e in spec.edges}, ax=ax,
                                  font_size=7, label_pos=0.5)
     ax.set_title(f"{spec.name}: {sg.num_params():,} parameters")
     ax.axis("off")
