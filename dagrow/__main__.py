@@ -1,0 +1,5 @@
+"""``python -m dagrow``: the same as the ``dagrow`` command."""
+
+from .cli import main
+
+main()
