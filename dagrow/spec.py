@@ -238,10 +238,13 @@ class SourceMap:
         return Diagnostic(self.file, line, col, message)
 
 
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when PyYAML has it: 10x faster
+
+
 def _compose(text: str, file: str) -> SourceMap:
     """Parse YAML safely into plain data, recording the location of every key; refuse duplicates."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_LOADER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
