@@ -109,13 +109,15 @@ class UpdateWeights(Action):
         return f"update_weights({', '.join(self.deltas)}, gamma={self.gamma:g})"
 
 
-def _split_columns(t: Tensor, sources: Iterable[str], widths: Mapping[str, int]) -> dict[str, Tensor]:
+def _split_columns(
+    t: Tensor, sources: Iterable[str], widths: Mapping[str, int], what: str = "fan-in"
+) -> dict[str, Tensor]:
     out, col = {}, 0
     for s in sources:
         k = 1 if s == ONE else widths[s]
         out[s] = t[:, col : col + k]
         col += k
-    _require(col == t.shape[1], f"fan-in has {t.shape[1]} columns but the sources need {col}")
+    _require(col == t.shape[1], f"{what} has {t.shape[1]} columns but the sources need {col}")
     return out
 
 
@@ -150,7 +152,8 @@ class AddNeurons(Action):
             f"add_neurons: fan-out targets {sorted(self.fan_out)} != successors of {h} {sg.succs(h)}",
         )
         root = math.sqrt(self.gamma)
-        for s, block in _split_columns(fan_in, self.sources, _widths(spec)).items():
+        blocks = _split_columns(fan_in, self.sources, _widths(spec), f"add_neurons: fan-in of {h}")
+        for s, block in blocks.items():
             name = f"nodes.{h}.bias" if s == ONE else f"edges.{s}__{h}.weight"
             new = root * (block.reshape(-1) if s == ONE else block)
             weights[name] = torch.cat([weights[name], _like(new, weights[name])], 0)
@@ -159,7 +162,7 @@ class AddNeurons(Action):
             om = _t(om)
             _require(
                 om.shape == (weights[name].shape[0], K),
-                f"add_neurons: fan-out into {w} has shape "
+                f"add_neurons: fan-out of {h} into {w} has shape "
                 f"{list(om.shape)}, expected {[weights[name].shape[0], K]}",
             )
             weights[name] = torch.cat([weights[name], _like(root * om, weights[name])], 1)
@@ -208,13 +211,14 @@ class AddNode(Action):
         fan_in, fan_out = _t(self.fan_in), _t(self.fan_out)
         K = fan_in.shape[0]
         widths = _widths(spec)
+        _require(u in widths, f"add_node: unknown source {u!r}")
         _require(
             fan_in.shape == (K, widths[u] + 1),
-            f"add_node: fan-in shape {list(fan_in.shape)}, expected {[K, widths[u] + 1]}",
+            f"add_node {u}->{m}->{w}: fan-in shape {list(fan_in.shape)}, expected {[K, widths[u] + 1]}",
         )
         _require(
             fan_out.shape == (widths[w], K),
-            f"add_node: fan-out shape {list(fan_out.shape)}, expected {[widths[w], K]}",
+            f"add_node {u}->{m}->{w}: fan-out shape {list(fan_out.shape)}, expected {[widths[w], K]}",
         )
         act = self.activation if isinstance(self.activation, str | dict) else self.activation.model_dump()
         _insert_node(data, w, m, {"width": K, "activation": act, "bias": True})
@@ -257,10 +261,12 @@ class AddEdge(Action):
         u, w = self.source, self.target
         _require(all(not (e.source == u and e.target == w) for e in spec.edges), f"add_edge: {u}->{w} exists")
         widths = _widths(spec)
+        _require(u in widths, f"add_edge: unknown source {u!r}")
+        _require(w in spec.nodes, f"add_edge: unknown target {w!r}")
         wt = _t(self.weight)
         _require(
             wt.shape == (widths[w], widths[u]),
-            f"add_edge: weight shape {list(wt.shape)}, expected {[widths[w], widths[u]]}",
+            f"add_edge {u}->{w}: weight shape {list(wt.shape)}, expected {[widths[w], widths[u]]}",
         )
         data["edges"].append({"from": u, "to": w, "op": {"type": "linear"}})
         ref = next(iter(weights.values()))

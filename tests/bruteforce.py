@@ -256,7 +256,10 @@ def random_dags(draw, max_hidden: int = 4, max_width: int = 4, activations=SMOOT
             "activation": draw(st.sampled_from(activations)),
             "bias": draw(st.sampled_from([True, True, True, False])),
         }
-    nodes["out"] = {"width": draw(st.integers(1, 3)), "activation": draw(st.sampled_from(["identity", "tanh"]))}
+    nodes["out"] = {
+        "width": draw(st.integers(1, 3)),
+        "activation": draw(st.sampled_from(["identity", "tanh"])),
+    }
     edges: list[tuple[str, str]] = []
     order = [*inputs, *hidden, "out"]
     for j, v in enumerate(order):

@@ -29,7 +29,9 @@ def assert_matches_reference(stats, ref, spec) -> int:
         checked += 1
     for w in stats.g_sums:
         torch.testing.assert_close(stats.G(w), ref.G(w), **TOL)
-        assert stats.grad_sq(w) == pytest.approx(float(ref.grad[w].pow(2).sum(1).mean()), rel=1e-10, abs=1e-14)
+        assert stats.grad_sq(w) == pytest.approx(
+            float(ref.grad[w].pow(2).sum(1).mean()), rel=1e-10, abs=1e-14
+        )
         checked += 1
     assert stats.loss == pytest.approx(ref.loss, rel=1e-12)
     assert stats.n == ref.n
@@ -83,7 +85,7 @@ def test_only_the_requested_sites_are_measured():
         stats.moment(["h1"], ["h2"])
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spec=random_dags(), seed=st.integers(0, 2**16), n=st.integers(3, 12))
 def test_random_dags_match_brute_force(spec, seed, n):
     spec, model, xs, y = setup(spec, n=n, seed=seed)

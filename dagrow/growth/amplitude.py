@@ -170,9 +170,9 @@ class GrownFamily:
         return functional_call(self.model, self.weights(gamma), inputs)
 
     def materialise(self, gamma: float) -> DagModel:
-        model = compile(self.spec, self.weights(gamma))
         ref = next(iter(self.w0.values()))
-        return model.to(dtype=ref.dtype, device=ref.device)
+        # the dtype before the weights: compile() alone would round them through float32
+        return compile(self.spec, self.weights(gamma), dtype=ref.dtype, device=ref.device)
 
 
 def amplitude_factor(

@@ -379,10 +379,11 @@ def _north_fan_in(
     tol = settings.numerical_threshold * float(torch.trace(S)) + 1e-300
 
     def add(v: Tensor) -> Tensor | None:
+        size = float(v @ v)  # before projection: the residual of a spanned vector is round-off
         for b in basis:
             v = v - (v @ S @ b) * b
         norm2 = float(v @ S @ v)
-        if norm2 <= tol * float(v @ v):
+        if norm2 <= tol * size:
             return None
         v = v / math.sqrt(norm2)
         basis.append(v)

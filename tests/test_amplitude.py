@@ -1,0 +1,200 @@
+"""The amplitude factor: the first-order prediction against finite differences, the 1-D line search,
+and gamma* never making the loss worse (DESIGN.md invariant 5)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from bruteforce import HAND_WRITTEN, setup, with_activation
+
+from dagrow.growth.amplitude import GrownFamily, amplitude_factor, line_search, proposal_actions
+from dagrow.growth.proposals import FUNCTION_PRESERVING, propose
+from dagrow.rewrite import replay
+from dagrow.sites import enumerate_sites, find_site
+from dagrow.stats import measure
+
+GAMMA = 1e-6  # float64: the cancellation error is ~1e-16 / 1e-6, the curvature term ~1e-6
+
+
+def grown_setting(name: str, activation: str, n: int = 64, seed: int = 0):
+    spec, model, xs, y = setup(with_activation(HAND_WRITTEN[name], activation), n=n, seed=seed)
+    stats = measure(model, [(tuple(xs), y)])
+    return spec, model, xs, y, stats
+
+
+def finite_difference(family, xs, y, base: float, gamma: float = GAMMA) -> float:
+    with torch.no_grad():
+        return (base - float(F.mse_loss(family(gamma, *xs), y))) / gamma
+
+
+@pytest.mark.parametrize("activation", ["tanh", "identity"])
+@pytest.mark.parametrize("name", ["mlp", "skip", "two_inputs"])
+def test_first_order_prediction_matches_finite_differences(name, activation):
+    spec, model, xs, y, stats = grown_setting(name, activation)
+    weights = model.state_dict()
+    with torch.no_grad():
+        base = float(F.mse_loss(model(*xs), y))
+    kinds = set()
+    for site in enumerate_sites(spec, include_unsupported=False):
+        inits = ["tiny"] if site.kind == "edge" else ["tiny", *sorted(FUNCTION_PRESERVING)]
+        for init in inits:
+            p = propose(stats, site, init, 2, weights=weights)
+            if p.neurons == 0 and p.edge_weight is None:
+                continue
+            fd = finite_difference(GrownFamily(model, p), xs, y, base)
+            assert abs(fd - p.first_order_improvement) <= 1e-2 * abs(p.first_order_improvement) + 1e-9, (
+                site.id,
+                init,
+                fd,
+                p.first_order_improvement,
+            )
+            kinds.add(site.kind)
+    assert kinds == {"widen", "node", "edge"}
+
+
+@pytest.mark.parametrize("activation", ["tanh", "identity"])
+def test_first_order_prediction_without_the_update_is_the_neurons_share(activation):
+    """update=False removes d: what is left is the new neurons' (or edge's) own first-order gain, which
+    for TINY on features orthogonal to the existing ones is sigma'(0) sum lambda_k^2 (DESIGN.md)."""
+    spec, model, xs, y, stats = grown_setting("mlp", activation)
+    with torch.no_grad():
+        base = float(F.mse_loss(model(*xs), y))
+    shares = []
+    for site_id in ("widen:h1", "widen:h2", "node:x->out", "edge:h1->out"):
+        p = propose(stats, find_site(spec, site_id), "tiny", 2, weights=model.state_dict())
+        fd = finite_difference(GrownFamily(model, p, update=False), xs, y, base)
+        share = p.first_order_improvement - p.d
+        assert fd == pytest.approx(share, rel=1e-2, abs=1e-9), site_id
+        assert share >= -1e-12, site_id  # TINY never points uphill
+        shares.append(share)
+    # with identity activations h2 = W h1 + c spans h1, so widen:h2 and edge:h1->out see nothing new
+    assert sum(s > 1e-6 for s in shares) >= (4 if activation == "tanh" else 2)
+
+
+def test_a_new_node_on_a_fresh_pair_gains_sum_lambda_sq():
+    """node:x->out reads features (x, 1) that out does not see: C B_U is then orthogonal to what
+    dW* B_out explains and the first-order gain is exactly d + sigma'(0) sum lambda_k^2."""
+    spec, model, xs, y, stats = grown_setting("mlp", "tanh")
+    p = propose(stats, find_site(spec, "node:x->out"), "tiny", 2, weights=model.state_dict())
+    assert p.neurons == 2
+    # the overlap term -sigma'(0) <dW* B_W, Omega A^T B_U> is not zero in general, so only bound it
+    assert p.first_order_improvement == pytest.approx(p.d + p.sum_lambda_sq, rel=0.5)
+
+
+# --------------------------------------------------------------------------------------------------
+# line search
+# --------------------------------------------------------------------------------------------------
+
+
+def test_line_search_finds_an_interior_minimum():
+    calls = []
+
+    def f(g):
+        calls.append(g)
+        return (g - 0.37) ** 2 + 1.0
+
+    gamma, value, evals = line_search(f)
+    assert gamma == pytest.approx(0.37, abs=2e-3)
+    assert value == pytest.approx(1.0, abs=1e-5) and value == f(gamma)
+    assert evals == len(calls) - 1 <= 40  # one call above is ours
+
+
+def test_line_search_returns_zero_when_nothing_helps():
+    gamma, value, evals = line_search(lambda g: (g + 1.0) ** 2)
+    assert gamma == 0.0 and value == 1.0
+    assert evals == 20  # the grid 0, 2^-12 .. 2^6 and nothing more
+
+
+def test_line_search_stops_at_the_grid_end():
+    gamma, value, _ = line_search(lambda g: (g - 1000.0) ** 2)
+    assert gamma == 2.0**6 and value == (64 - 1000.0) ** 2
+    gamma, _, _ = line_search(lambda g: (g - 1000.0) ** 2, hi_exp=10)
+    assert gamma == pytest.approx(1000.0, rel=1e-2)
+
+
+def test_line_search_treats_non_finite_values_as_infinite():
+    gamma, value, _ = line_search(lambda g: math.nan if g > 0.5 else (g - 2.0) ** 2)
+    assert 0.25 <= gamma <= 0.5 and math.isfinite(value)
+    gamma, value, _ = line_search(lambda g: math.inf if g > 0 else 3.0)
+    assert gamma == 0.0 and value == 3.0
+
+
+def test_line_search_with_a_small_minimum_uses_the_fine_grid():
+    gamma, _, _ = line_search(lambda g: (g - 3e-4) ** 2)
+    assert gamma == pytest.approx(3e-4, rel=2e-2)
+
+
+# --------------------------------------------------------------------------------------------------
+# amplitude factor
+# --------------------------------------------------------------------------------------------------
+
+
+def _negated(p):
+    """The same proposal pointing uphill: minus dW*, minus the fan-out (or edge weight)."""
+    updates = {w: dataclasses.replace(u, delta=-u.delta) for w, u in p.updates.items()}
+    fan_out = {w: -t for w, t in p.fan_out.items()}
+    edge = None if p.edge_weight is None else -p.edge_weight
+    return dataclasses.replace(
+        p,
+        updates=updates,
+        fan_out=fan_out,
+        edge_weight=edge,
+        first_order_improvement=-p.first_order_improvement,
+    )
+
+
+@pytest.mark.parametrize("activation", ["tanh", "identity"])
+@pytest.mark.parametrize("name", ["mlp", "skip"])
+def test_amplitude_factor_never_raises_the_loss(name, activation):
+    spec, model, xs, y, stats = grown_setting(name, activation, n=48, seed=2)
+    batch = (tuple(xs), y)
+    with torch.no_grad():
+        base = float(F.mse_loss(model(*xs), y))
+    for site in enumerate_sites(spec, include_unsupported=False):
+        for init in ["tiny"] if site.kind == "edge" else ["tiny", "gradmax"]:
+            p = propose(stats, site, init, 2, weights=model.state_dict())
+            if p.neurons == 0 and p.edge_weight is None:
+                continue
+            for proposal in (p, _negated(p)):
+                for update in (True, False):
+                    res, family = amplitude_factor(model, proposal, batch, update=update)
+                    assert res.loss_before == pytest.approx(base, rel=1e-12)
+                    assert res.loss_after <= res.loss_before, (site.id, init, update)
+                    assert res.gamma >= 0 and res.delta_l >= 0
+                    assert res.predicted_decrease == res.gamma * proposal.first_order_improvement
+                    with torch.no_grad():
+                        again = float(F.mse_loss(family(res.gamma, *xs), y))
+                    assert again == pytest.approx(res.loss_after, rel=1e-12, abs=1e-15)
+            res, _ = amplitude_factor(model, p, batch)
+            if p.first_order_improvement > 1e-6:
+                assert res.gamma > 0 and res.delta_l > 0, (site.id, init)
+
+
+def test_uphill_proposal_on_a_convex_direction_gives_gamma_zero():
+    """A new edge into the identity output under MSE moves the loss along a convex parabola in gamma:
+    pointed uphill, the best amplitude is 0 and the network is kept as it is."""
+    spec, model, xs, y, stats = grown_setting("mlp", "tanh")
+    p = propose(stats, find_site(spec, "edge:x->out"), "tiny", weights=model.state_dict())
+    res, _ = amplitude_factor(model, _negated(p), (xs[0], y), update=False)
+    assert res.gamma == 0.0 and res.loss_after == res.loss_before and res.delta_l == 0.0
+
+
+def test_materialised_model_equals_the_family_and_the_replayed_actions():
+    spec, model, xs, y, stats = grown_setting("skip", "tanh")
+    p = propose(stats, find_site(spec, "widen:h2"), "tiny", 2, weights=model.state_dict())
+    res, family = amplitude_factor(model, p, (xs[0], y))
+    grown = family.materialise(res.gamma)
+    assert grown.spec == family.spec
+    with torch.no_grad():
+        assert torch.equal(grown(xs[0]), family(res.gamma, xs[0]))
+        spec2, w2 = replay(spec, model.state_dict(), proposal_actions(p, spec, res.gamma))
+        assert spec2 == family.spec
+        from dagrow import compile as compile_spec
+
+        replayed = compile_spec(spec2, w2, dtype=torch.float64)(xs[0])
+        assert (replayed - grown(xs[0])).abs().max() <= 1e-12
+        assert float(F.mse_loss(grown(xs[0]), y)) == pytest.approx(res.loss_after, rel=1e-12)
