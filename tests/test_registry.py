@@ -113,3 +113,9 @@ def test_every_op_yaml_uses_every_op_and_activation():
     spec = load_spec(ROOT / "specs" / "every_op.yaml")
     assert {e.op.type for e in spec.edges} == set(list_ops())
     assert {n.activation.name for n in spec.nodes.values()} == set(list_activations())
+
+
+def test_the_language_reference_documents_every_op_and_activation():
+    reference = (ROOT / "docs" / "spec.md").read_text()
+    for name in [*list_ops(), *list_activations()]:
+        assert f"| `{name}` |" in reference, f"docs/spec.md has no table row for {name!r}"
