@@ -87,26 +87,31 @@ def test_every_activation_compiles_and_trains(name, dtype):
     check_forward_backward(activation_spec(name), dtype)
 
 
+def schema_choices(model: str, field: str) -> tuple[list[str], dict[str, str]]:
+    """The shorthand names and the discriminator mapping the JSON Schema offers for a field."""
+    choices = json_schema()["$defs"][model]["properties"][field]["anyOf"]
+    names = next(c["enum"] for c in choices if "enum" in c)
+    mapping = next(c["discriminator"]["mapping"] for c in choices if "discriminator" in c)
+    return names, mapping
+
+
+def test_the_schema_offers_every_op_and_activation():
+    names, mapping = schema_choices("EdgeSpec", "op")
+    assert names == list_ops() and sorted(mapping) == sorted(list_ops())
+    names, mapping = schema_choices("NodeSpec", "activation")
+    assert names == list_activations() and sorted(mapping) == sorted(list_activations())
+
+
 @pytest.mark.parametrize("name", list_ops())
-def test_every_op_has_a_summary_and_a_schema_entry(name):
+def test_every_op_has_a_summary(name):
     info = op_info(name)
-    assert info.summary and info.name == name
-    assert name in str(json_schema())
+    assert info.name == name and len(info.summary) > 5
 
 
 @pytest.mark.parametrize("name", list_activations())
-def test_every_activation_has_a_summary_and_a_schema_entry(name):
+def test_every_activation_has_a_summary(name):
     info = activation_info(name)
-    assert info.summary and info.name == name
-    assert name in str(json_schema())
-
-
-@pytest.mark.parametrize("name", list_activations())
-def test_activation_module_matches_its_default_model(name):
-    module = activation_info(name).build(activation_info(name).model())
-    x = torch.linspace(-3, 3, 13, dtype=torch.float64)
-    y = module.to(torch.float64)(x)
-    assert y.shape == x.shape and torch.isfinite(y).all()
+    assert info.name == name and len(info.summary) > 5
 
 
 def test_every_op_yaml_uses_every_op_and_activation():
