@@ -17,21 +17,23 @@ features it equals ``d + sigma'(0) sum_k lambda_k^2`` (DESIGN.md's figure, repor
 
 S^{-1/2} and S^+ come from an eigendecomposition that drops eigenvalues below
 ``numerical_threshold * max eigenvalue``; lambdas with ``lambda^2 < statistical_threshold * Psi_W`` are not
-proposed (a neuron must remove at least that fraction of the bottleneck). Both are settings and are reported with every proposal.
+proposed (a neuron must remove at least that fraction of the bottleneck). Both are settings and are
+reported with every proposal.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from ..graph import analyze
+from ..graph import SpecGraph, analyze
 from ..ops import slope_at_zero, value_at_zero
 from ..sites import ONE, Site, linear_sources
 from ..spec import GraphSpec
@@ -123,9 +125,43 @@ class Proposal:
         }
 
 
+@contextmanager
+def _single_threaded() -> Iterator[None]:
+    """Run LAPACK on one thread: the matrices here are small (the width of a site's features), where
+    threads gain nothing, and MKL's threaded eigh/svd can stall for milliseconds per call when the
+    cores are busy (seen: 10 ms instead of 0.1 ms for a 48 x 48 eigh with 2 threads under load)."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+_AT_ZERO: dict[str, tuple[float, float]] = {}
+
+
+def _at_zero(activation) -> tuple[float, float]:
+    """(sigma'(0), sigma(0)), memoised per activation spec (each evaluation builds a module and runs
+    autograd, which cost more than the rest of a small site's proposal)."""
+    key = activation.model_dump_json()
+    if key not in _AT_ZERO:
+        _AT_ZERO[key] = (slope_at_zero(activation), value_at_zero(activation))
+    return _AT_ZERO[key]
+
+
+def _svd(A: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    with _single_threaded():
+        return torch.linalg.svd(A, full_matrices=False)
+
+
 def _eig_parts(S: Tensor, rel: float) -> tuple[Tensor, Tensor]:
     """Eigenvalues and eigenvectors of a symmetric PSD matrix above ``rel * max eigenvalue``."""
-    e, Q = torch.linalg.eigh((S + S.T) / 2)
+    with _single_threaded():
+        e, Q = torch.linalg.eigh((S + S.T) / 2)
     top = float(e.max()) if e.numel() else 0.0
     keep = e > max(rel * top, 0.0) if top > 0 else torch.zeros_like(e, dtype=torch.bool)
     return e[keep], Q[:, keep]
@@ -141,9 +177,11 @@ def inv_sqrt_psd(S: Tensor, rel: float) -> Tensor:
     return (Q * e.rsqrt()) @ Q.T
 
 
-def target_update(stats: Statistics, spec: GraphSpec, w: str, settings: ProposalSettings) -> TargetUpdate:
+def target_update(
+    stats: Statistics, spec: GraphSpec | SpecGraph, w: str, settings: ProposalSettings
+) -> TargetUpdate:
     """dW*, d and the bottleneck Psi of one node."""
-    sg = analyze(spec)
+    sg = spec if isinstance(spec, SpecGraph) else analyze(spec)
     bw = linear_sources(sg, w)
     S = stats.moment(bw, bw).double()
     M = stats.grad_moment(bw, w).double()
@@ -211,12 +249,14 @@ def propose(
     *,
     weights: Mapping[str, Tensor] | None = None,
     settings: ProposalSettings | None = None,
+    cache: dict[str, TargetUpdate] | None = None,
 ) -> Proposal:
     """The proposal of ``init`` for ``neurons`` new neurons at ``site`` (see the module docstring).
 
     ``weights`` (the model's state dict) is needed by ``north`` (existing fan-in) and ``gradmax``
     (the fan-out scale). Unsupported sites and sites with nothing to propose come back with
-    ``skipped`` set to the reason, never with NaNs.
+    ``skipped`` set to the reason, never with NaNs. ``cache``: a dict shared by calls with the same
+    statistics and settings keeps each target's dW* (several sites write into the same node).
     """
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; expected one of {', '.join(INITS)}")
@@ -244,7 +284,12 @@ def propose(
         )
     if site.kind == "widen":
         neurons = min(neurons, spec.growth.max_width - spec.nodes[site.node].size)
-    updates = {w: target_update(stats, spec, w, settings) for w in site.targets}
+    if cache is None:
+        cache = {}
+    for w in site.targets:
+        if w not in cache:
+            cache[w] = target_update(stats, spec, w, settings)
+    updates = {w: cache[w] for w in site.targets}
     d = sum(u.d for u in updates.values())
     bottleneck = sum(u.bottleneck for u in updates.values())
     U = site.sources
@@ -258,13 +303,14 @@ def propose(
         ],
         1,
     )
-    S_is = inv_sqrt_psd(S_U, settings.numerical_threshold)
-    _, lam, _ = torch.linalg.svd(S_is @ N, full_matrices=False)
+    e_U, Q_U = _eig_parts(S_U, settings.numerical_threshold)
+    S_is = (Q_U * e_U.rsqrt()) @ Q_U.T
+    Uv, lam, Vh = _svd(S_is @ N)
     kept = lam[lam.pow(2) > max(settings.statistical_threshold * bottleneck, 1e-300)]
     notes: list[str] = []
 
     if site.kind == "edge":
-        E = (pinv_psd(S_U, settings.numerical_threshold) @ N).T  # least squares of -Vperp_w on b_u
+        E = (((Q_U / e_U) @ Q_U.T) @ N).T  # S_U^+ N: least squares of -Vperp_w on b_u
         gain = -float((E * M_UW.T).sum())
         return Proposal(
             **base,
@@ -282,38 +328,37 @@ def propose(
             skipped=None if kept.numel() else "no bottleneck direction above the thresholds",
         )
 
-    slope = slope_at_zero(act)
+    slope, sigma0 = _at_zero(act)
     gen = torch.Generator().manual_seed(settings.seed)
     fan_out_zero = {w: torch.zeros(stats.widths[w], neurons, dtype=torch.float64) for w in site.targets}
     init_score = None
     skipped = None
     if init == "tiny":
-        Uv, lam_all, Vh = torch.linalg.svd(S_is @ N, full_matrices=False)
         K = min(neurons, kept.numel())
         if K < neurons:
             notes.append(f"only {K} of {neurons} eigenvalues pass the thresholds")
-        root = lam_all[:K].sqrt()
+        root = lam[:K].sqrt()
         fan_in = (S_is @ Uv[:, :K] * root).T.contiguous()
         fan_out = _split_rows(Vh[:K].T * root, site.targets, stats)
         if K == 0:
             skipped = "no bottleneck direction above the thresholds"
-        if value_at_zero(act) != 0.0:
+        if sigma0 != 0.0:
             notes.append(
                 f"{act.name}(0) != 0: the new neurons shift the output by sqrt(gamma) omega sigma(0)"
             )
         neurons = K
     elif init == "gradmax":
-        _, _, Vh = torch.linalg.svd(M_UW, full_matrices=False)
+        _, _, Vh = _svd(M_UW)
         K = min(neurons, Vh.shape[0])
         scale = settings.gradmax_scale * _reference_fan_out_norm(spec, site.targets, weights)
         omega = Vh[:K].T * scale
         fan_in = torch.zeros(K, stats.dim(U), dtype=torch.float64)
         fan_out = _split_rows(omega, site.targets, stats)
         init_score = slope**2 * float((M_UW @ omega).pow(2).sum())
-        if slope == 0.0 or value_at_zero(act) != 0.0:
+        if slope == 0.0 or sigma0 != 0.0:
             msg = (
                 f"gradmax needs sigma(0) = 0 and sigma'(0) != 0 but {act.name} has sigma'(0) = {slope:g}, "
-                f"sigma(0) = {value_at_zero(act):g}: zero fan-in neurons will not learn (use relu_grad1)"
+                f"sigma(0) = {sigma0:g}: zero fan-in neurons will not learn (use relu_grad1)"
             )
             warnings.warn(msg, stacklevel=2)
             notes.append(msg)
@@ -412,5 +457,10 @@ def propose_all(
     weights: Mapping[str, Tensor] | None = None,
     settings: ProposalSettings | None = None,
 ) -> list[Proposal]:
-    """One proposal per site, from the same statistics."""
-    return [propose(stats, s, init, neurons, weights=weights, settings=settings) for s in sites]
+    """One proposal per site, from the same statistics (each target's dW* computed once)."""
+    sites = list(sites)
+    settings = settings or ProposalSettings()
+    sg = analyze(stats.spec)  # type: ignore[arg-type]
+    targets = dict.fromkeys(w for s in sites if s.supported for w in s.targets)
+    cache = {w: target_update(stats, sg, w, settings) for w in targets}
+    return [propose(stats, s, init, neurons, weights=weights, settings=settings, cache=cache) for s in sites]

@@ -1,0 +1,182 @@
+"""Cost of growth decisions in units of one training step, timed in the same run.
+
+    python bench/stats.py [--batch 4096] [--repeat 15] [--warmup 3] [--threads N] [--device cpu]
+
+1. ``stats/train_step``: ``measure()`` of every supported site of an MLP 64 -> [64, 64, 64] -> 10
+   (float32 model, float64 accumulation, the default) over one batch, divided by one training step on
+   the same batch (forward, backward, SGD step). Target <= 1.5x. Also with ``dtype=None`` (the
+   statistics accumulated in the model's float32).
+2. ``proposals/train_step``: ``propose_all(..., "tiny")`` for every supported site (widen, node, edge)
+   of a DAG with 6 hidden nodes (x[32], h1..h6 of width 16 with skip connections, out 10), from one
+   statistics pass, divided by one training step of that DAG on the same batch. Target <= 5x. Also
+   the statistics pass plus the proposals (no target).
+
+Every figure is the median of ``--repeat`` rounds after ``--warmup`` calls; in each round the
+functions run one after the other (each called twice, the second call timed), so that the ratios
+survive a machine whose load changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+import dagrow
+from dagrow.growth.proposals import propose_all
+from dagrow.sites import enumerate_sites
+from dagrow.stats import measure
+
+MLP = """
+version: 1
+name: bench_mlp
+inputs: {x: {shape: [64]}}
+nodes:
+  h1: {width: 64, activation: relu}
+  h2: {width: 64, activation: relu}
+  h3: {width: 64, activation: relu}
+  out: {width: 10}
+edges:
+  - {from: x, to: h1}
+  - {from: h1, to: h2}
+  - {from: h2, to: h3}
+  - {from: h3, to: out}
+outputs: [out]
+"""
+
+DAG = """
+version: 1
+name: bench_dag
+inputs: {x: {shape: [32]}}
+nodes:
+  h1: {width: 16, activation: relu}
+  h2: {width: 16, activation: tanh}
+  h3: {width: 16, activation: relu}
+  h4: {width: 16, activation: gelu}
+  h5: {width: 16, activation: relu}
+  h6: {width: 16, activation: tanh}
+  out: {width: 10}
+edges:
+  - {from: x, to: h1}
+  - {from: x, to: h2}
+  - {from: h1, to: h3}
+  - {from: h2, to: h3}
+  - {from: h1, to: h4}
+  - {from: h3, to: h4}
+  - {from: h3, to: h5}
+  - {from: x, to: h5}
+  - {from: h4, to: h6}
+  - {from: h5, to: h6}
+  - {from: h2, to: h6}
+  - {from: h6, to: out}
+  - {from: h4, to: out}
+outputs: [out]
+growth: {widen: all, new_nodes: edges, new_edges: all}
+"""
+
+TARGETS = {"stats": 1.5, "proposals": 5.0}
+
+
+def median_times(fns: dict, repeat: int, warmup: int, sync) -> dict[str, float]:
+    """Median seconds of each function, the functions interleaved in every round so that a change in
+    the machine's load (a shared CI box) hits numerator and denominator alike."""
+    for f in fns.values():
+        for _ in range(warmup):
+            f()
+    sync()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeat):
+        for k, f in fns.items():
+            f()  # untimed: each timed call finds its own data in the caches, as in a loop of its own
+            sync()
+            start = time.perf_counter()
+            f()
+            sync()
+            times[k].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def setting(text: str, batch: int, device: str):
+    torch.manual_seed(0)
+    spec = dagrow.load_spec(text)
+    model = dagrow.compile(spec, seed=0, device=device)
+    x = torch.randn(batch, *spec.inputs["x"].shape, device=device)
+    y = torch.randint(0, spec.nodes["out"].size, (batch,), device=device)
+    return spec, model, x, y
+
+
+def train_step_fn(model, x, y):
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    return step
+
+
+def line(name: str, cost: float, step: float, what: str, target: float | None = None) -> str:
+    ratio = cost / step
+    verdict = "" if target is None else f"  target <= {target:g}x: {'ok' if ratio <= target else 'MISSED'}"
+    return f"{name}: {ratio:.2f}x ({what} {cost * 1e3:.1f} ms, step {step * 1e3:.1f} ms){verdict}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=4096)
+    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    threads = torch.get_num_threads()
+    print(f"torch {torch.__version__}, device {args.device}, threads {threads}, batch {args.batch}")
+
+    spec, model, x, y = setting(MLP, args.batch, args.device)
+    sites = enumerate_sites(spec, include_unsupported=False)
+    batches = [(x, y)]
+    t = median_times(
+        {
+            "step": train_step_fn(model, x, y),
+            "stats": lambda: measure(model, batches, "cross_entropy", sites=sites),
+            "stats32": lambda: measure(model, batches, "cross_entropy", sites=sites, dtype=None),
+        },
+        args.repeat,
+        args.warmup,
+        sync,
+    )
+    print(f"MLP 64 -> [64, 64, 64] -> 10, {len(sites)} sites: {', '.join(s.id for s in sites)}")
+    print(line("stats/train_step", t["stats"], t["step"], "stats", TARGETS["stats"]))
+    print(line("stats(dtype=None)/train_step", t["stats32"], t["step"], "stats", TARGETS["stats"]))
+
+    spec, model, x, y = setting(DAG, args.batch, args.device)
+    sites = enumerate_sites(spec, include_unsupported=False)
+    weights = model.state_dict()
+    batches = [(x, y)]
+    stats = measure(model, batches, "cross_entropy", sites=sites)
+    t = median_times(
+        {
+            "step": train_step_fn(model, x, y),
+            "stats": lambda: measure(model, batches, "cross_entropy", sites=sites),
+            "proposals": lambda: propose_all(stats, sites, "tiny", 1, weights=weights),
+        },
+        args.repeat,
+        args.warmup,
+        sync,
+    )
+    kinds = sorted({s.kind for s in sites})
+    print(f"DAG 32 -> 6 x 16 (skips) -> 10, {len(sites)} sites ({', '.join(kinds)})")
+    print(line("proposals/train_step", t["proposals"], t["step"], "proposals", TARGETS["proposals"]))
+    total = t["stats"] + t["proposals"]
+    print(line("stats+proposals/train_step", total, t["step"], "stats + proposals"))
+
+
+if __name__ == "__main__":
+    main()
