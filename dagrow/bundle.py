@@ -18,7 +18,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .compile import DagModel, compile, spec_of, weights_problems
+from .compile import DagModel, compile, load_weights, spec_of, weights_dtype, weights_problems
 from .spec import Diagnostic, GraphSpec, SourceMap, SpecError, parse_spec
 
 FORMAT = "dagrow-bundle/1"
@@ -93,13 +93,9 @@ def load(path: str | Path, *, device: torch.device | str | None = None,
          dtype: torch.dtype | None = None) -> DagModel:
     """Load a bundle into a compiled model; every tensor name and shape is checked first."""
     spec, tensors = read_bundle(path)
-    model = compile(spec)
+    model = compile(spec, dtype=dtype or weights_dtype(tensors), device=device)
     problems = weights_problems(model, tensors)
     if problems:
         raise SpecError([Diagnostic(str(path), 1, 1, p) for p in problems])
-    model.load_state_dict(tensors)  # same dtype as saved
-    if dtype is None:
-        dtypes = {t.dtype for t in tensors.values()}
-        dtype = dtypes.pop() if len(dtypes) == 1 else None
-    model.to(device=device, dtype=dtype)
+    load_weights(model, tensors)
     return model

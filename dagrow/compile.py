@@ -119,9 +119,12 @@ def compile(  # noqa: A001 - the public name the design asks for
     Parameters are initialised like torch.nn's Linear: weights and bias ~ U(-1/sqrt(fan_in),
     1/sqrt(fan_in)) where fan_in sums over every parametric edge into the node (the default torch RNG,
     or a private generator when ``seed`` is given). ``weights`` (a state dict) replaces them after a
-    check of every name and shape (:func:`load_weights`).
+    check of every name and shape (:func:`load_weights`); without ``dtype`` the model takes the
+    weights' floating dtype, so float64 weights are not rounded through float32.
     """
     spec = load_spec(spec) if not isinstance(spec, GraphSpec) else spec
+    if dtype is None and weights is not None:
+        dtype = weights_dtype(weights)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     root = _build_root(spec, generator)
     model = DagModel(root, build_graph(spec), class_name=_class_name(spec.name))
@@ -137,6 +140,12 @@ def _class_name(name: str) -> str:
     words = "".join(ch if ch.isalnum() else " " for ch in name).split()
     cls = "".join(w[:1].upper() + w[1:] for w in words) or "Net"
     return cls if cls[0].isalpha() else f"Net{cls}"
+
+
+def weights_dtype(weights: Mapping[str, torch.Tensor]) -> torch.dtype | None:
+    """The one floating dtype of ``weights`` (None when they are empty or mix dtypes)."""
+    dtypes = {t.dtype for t in weights.values() if t.is_floating_point()}
+    return dtypes.pop() if len(dtypes) == 1 else None
 
 
 class WeightsMismatch(ValueError):

@@ -50,9 +50,17 @@ def test_round_trip_of_every_example_spec(path, tmp_path):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_round_trip_keeps_the_dtype(dtype, tmp_path):
     model = compile(ROOT / "specs" / "every_op.yaml", seed=0, dtype=dtype)
+    with torch.no_grad():  # values a float32 detour would round
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 1e-9)
     loaded = load(save(model, tmp_path / "m.safetensors"))
+    recompiled = compile(model.spec, model.state_dict())
     xs = [torch.randn(4, *s.shape, dtype=dtype) for s in model.spec.inputs.values()]
-    assert torch.equal(model(*xs), loaded(*xs))
+    for other in (loaded, recompiled):
+        assert all(p.dtype == dtype for p in other.parameters())
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                      other.state_dict().values(), strict=True))
+        assert torch.equal(model(*xs), other(*xs))
 
 
 # ---------------------------------------------------------------------------------------------
