@@ -4,8 +4,11 @@
 
 1. ``stats/train_step``: ``measure()`` of every supported site of an MLP 64 -> [64, 64, 64] -> 10
    (float32 model, float64 accumulation, the default) over one batch, divided by one training step on
-   the same batch (forward, backward, SGD step). Target <= 1.5x. Also with ``dtype=None`` (the
-   statistics accumulated in the model's float32).
+   the same batch (forward, backward, SGD step). Target <= 1.5x. Also without the full output factors
+   G (``output_factors=False``: only their traces, all that the proposals use), and with
+   ``dtype=None`` (the statistics accumulated in the model's float32). ``floor`` is the ratio of
+   multiply-adds (statistics: forward, input gradients and one product per block; training step:
+   forward, input and weight gradients), the figure a perfectly efficient implementation would reach.
 2. ``proposals/train_step``: ``propose_all(..., "tiny")`` for every supported site (widen, node, edge)
    of a DAG with 6 hidden nodes (x[32], h1..h6 of width 16 with skip connections, out 10), from one
    statistics pass, divided by one training step of that DAG on the same batch. Target <= 5x. Also
@@ -26,9 +29,10 @@ import torch
 import torch.nn.functional as F
 
 import dagrow
+from dagrow.graph import analyze
 from dagrow.growth.proposals import propose_all
-from dagrow.sites import enumerate_sites
-from dagrow.stats import measure
+from dagrow.sites import ONE, enumerate_sites
+from dagrow.stats import measure, requirements
 
 MLP = """
 version: 1
@@ -125,6 +129,23 @@ def line(name: str, cost: float, step: float, what: str, target: float | None = 
     return f"{name}: {ratio:.2f}x ({what} {cost * 1e3:.1f} ms, step {step * 1e3:.1f} ms){verdict}"
 
 
+def arithmetic_floor(spec, sites, output_factors: bool) -> float:
+    """Multiply-adds per sample of the statistics pass over those of a training step (linear edges)."""
+    sg = analyze(spec)
+    width = {v: 1 if v == ONE else int(torch.tensor(s).prod()) for v, s in sg.shapes.items()}
+    width[ONE] = 1
+    layers = sum(width[e.source] * width[e.target] for e in spec.edges)
+    # the statistics need no weight gradients and no input gradient of the first layer
+    backward = sum(width[e.source] * width[e.target] for e in spec.edges if e.source not in spec.inputs)
+    req = requirements(spec, sites, output_factors=output_factors)
+    canonical = {tuple(sorted(p)) for p in req.pairs}
+    blocks = sum(width[a] * width[b] for a, b in canonical if ONE not in (a, b))
+    blocks += sum(width[s] * width[w] for s, w in req.grads if s != ONE)
+    if output_factors:
+        blocks += sum(width[w] ** 2 for w in req.targets)
+    return (layers + backward + blocks) / (3 * layers)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=4096)
@@ -146,7 +167,10 @@ def main() -> None:
         {
             "step": train_step_fn(model, x, y),
             "stats": lambda: measure(model, batches, "cross_entropy", sites=sites),
-            "stats32": lambda: measure(model, batches, "cross_entropy", sites=sites, dtype=None),
+            "lean": lambda: measure(model, batches, "cross_entropy", sites=sites, output_factors=False),
+            "lean32": lambda: measure(
+                model, batches, "cross_entropy", sites=sites, output_factors=False, dtype=None
+            ),
         },
         args.repeat,
         args.warmup,
@@ -154,7 +178,12 @@ def main() -> None:
     )
     print(f"MLP 64 -> [64, 64, 64] -> 10, {len(sites)} sites: {', '.join(s.id for s in sites)}")
     print(line("stats/train_step", t["stats"], t["step"], "stats", TARGETS["stats"]))
-    print(line("stats(dtype=None)/train_step", t["stats32"], t["step"], "stats", TARGETS["stats"]))
+    print(line("stats(output_factors=False)/train_step", t["lean"], t["step"], "stats", TARGETS["stats"]))
+    print(line("stats(output_factors=False, dtype=None)/train_step", t["lean32"], t["step"], "stats",
+               TARGETS["stats"]))
+    for factors in (True, False):
+        print(f"floor(output_factors={factors}) = {arithmetic_floor(spec, sites, factors):.2f}x "
+              "(multiply-adds of the statistics / of a training step)")
 
     spec, model, x, y = setting(DAG, args.batch, args.device)
     sites = enumerate_sites(spec, include_unsupported=False)

@@ -49,11 +49,13 @@ def loss_function(loss: str | LossFn) -> LossFn:
 
 @dataclass
 class Requirements:
-    """Which blocks to accumulate: source pairs, (source, target) pairs and the targets' G."""
+    """Which blocks to accumulate: source pairs, (source, target) pairs, the targets' squared gradient
+    norms and, with ``output_factors``, their full G."""
 
     pairs: set[tuple[str, str]] = field(default_factory=set)
     grads: set[tuple[str, str]] = field(default_factory=set)
     targets: set[str] = field(default_factory=set)
+    output_factors: bool = True
 
     def add_moment(self, xs: Sequence[str], ys: Sequence[str]) -> None:
         for x in xs:
@@ -67,13 +69,18 @@ class Requirements:
 
 
 def requirements(
-    model_or_spec, sites: Iterable[Site] | None = None, *, all_nodes: bool = True
+    model_or_spec,
+    sites: Iterable[Site] | None = None,
+    *,
+    all_nodes: bool = True,
+    output_factors: bool = True,
 ) -> Requirements:
     """The blocks needed for ``sites`` (default: every supported site) and, with ``all_nodes``, for
-    S_v, M_v and G_v of every flat node whose incoming edges are linear."""
+    S_v, M_v and G_v of every flat node whose incoming edges are linear (G_v only with
+    ``output_factors``; the squared gradient norm always)."""
     spec = model_or_spec if not isinstance(model_or_spec, nn.Module) else spec_of(model_or_spec)
     sg = analyze(spec)
-    req = Requirements()
+    req = Requirements(output_factors=output_factors)
     sites = [s for s in (enumerate_sites(sg) if sites is None else sites) if s.supported]
     own = (
         [
@@ -113,6 +120,7 @@ class Statistics:
     widths: dict[str, int]
     loss_sum: float
     spec: object = None
+    g_sq_sums: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def loss(self) -> float:
@@ -142,11 +150,17 @@ class Statistics:
 
     def G(self, w: str) -> Tensor:
         """Output-side factor G_w = (1/n) sum g_w g_w^T, shape [width, width]."""
+        if w not in self.g_sums:
+            raise KeyError(f"G of {w!r} was not measured: call measure(..., output_factors=True)")
         return self.g_sums[w] / self.n
 
     def grad_sq(self, w: str) -> float:
-        """(1/n) sum ||g_w||^2."""
-        return float(torch.trace(self.g_sums[w])) / self.n
+        """(1/n) sum ||g_w||^2 (the trace of G_w)."""
+        if w in self.g_sq_sums:
+            return float(self.g_sq_sums[w]) / self.n
+        if w in self.g_sums:
+            return float(torch.trace(self.g_sums[w])) / self.n
+        raise KeyError(f"the gradient of {w!r} was not measured: pass a site that targets it to measure()")
 
 
 class _Accumulator:
@@ -178,6 +192,7 @@ class _Accumulator:
         self.pair_sums: dict[tuple[str, str], Tensor] = {}
         self.grad_sums: dict[tuple[str, str], Tensor] = {}
         self.g_sums: dict[str, Tensor] = {}
+        self.g_sq_sums: dict[str, Tensor] = {}
 
     def add(self, inputs: tuple[Tensor, ...], target: Tensor, loss_fn: LossFn, index: int) -> None:
         model, spec = self.model, self.spec
@@ -260,12 +275,15 @@ class _Accumulator:
                 else:
                     self._add_mm(self.grad_sums, (s, w), z[s], g[w], alpha=n)
         for w in self.targets:
-            self._add_mm(self.g_sums, w, g[w], g[w], alpha=n * n)
+            if self.req.output_factors:
+                self._add_mm(self.g_sums, w, g[w], g[w], alpha=n * n)
+            else:  # only the trace: one pass over g instead of a product
+                self._add(self.g_sq_sums, w, torch.linalg.vector_norm(g[w]).square().mul_(n * n))
 
     def result(self) -> Statistics:
         if self.n == 0:
             raise StatsError("no batch was given: the statistics need at least one sample")
-        stores = (self.pair_sums, self.grad_sums, self.g_sums)
+        stores = (self.pair_sums, self.grad_sums, self.g_sums, self.g_sq_sums)
         every = [v.reshape(-1) for store in stores for v in store.values()]
         if every and not torch.isfinite(torch.cat(every)).all():  # one check, then find the culprit
             for store in stores:
@@ -276,7 +294,8 @@ class _Accumulator:
                         )
         widths = {v: int(torch.tensor(s).prod()) for v, s in self.sg.shapes.items()}
         return Statistics(
-            self.n, self.pair_sums, self.grad_sums, self.g_sums, widths, self.loss_sum, self.spec
+            self.n, self.pair_sums, self.grad_sums, self.g_sums, widths, self.loss_sum, self.spec,
+            self.g_sq_sums,
         )
 
 
@@ -298,15 +317,18 @@ def measure(
     sites: Iterable[Site] | None = None,
     dtype: torch.dtype | None = torch.float64,
     all_nodes: bool = True,
+    output_factors: bool = True,
 ) -> Statistics:
     """Accumulate the statistics of ``model`` over ``batches`` of ``(inputs, target)``.
 
     ``inputs`` is a tensor (one model input) or a tuple in the spec's input order. ``dtype`` is the
     accumulation dtype (float64 by default; ``None`` keeps the model's). Only the blocks the ``sites``
-    need (default: every supported site of the spec) are computed.
+    need (default: every supported site of the spec) are computed. ``output_factors=False`` keeps
+    only the trace of each G_w (the squared gradient norm, all the proposals use), which saves one
+    product per target; SENN's natural score needs the full G.
     """
     loss_fn = loss_function(loss)
-    req = requirements(model, sites, all_nodes=all_nodes)
+    req = requirements(model, sites, all_nodes=all_nodes, output_factors=output_factors)
     acc = _Accumulator(model, req, dtype)
     n_inputs = len(acc.spec.inputs)
     for i, batch in enumerate(batches):

@@ -85,6 +85,23 @@ def test_only_the_requested_sites_are_measured():
         stats.moment(["h1"], ["h2"])
 
 
+def test_without_output_factors_only_the_gradient_norms_are_kept():
+    spec, model, xs, y = setup(HAND_WRITTEN["skip"], n=20, seed=7)
+    full = measure(model, [(tuple(xs), y)], "mse")
+    lean = measure(model, [(tuple(xs), y)], "mse", output_factors=False)
+    ref = reference(spec, model.state_dict(), xs, y)
+    assert lean.g_sums == {} and set(lean.g_sq_sums) == set(full.g_sums)
+    for w in full.g_sums:
+        assert lean.grad_sq(w) == pytest.approx(float(ref.grad[w].pow(2).sum(1).mean()), rel=1e-10)
+        assert lean.grad_sq(w) == pytest.approx(full.grad_sq(w), rel=1e-12)
+        with pytest.raises(KeyError, match="output_factors=True"):
+            lean.G(w)
+    for key in full.pair_sums:
+        assert torch.equal(lean.pair_sums[key], full.pair_sums[key])
+    for key in full.grad_sums:
+        assert torch.equal(lean.grad_sums[key], full.grad_sums[key])
+
+
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spec=random_dags(), seed=st.integers(0, 2**16), n=st.integers(3, 12))
 def test_random_dags_match_brute_force(spec, seed, n):
