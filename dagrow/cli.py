@@ -168,9 +168,14 @@ class ExportFormat(StrEnum):
     dot = "dot"
     png = "png"
     yaml = "yaml"
+    pt2 = "pt2"
+    onnx = "onnx"
 
 
-EXPORT_HELP = "dot: Graphviz text; png: a drawing (needs matplotlib: the 'plot' extra); yaml: canonical spec"
+EXPORT_HELP = ("dot: Graphviz text; png: a drawing (needs matplotlib: the 'plot' extra); "
+               "yaml: canonical spec; pt2: torch.export program (torch.export.load); "
+               "onnx: ONNX model (needs the 'onnx' extra)")
+FILE_FORMATS = (ExportFormat.png, ExportFormat.pt2, ExportFormat.onnx)  # binary: they need -o FILE
 
 
 @app.command()
@@ -179,14 +184,20 @@ def export(
     to: Annotated[ExportFormat, typer.Option("--to", help=EXPORT_HELP)] = ExportFormat.dot,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="output file (png needs one)")] = None,
 ) -> None:
-    """Export an architecture as DOT text (widths on nodes, ops on edges), a PNG drawing or canonical YAML."""
-    from .export import to_dot, write_png
+    """Export an architecture as DOT text (widths on nodes, ops on edges), a PNG drawing or canonical YAML,
+    or the model (a bundle's weights; a spec's seed-0 initialisation) as a torch.export program or ONNX.
+    Programs take the spec's inputs in order, with a dynamic batch dimension, in the weights' dtype."""
+    from .export import to_dot, write_onnx, write_png, write_pt2
 
-    spec, _ = load_model_or_spec(source)
-    if to is ExportFormat.png:
+    spec, model = load_model_or_spec(source)
+    if to in FILE_FORMATS:
         if output is None:
-            raise ValueError("--to png needs -o FILE.png")
-        write_png(spec, output)
+            raise ValueError(f"--to {to} needs -o FILE.{to}")
+        if to is ExportFormat.png:
+            write_png(spec, output)
+        else:
+            model = model if model is not None else compile(spec, seed=0)
+            (write_pt2 if to is ExportFormat.pt2 else write_onnx)(model, output)
         out.print(f"wrote {output}", highlight=False, markup=False)
         return
     text = to_dot(spec) if to is ExportFormat.dot else spec.to_yaml()

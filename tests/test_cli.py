@@ -221,7 +221,7 @@ def test_export_png_without_matplotlib_says_what_to_install(tmp_path, monkeypatc
 
 
 @pytest.mark.parametrize("args, says", [
-    (["export", "SPEC", "--to", "svg"], "'svg' is not one of 'dot', 'png', 'yaml'"),
+    (["export", "SPEC", "--to", "svg"], "'svg' is not one of 'dot', 'png', 'yaml', 'pt2', 'onnx'"),
     (["export", "SPEC", "--bogus"], "No such option: --bogus"),
     (["compile"], "Missing argument 'SPEC'"),
     (["frobnicate"], "No such command 'frobnicate'"),
