@@ -26,7 +26,7 @@ import inspect
 import math
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -303,6 +303,41 @@ def make_task(
         kwargs["n"] = n
     data = info.builder(np.random.default_rng(data_seq), **kwargs)
     return _build_task(name, data, np.random.default_rng(split_seq), fractions)
+
+
+def fit_task(task: Task, spec) -> Task:
+    """``task`` checked against a spec (a ``GraphSpec``) before any training: one input, one output,
+    the output width equal to the classes (classification) or the targets (regression). Flat features
+    are reshaped to the spec's input shape when the sizes agree (digits' 64 pixels to ``[1, 8, 8]``);
+    any other mismatch raises :class:`DataError` naming the spec, the input or output and both shapes.
+    """
+    from .graph import analyze
+
+    shapes = analyze(spec).shapes
+    where = f"spec {spec.name!r}"
+    if len(spec.inputs) != 1 or len(spec.outputs) != 1:
+        raise DataError(
+            f"{where} has {len(spec.inputs)} inputs and {len(spec.outputs)} outputs; task {task.name!r} "
+            "feeds one input and one output"
+        )
+    (name,), (out,) = tuple(spec.inputs), tuple(spec.outputs)
+    want = tuple(shapes[name])
+    if task.input_shape != want:
+        if math.prod(task.input_shape) != math.prod(want):
+            raise DataError(
+                f"{where}: input {name!r} has shape {list(want)} but task {task.name!r} gives samples of "
+                f"shape {list(task.input_shape)}"
+            )
+        splits = {k: Split(getattr(task, k).x.reshape(-1, *want), getattr(task, k).y)
+                  for k in ("train", "val", "test")}
+        task = replace(task, input_shape=want, **splits)
+    width = math.prod(shapes[out])
+    if width != task.output_dim:
+        what = "classes" if task.kind == "classification" else "regression targets"
+        raise DataError(
+            f"{where}: output {out!r} has width {width} but task {task.name!r} has {task.output_dim} {what}"
+        )
+    return task
 
 
 def _check_seed(seed: int) -> None:

@@ -13,6 +13,7 @@ from dagrow.tasks import (
     DataError,
     Split,
     Task,
+    fit_task,
     list_tasks,
     load_data,
     make_task,
@@ -426,3 +427,44 @@ def test_classification_of_fractional_targets_is_a_data_error(tmp_path: Path):
     np.savez(tmp_path / "frac.npz", x=np.zeros((10, 1)), y=np.linspace(0, 1, 10))
     with pytest.raises(DataError, match=r"frac\.npz.*must be integers"):
         load_data(tmp_path / "frac.npz", kind="classification")
+
+
+# ---------------------------------------------------------------------------------------------
+# a task against a spec
+# ---------------------------------------------------------------------------------------------
+
+SPECS_DIR = Path(__file__).resolve().parents[1] / "specs"
+
+
+def test_fit_task_reshapes_flat_digits_to_the_conv_spec_images():
+    from dagrow import load_spec
+
+    flat = make_task("digits")
+    task = fit_task(flat, load_spec(SPECS_DIR / "conv_digits.yaml"))
+    assert task.input_shape == (1, 8, 8) and task.train.x.shape[1:] == (1, 8, 8)
+    assert torch.equal(task.train.x.reshape(len(task.train), -1), flat.train.x)
+    assert torch.equal(task.test.y, flat.test.y)
+    same = make_task("sin50", n=50)
+    assert fit_task(same, load_spec(SPECS_DIR / "mlp_sin50.yaml")) is same
+
+
+@pytest.mark.parametrize("task, spec, says", [
+    ("regression1d", "mlp_sin50", "input 'x' has shape [50] but task 'regression1d' gives samples of "
+     "shape [1]"),
+    ("moons", "mlp_sin50", "input 'x' has shape [50] but task 'moons' gives samples of shape [2]"),
+    ("sin50", "two_in_two_out", "has 2 inputs and 2 outputs"),
+])
+def test_fit_task_names_the_mismatch(task, spec, says):
+    from dagrow import load_spec
+
+    with pytest.raises(DataError) as info:
+        fit_task(make_task(task, n=40), load_spec(SPECS_DIR / f"{spec}.yaml"))
+    assert says in str(info.value)
+
+
+def test_fit_task_checks_the_output_width():
+    from dagrow import load_spec
+
+    spec = load_spec(SPECS_DIR / "mlp_sin50.yaml")  # 10 outputs
+    with pytest.raises(DataError, match="output 'out' has width 10 but task 'multisin' has"):
+        fit_task(make_task("multisin", n=40, in_dim=50), spec)
