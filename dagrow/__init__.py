@@ -6,13 +6,22 @@ The small public API::
     model = dagrow.compile(spec)                      # torch.fx GraphModule that knows its spec
     dagrow.save(model, "out/model.safetensors")       # bundle: weights + spec in the metadata
     model = dagrow.load("out/model.safetensors")
+
+    stats = dagrow.measure(model, [(x, y)], "mse")     # statistics of every growth site
+    p = dagrow.propose(stats, dagrow.enumerate_sites(spec)[0], init="tiny", neurons=2)
+    result = dagrow.grow(spec, dagrow.make_task("sin50"), dagrow.GrowthConfig(growths=5))
 """
 
 from .bundle import load, save
 from .compile import DagModel, compile, load_weights, spec_of
 from .graph import analyze, num_params
+from .growth.proposals import propose
+from .loop import GrowthConfig, grow
 from .ops import list_activations, list_ops
+from .sites import enumerate_sites
 from .spec import Diagnostic, GraphSpec, SpecError, json_schema, load_spec
+from .stats import measure
+from .tasks import make_task
 
 __version__ = "0.1.0"
 
@@ -20,16 +29,22 @@ __all__ = [
     "DagModel",
     "Diagnostic",
     "GraphSpec",
+    "GrowthConfig",
     "SpecError",
     "analyze",
     "compile",
+    "enumerate_sites",
+    "grow",
     "json_schema",
     "list_activations",
     "list_ops",
     "load",
     "load_spec",
     "load_weights",
+    "make_task",
+    "measure",
     "num_params",
+    "propose",
     "save",
     "spec_of",
 ]
