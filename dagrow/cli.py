@@ -35,7 +35,7 @@ out = Console()
 err = Console(stderr=True)
 
 # modules (in this package) with a ``register(app)`` function that adds more commands
-COMMAND_MODULES = ["cli_growth"]
+COMMAND_MODULES = ["cli_growth", "cli_compare"]
 
 
 class _Group(TyperGroup):

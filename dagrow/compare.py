@@ -1,0 +1,680 @@
+"""`dagrow compare`: run every strategy x init x seed of an experiment and tabulate, summarise, plot.
+
+An :class:`Experiment` names a spec, a task, a base :class:`GrowthConfig`, the strategies, inits and
+number of seeds to cross, and optional static baselines (fixed architectures trained from scratch for
+the same number of steps). :func:`run_experiment` runs what is not done yet (in spawned processes with
+``jobs > 1``), each run writing its rows to ``DIR/runs/<run id>.json`` atomically, then writes
+``DIR/results.csv``, ``DIR/summary.md`` and the plots (``metric_vs_params.png``, ``loss_vs_steps.png``;
+matplotlib is the optional ``plot`` extra), all atomically. A run killed half-way leaves no file and is
+redone; a finished run whose settings changed (its fingerprint differs) is redone too.
+
+Rows (one per run and growth step, plus the initial model and the end): ``run, kind, strategy, init,
+seed, growth, step, event, site, parameters, train_loss, val_loss, val_metric, test_loss,
+test_metric, metric, seconds`` (train loss over the whole train split; ``seconds`` since the run
+started). The data of a task do not depend on the run's seed (task seed 0): seeds vary the model's
+initialisation, the minibatch order and the growth batches.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field, fields, replace
+from functools import lru_cache
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .bundle import atomic_write, atomic_write_text
+from .compile import compile
+from .graph import num_params
+from .growth.proposals import INITS
+from .loop import GrowthConfig, _forever, best_update_step, grow, make_optimizer
+from .planner import STRATEGIES
+from .spec import GraphSpec, load_spec
+from .stats import loss_function
+from .tasks import Split, Task, load_data, make_task
+
+COLUMNS = [
+    "run",
+    "kind",
+    "strategy",
+    "init",
+    "seed",
+    "growth",
+    "step",
+    "event",
+    "site",
+    "parameters",
+    "train_loss",
+    "train_metric",
+    "val_loss",
+    "val_metric",
+    "test_loss",
+    "test_metric",
+    "metric",
+    "seconds",
+    "loss_before",
+    "loss_after",
+]
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class TaskSource:
+    """Where a run's task comes from: a built-in task (name, options, n) or a user data file."""
+
+    name: str | None = None
+    options: tuple[tuple[str, Any], ...] = ()
+    n: int | None = None
+    data: str | None = None
+
+    def make(self) -> Task:
+        return _cached_task(self)
+
+    def describe(self) -> str:
+        if self.data is not None:
+            return f"data {self.data}"
+        opts = ", ".join(f"{k}={v}" for k, v in (*self.options, *((("n", self.n),) if self.n else ())))
+        return f"task {self.name}" + (f" ({opts})" if opts else "")
+
+
+@lru_cache(maxsize=4)
+def _cached_task(source: TaskSource) -> Task:
+    if source.data is not None:
+        return load_data(source.data, seed=0)
+    return make_task(source.name, seed=0, n=source.n, **dict(source.options))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class RunKey:
+    """One run: a growth run (strategy x init x seed) or a static baseline (``init`` is its label)."""
+
+    strategy: str
+    init: str
+    seed: int
+    kind: str = "grow"
+
+    @property
+    def id(self) -> str:
+        name = self.init if self.kind == "static" else f"{self.strategy}-{self.init}"
+        return f"{self.kind}-{name}-s{self.seed}"
+
+    @property
+    def group(self) -> str:
+        return f"static {self.init}" if self.kind == "static" else f"{self.strategy} / {self.init}"
+
+
+Runner = Callable[["Experiment", RunKey], list[dict[str, Any]]]
+
+
+@dataclass
+class Experiment:
+    """What to compare. ``runner`` (a module-level function, so spawned workers can unpickle it) turns
+    one :class:`RunKey` into rows; the default grows ``spec`` with :func:`dagrow.loop.grow`."""
+
+    name: str
+    spec: GraphSpec | None
+    task: TaskSource
+    config: GrowthConfig
+    strategies: list[str]
+    inits: list[str]
+    seeds: int = 3
+    statics: dict[str, GraphSpec] = field(default_factory=dict)
+    runner: Runner | None = None
+    description: str = ""
+    metric_name: str | None = None  # default: the task's metric
+    strategy_choices: tuple[str, ...] | None = None  # default: the planner's STRATEGIES
+    init_choices: tuple[str, ...] | None = None  # default: INITS
+    claims: Callable[[list[dict[str, Any]]], list[str]] | None = None  # directional claims, checked
+    settings: Any = None  # a custom runner's own settings (a picklable dataclass)
+
+    def check(self) -> None:
+        """ValueError for an unknown strategy or init, or no seeds."""
+        for what, values, known in (
+            ("strategy", self.strategies, self.strategy_choices or tuple(STRATEGIES)),
+            ("init", self.inits, self.init_choices or tuple(INITS)),
+        ):
+            if not values:
+                raise ValueError(f"no {what} to compare")
+            for v in values:
+                if v not in known:
+                    raise ValueError(f"unknown {what} {v!r}; expected one of {', '.join(known)}")
+        if self.seeds < 1:
+            raise ValueError(f"--seeds must be at least 1, got {self.seeds}")
+
+    def __getstate__(self) -> dict[str, Any]:
+        # GraphSpec models hold dynamically created classes that do not pickle: send YAML to workers
+        state = dict(self.__dict__)
+        state["spec"] = self.spec.to_yaml() if self.spec is not None else None
+        state["statics"] = {k: v.to_yaml() for k, v in self.statics.items()}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state["spec"] = load_spec(state["spec"]) if state["spec"] is not None else None
+        state["statics"] = {k: load_spec(v) for k, v in state["statics"].items()}
+        self.__dict__.update(state)
+
+    def keys(self) -> list[RunKey]:
+        runs = [RunKey(s, i, seed) for s in self.strategies for i in self.inits for seed in range(self.seeds)]
+        runs += [
+            RunKey("static", label, seed, "static") for label in self.statics for seed in range(self.seeds)
+        ]
+        return runs
+
+    def fingerprint(self, key: RunKey) -> str:
+        """A hash of everything that determines a run's rows (so changed settings redo the run)."""
+        spec = self.statics[key.init] if key.kind == "static" else self.spec
+        runner = self.runner or growth_run
+        text = json.dumps(
+            [
+                asdict(self.config),
+                repr(self.settings),
+                spec.to_yaml() if spec is not None else None,
+                repr(self.task),
+                asdict(key),
+                f"{runner.__module__}.{runner.__qualname__}",
+            ],
+            sort_keys=True,
+            default=str,
+        )
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluating a model on every split
+# --------------------------------------------------------------------------------------------------
+
+
+def _scores(task: Task, outputs: dict[str, torch.Tensor]) -> dict[str, float]:
+    loss_fn = loss_function(task.loss)
+    row = {}
+    for s in SPLITS:
+        y = task.split(s).y.to(outputs[s].device)
+        row[f"{s}_loss"] = float(loss_fn(outputs[s], y))
+        row[f"{s}_metric"] = task.metric(outputs[s], y)
+    return row
+
+
+@torch.no_grad()
+def evaluate_all(model: torch.nn.Module, task: Task) -> dict[str, float]:
+    """Loss on train, val and test, and the task's metric on val and test."""
+    device = next(model.parameters()).device
+    return _scores(task, {s: model(task.split(s).x.to(device)) for s in SPLITS})
+
+
+@dataclass(frozen=True, eq=False)
+class _ProbedTask(Task):
+    """The task with a "val" split that is train + val + test: when the growth loop evaluates the
+    model on "val", :meth:`metric` sees the outputs on every split, records :func:`_scores` in
+    ``record`` and returns the true validation metric. (The loop hands ``on_event`` its history
+    lines but not the model, so this is how each growth row gets a test metric.)"""
+
+    base: Task | None = None
+    record: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, task: Task) -> _ProbedTask:
+        joined = Split(
+            *(torch.cat([task.split(s).x if i == 0 else task.split(s).y for s in SPLITS]) for i in (0, 1))
+        )
+        return cls(**{f.name: getattr(task, f.name) for f in fields(Task)} | {"val": joined}, base=task)
+
+    def metric(self, output: torch.Tensor, y: torch.Tensor) -> float:
+        base = self.base
+        assert base is not None
+        if y.shape[0] != len(self.val):
+            return base.metric(output, y)
+        parts = torch.split(output, [len(base.split(s)) for s in SPLITS])
+        self.record.clear()
+        self.record.update(_scores(base, dict(zip(SPLITS, parts, strict=True))))
+        return self.record["val_metric"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Runners (module-level functions: spawned workers unpickle them by name)
+# --------------------------------------------------------------------------------------------------
+
+
+def make_row(key: RunKey, metric: str, started: float, **values: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {c: "" for c in COLUMNS}
+    row.update(
+        run=key.id,
+        kind=key.kind,
+        strategy=key.strategy,
+        init=key.init,
+        seed=key.seed,
+        metric=metric,
+        seconds=round(time.perf_counter() - started, 3),
+    )
+    row.update(values)
+    return row
+
+
+def growth_run(exp: Experiment, key: RunKey) -> list[dict[str, Any]]:
+    """Rows of one run: ``static_run`` for a baseline, else :func:`dagrow.loop.grow` on the spec."""
+    if key.kind == "static":
+        return static_run(exp, key)
+    assert exp.spec is not None
+    started = time.perf_counter()
+    task = exp.task.make()
+    metric = exp.metric_name or task.metric_name
+    config = replace(exp.config, strategy=key.strategy, init=key.init, seed=key.seed)
+    model = compile(exp.spec, seed=key.seed)
+    rows = [
+        make_row(
+            key,
+            metric,
+            started,
+            growth=0,
+            step=0,
+            event="start",
+            parameters=num_params(exp.spec),
+            **evaluate_all(model, task),
+        )
+    ]
+    probed = _ProbedTask.of(task)
+
+    def on_event(line: dict[str, Any]) -> None:
+        event = line["event"]
+        if event not in ("growth", "rollback", "end"):
+            return
+        if not probed.record:  # a growth that found no site or no gamma*: no evaluation, no change
+            event = "skipped"
+        values = {
+            "growth": line.get("growth", config.growths),
+            "step": line["step"],
+            "event": event,
+            "site": (line.get("site") if event == "growth" else line.get("reason")) or "",
+            "parameters": line.get("params", rows[-1]["parameters"]),
+            "loss_before": line.get("loss_before", ""),
+            "loss_after": line.get("loss_after", ""),
+        }
+        rows.append(make_row(key, metric, started, **values, **probed.record))
+        probed.record.clear()
+
+    grow(model, probed, config, on_event=on_event)
+    return rows
+
+
+def static_run(exp: Experiment, key: RunKey) -> list[dict[str, Any]]:
+    """A fixed architecture trained from scratch with the growth runs' optimizer and batches for as many
+    steps as a growth run takes, evaluated every ``config.every`` steps."""
+    started = time.perf_counter()
+    task = exp.task.make()
+    metric = exp.metric_name or task.metric_name
+    config = replace(exp.config, seed=key.seed)
+    spec = exp.statics[key.init]
+    torch.manual_seed(config.seed)
+    model = compile(spec, seed=config.seed)
+    params = num_params(spec)
+    opt = make_optimizer(model, config)
+    loss_fn = loss_function(task.loss)
+    batches = _forever(task, config.batch_size, config.seed, torch.device("cpu"))
+    total = config.every * config.growths + (config.final_steps or config.every)
+    rows = [
+        make_row(
+            key,
+            metric,
+            started,
+            growth=0,
+            step=0,
+            event="start",
+            parameters=params,
+            **evaluate_all(model, task),
+        )
+    ]
+    for step in range(1, total + 1):
+        x, y = next(batches)
+        if opt is None:
+            model = best_update_step(model, (x, y), task.loss)
+        else:
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(x), y).backward()
+            opt.step()
+        if step % config.every == 0 or step == total:
+            rows.append(
+                make_row(
+                    key,
+                    metric,
+                    started,
+                    growth=step // config.every,
+                    step=step,
+                    event="end" if step == total else "train",
+                    parameters=params,
+                    **evaluate_all(model, task),
+                )
+            )
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------
+# Running an experiment
+# --------------------------------------------------------------------------------------------------
+
+
+def run_path(out: Path, key: RunKey) -> Path:
+    return out / "runs" / f"{key.id}.json"
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)
+
+
+def _run_and_save(exp: Experiment, key: RunKey, path: Path) -> tuple[RunKey, float]:
+    started = time.perf_counter()
+    rows = (exp.runner or growth_run)(exp, key)
+    doc = {"fingerprint": exp.fingerprint(key), "rows": rows}
+    atomic_write_text(path, json.dumps(doc) + "\n")
+    return key, time.perf_counter() - started
+
+
+def load_run(exp: Experiment, out: Path, key: RunKey) -> list[dict[str, Any]] | None:
+    """The stored rows of a finished run, or None if it is missing or its settings changed."""
+    try:
+        doc = json.loads(run_path(out, key).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc["rows"] if doc.get("fingerprint") == exp.fingerprint(key) else None
+
+
+def run_experiment(
+    exp: Experiment,
+    out: str | Path,
+    *,
+    jobs: int = 1,
+    on_done: Callable[[RunKey, float | None], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run what is not done yet, then write results.csv, summary.md and the plots; return all rows.
+
+    ``on_done(key, seconds)`` is called for each run (``seconds`` None for one found done).
+    """
+    if jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {jobs}")
+    exp.check()
+    out = Path(out)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    keys = exp.keys()
+    todo = [k for k in keys if load_run(exp, out, k) is None]
+    for k in keys:
+        if k not in todo and on_done:
+            on_done(k, None)
+    if jobs == 1 or len(todo) <= 1:
+        for k in todo:
+            _, seconds = _run_and_save(exp, k, run_path(out, k))
+            if on_done:
+                on_done(k, seconds)
+    else:
+        with ProcessPoolExecutor(
+            min(jobs, len(todo)), mp_context=get_context("spawn"), initializer=_worker_init
+        ) as pool:
+            futures = [pool.submit(_run_and_save, exp, k, run_path(out, k)) for k in todo]
+            for fut in as_completed(futures):
+                k, seconds = fut.result()
+                if on_done:
+                    on_done(k, seconds)
+    rows = [row for k in keys for row in (load_run(exp, out, k) or [])]
+    write_results(out, rows)
+    claims = exp.claims(rows) if exp.claims is not None and rows else []
+    atomic_write_text(out / "summary.md", summary_markdown(exp, rows, claims))
+    try:
+        write_plots(out, rows, title=exp.name)
+    except ImportError:  # matplotlib (the 'plot' extra) missing: the tables are still written
+        pass
+    return rows
+
+
+def write_results(out: Path, rows: Iterable[dict[str, Any]]) -> Path:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write_text(out / "results.csv", buf.getvalue())
+
+
+def read_results(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a results.csv with numbers parsed (empty cells stay '')."""
+    with open(path, encoding="utf-8", newline="") as fh:
+        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def _number(text: str) -> Any:
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+
+# --------------------------------------------------------------------------------------------------
+# Summary
+# --------------------------------------------------------------------------------------------------
+
+
+def by_run(rows: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        runs.setdefault(r["run"], []).append(r)
+    return runs
+
+
+def groups(rows: Iterable[dict[str, Any]]) -> dict[str, list[list[dict[str, Any]]]]:
+    """Runs (lists of rows) by group label (``strategy / init`` or ``static LABEL``), in first-seen order."""
+    out: dict[str, list[list[dict[str, Any]]]] = {}
+    for run in by_run(rows).values():
+        r = run[0]
+        label = f"static {r['init']}" if r["kind"] == "static" else f"{r['strategy']} / {r['init']}"
+        out.setdefault(label, []).append(run)
+    return out
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    vals = [float(v) for v in values if v != "" and not math.isnan(float(v))]
+    if not vals:
+        return math.nan, math.nan
+    m = sum(vals) / len(vals)
+    return m, math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+
+
+def _pm(values: list[float], digits: int = 4) -> str:
+    m, s = mean_std(values)
+    return "-" if math.isnan(m) else f"{m:.{digits}g} ± {s:.2g}"
+
+
+def at_budget(run: list[dict[str, Any]], budget: float) -> dict[str, Any] | None:
+    """The last row of a run with at most ``budget`` parameters (None if it starts above it)."""
+    within = [r for r in run if r["parameters"] <= budget and r["test_metric"] != ""]
+    return within[-1] if within else None
+
+
+def budgets(rows: list[dict[str, Any]], count: int = 4) -> list[int]:
+    """Parameter budgets that every growth group reaches: geometric steps from the largest starting size
+    to the smallest final size, plus the static baselines' sizes in that range."""
+    grown = {g: runs for g, runs in groups(rows).items() if not g.startswith("static")}
+    if not grown:
+        return []
+    lo = max(run[0]["parameters"] for runs in grown.values() for run in runs)
+    hi = min(max(r["parameters"] for r in run) for runs in grown.values() for run in runs)
+    if hi <= lo:
+        return [int(hi)]
+    points = {round(lo * (hi / lo) ** (i / (count - 1))) for i in range(count)}
+    points |= {r["parameters"] for r in rows if r["kind"] == "static" and lo <= r["parameters"] <= hi}
+    return sorted(int(p) for p in points)
+
+
+def summary_markdown(exp: Experiment, rows: list[dict[str, Any]], claims: Iterable[str] = ()) -> str:
+    metric = rows[0]["metric"] if rows else (exp.metric_name or "metric")
+    grouped = groups(rows)
+    lines = [f"# {exp.name}", ""]
+    if exp.description:
+        lines += [exp.description, ""]
+    lines += [
+        f"{exp.task.describe()}; metric: {metric}; {exp.seeds} seed(s); "
+        f"strategies {', '.join(exp.strategies)}; inits {', '.join(exp.inits)}; "
+        f"every {exp.config.every} steps, {exp.config.growths} growths, optimizer {exp.config.optimizer}, "
+        f"lr {exp.config.lr}.",
+        "",
+        "Mean ± standard deviation over seeds.",
+        "",
+        "## At the end",
+        "",
+        f"| run | runs | parameters | train loss | val {metric} | test {metric} | seconds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, runs in grouped.items():
+        ends = [run[-1] for run in runs]
+        lines.append(
+            f"| {label} | {len(runs)} | "
+            + " | ".join(
+                _pm([e[c] for e in ends], 5 if c == "parameters" else 4)
+                for c in ("parameters", "train_loss", "val_metric", "test_metric", "seconds")
+            )
+            + " |"
+        )
+    marks = budgets(rows)
+    if marks:
+        lines += [
+            "",
+            f"## Test {metric} at matched parameter budgets",
+            "",
+            "Each run's last evaluation with at most that many parameters.",
+            "",
+            "| run | " + " | ".join(f"≤ {b:,}" for b in marks) + " |",
+            "|---|" + "---|" * len(marks),
+        ]
+        for label, runs in grouped.items():
+            cells = []
+            for b in marks:
+                hits = [at_budget(run, b) for run in runs]
+                vals = [h["test_metric"] for h in hits if h is not None]
+                cells.append(_pm(vals) + ("" if len(vals) == len(runs) else f" ({len(vals)}/{len(runs)})"))
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    claims = list(claims)
+    if claims:
+        lines += ["", "## Claims", ""] + [f"- {c}" for c in claims]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# Plots (matplotlib: the optional 'plot' extra)
+# --------------------------------------------------------------------------------------------------
+
+
+def _value_at(run: list[dict[str, Any]], x: str, y: str, at: float) -> float:
+    """The run's last ``y`` with ``x <= at`` (nan outside the run's range)."""
+    pts = [r for r in run if r[y] != ""]
+    if not pts or at < pts[0][x] or at > pts[-1][x]:
+        return math.nan
+    return float([r for r in pts if r[x] <= at][-1][y])
+
+
+def band(runs: list[list[dict[str, Any]]], x: str, y: str) -> tuple[list[float], list[float], list[float]]:
+    """(grid, mean, std) of ``y`` against ``x`` over runs, each run a step function of ``x``."""
+    grid = sorted({r[x] for run in runs for r in run if r[y] != ""})
+    means, stds = [], []
+    for at in grid:
+        m, s = mean_std([v for v in (_value_at(run, x, y, at) for run in runs) if not math.isnan(v)])
+        means.append(m)
+        stds.append(s)
+    return grid, means, stds
+
+
+def _spans_decades(values: list[float]) -> bool:
+    pos = [v for v in values if v > 0 and not math.isnan(v)]
+    return bool(pos) and max(pos) / min(pos) >= 10
+
+
+def _figure():
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def _save(fig, path: Path) -> None:
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+
+
+def _plot_band(ax, runs: list[list[dict[str, Any]]], x: str, y: str, label: str) -> None:
+    grid, m, s = band(runs, x, y)
+    style = {"ls": "--" if label.startswith("static") else "-", "marker": "." if len(grid) < 40 else None}
+    (line,) = ax.plot(grid, m, label=f"{label} (n={len(runs)})", **style)
+    lo, hi = [a - b for a, b in zip(m, s, strict=True)], [a + b for a, b in zip(m, s, strict=True)]
+    ax.fill_between(grid, lo, hi, color=line.get_color(), alpha=0.2)
+
+
+def _frontier(ax, grouped: dict[str, list[list[dict[str, Any]]]]) -> None:
+    """The static baselines' final (parameters, test metric) as one dashed black line with error bars."""
+    pts = []
+    for label, runs in grouped.items():
+        if label.startswith("static"):
+            ends = [run[-1] for run in runs]
+            m, s = mean_std([e["test_metric"] for e in ends])
+            pts.append((mean_std([e["parameters"] for e in ends])[0], m, s, label.removeprefix("static ")))
+    if not pts:
+        return
+    pts.sort()
+    xs, ys, errs, names = zip(*pts, strict=True)
+    ax.errorbar(xs, ys, yerr=errs, color="black", ls="--", marker="s", capsize=3,
+                label="static baselines, trained from scratch")
+    for px, py, name in zip(xs, ys, names, strict=True):
+        ax.annotate(name, (px, py), textcoords="offset points", xytext=(4, -10), fontsize=7)
+
+
+def _finish(ax, fig, path: Path, title: str) -> None:
+    ax.set_title(title + (": mean ± std over seeds" if title else ""))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_metric(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
+    """Test metric against parameters (or steps when no run changes size): a line and a band over seeds
+    per growth group, the static baselines as a frontier."""
+    grouped = groups(rows)
+    x = "parameters" if len({r["parameters"] for r in rows}) > 1 else "step"
+    fig, ax = _figure()
+    for label, runs in grouped.items():
+        if not (label.startswith("static") and x == "parameters"):
+            _plot_band(ax, runs, x, "test_metric", label)
+    if x == "parameters":
+        _frontier(ax, grouped)
+    if _spans_decades([r[x] for r in rows]):
+        ax.set_xscale("log")
+    ax.set_xlabel("number of parameters" if x == "parameters" else "training steps")
+    ax.set_ylabel(f"test {rows[0]['metric']}")
+    _finish(ax, fig, path, title)
+
+
+def plot_loss(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
+    """Training loss (whole train split) against training steps, a band over seeds per group."""
+    fig, ax = _figure()
+    for label, runs in groups(rows).items():
+        _plot_band(ax, runs, "step", "train_loss", label)
+    if _spans_decades([r["train_loss"] for r in rows if r["train_loss"] != ""]):
+        ax.set_yscale("log")
+    ax.set_xlabel("training steps")
+    ax.set_ylabel("training loss (whole train split)")
+    _finish(ax, fig, path, title)
+
+
+def write_plots(out: Path, rows: list[dict[str, Any]], title: str = "") -> list[Path]:
+    """DIR/metric_vs_params.png and DIR/loss_vs_steps.png (ImportError without matplotlib)."""
+    import matplotlib  # noqa: F401 - fail early with ImportError when the extra is missing
+
+    if not rows:
+        return []
+    paths = [out / "metric_vs_params.png", out / "loss_vs_steps.png"]
+    plot_metric(rows, paths[0], title)
+    plot_loss(rows, paths[1], title)
+    return paths
