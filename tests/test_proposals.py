@@ -439,3 +439,32 @@ def test_widen_respects_max_width():
     spec, model, xs, y, stats, ref = measured(text, n=16)
     p = propose(stats, find_site(spec, "widen:h1"), "random", 5)  # h1 has 3 of 4
     assert p.neurons == 1
+
+
+def test_a_new_node_beside_an_existing_edge_has_no_direction_by_construction():
+    """For a pair (u, w) whose u already feeds w, N_UW = -(1/n) sum B_u Vperp_w^T = 0 by the normal
+    equations of dW*_w; a pair that skips a node has a direction. The reason says which case it is."""
+    spec = dagrow.load_spec("""
+version: 1
+inputs: {x: {shape: [3]}}
+nodes:
+  h: {width: 2, activation: tanh}
+  out: {width: 2}
+edges:
+  - {from: x, to: h}
+  - {from: h, to: out}
+outputs: [out]
+growth: {new_nodes: all}
+""")
+    model = dagrow.compile(spec, seed=0, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 3, generator=gen, dtype=torch.float64)
+    y = torch.sin(3 * x[:, :2]) + x[:, 2:] ** 2
+    stats = measure(model, [(x, y)])
+    beside = propose(stats, find_site(spec, "node:h->out"), "tiny", 2)
+    assert beside.neurons == 0 and "h already feeds out directly" in beside.skipped
+    U = ["h", "1"]
+    N = -stats.grad_moment(U, "out") + stats.moment(U, U) @ beside.updates["out"].delta.T
+    assert float(N.abs().max()) < 1e-12 * float(stats.grad_moment(U, "out").abs().max())
+    skipping = propose(stats, find_site(spec, "node:x->out"), "tiny", 2)
+    assert skipping.skipped is None and skipping.neurons == 2

@@ -241,6 +241,17 @@ def _split_rows(t: Tensor, targets: tuple[str, ...], stats: Statistics) -> dict[
     return out
 
 
+def _no_direction(U, updates: dict[str, TargetUpdate]) -> str:
+    """Why a site has no bottleneck direction: below the thresholds, or zero by construction when the
+    new neurons would only see what already feeds every target (then Vperp is orthogonal to them)."""
+    if all(set(U) <= set(u.sources) for u in updates.values()):
+        feeds = ", ".join(sorted(set(U) - {ONE}))
+        return (f"no bottleneck direction: {feeds} already feed{'s' if len(set(U) - {ONE}) == 1 else ''} "
+                f"{', '.join(updates)} directly, so to first order new neurons fed by {feeds} only repeat "
+                "what dW* does (grow a pair that skips a node, or deepen the edge)")
+    return "no bottleneck direction above the thresholds"
+
+
 def propose(
     stats: Statistics,
     site: Site,
@@ -325,7 +336,7 @@ def propose(
             first_order_improvement=d + gain,
             sum_lambda_sq=float(kept.pow(2).sum()),
             params_added=_params_added(site, 0, stats),
-            skipped=None if kept.numel() else "no bottleneck direction above the thresholds",
+            skipped=None if kept.numel() else _no_direction(U, updates),
         )
 
     slope, sigma0 = _at_zero(act)
@@ -341,7 +352,7 @@ def propose(
         fan_in = (S_is @ Uv[:, :K] * root).T.contiguous()
         fan_out = _split_rows(Vh[:K].T * root, site.targets, stats)
         if K == 0:
-            skipped = "no bottleneck direction above the thresholds"
+            skipped = _no_direction(U, updates)
         if sigma0 != 0.0:
             notes.append(
                 f"{act.name}(0) != 0: the new neurons shift the output by sqrt(gamma) omega sigma(0)"
