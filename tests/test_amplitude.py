@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from bruteforce import HAND_WRITTEN, setup, with_activation
+from bruteforce import HAND_WRITTEN, reference, setup, with_activation
 
 from dagrow.growth.amplitude import GrownFamily, amplitude_factor, line_search, proposal_actions
 from dagrow.growth.proposals import FUNCTION_PRESERVING, propose
@@ -73,6 +73,32 @@ def test_first_order_prediction_without_the_update_is_the_neurons_share(activati
         shares.append(share)
     # with identity activations h2 = W h1 + c spans h1, so widen:h2 and edge:h1->out see nothing new
     assert sum(s > 1e-6 for s in shares) >= (4 if activation == "tanh" else 2)
+
+
+@pytest.mark.parametrize("name", ["mlp", "skip"])
+def test_relu_neurons_gain_the_inner_product_of_the_goal_and_their_features(name):
+    """ReLU is positively homogeneous: sqrt(gamma) omega relu(sqrt(gamma) alpha^T b) = gamma omega
+    relu(alpha^T b), exactly linear in gamma but not sigma'(0) alpha^T b. The first-order gain of the
+    neurons is then -(1/n) sum_i sum_w g_w(x_i)^T omega_w relu(alpha^T B_U(x_i)), computed here sample by
+    sample; the planner's first_order_improvement (d + sigma'(0) sum lambda^2, sigma'(0) = 0) is only d."""
+    spec, model, xs, y, stats = grown_setting(name, "relu")
+    ref = reference(spec, model.state_dict(), xs, y)
+    with torch.no_grad():
+        base = float(F.mse_loss(model(*xs), y))
+    checked = 0
+    for site in enumerate_sites(spec, include_unsupported=False):
+        if site.kind == "edge":
+            continue
+        p = propose(stats, site, "tiny", 2, weights=model.state_dict())
+        if p.neurons == 0:
+            continue
+        features = torch.relu(ref.B(site.sources) @ p.fan_in.T)  # [n, K]
+        gain = -sum(float((ref.grad[w] * (features @ p.fan_out[w].T)).sum()) for w in site.targets) / ref.n
+        fd = finite_difference(GrownFamily(model, p, update=False), xs, y, base)
+        assert abs(gain) > 1e-6 and fd == pytest.approx(gain, rel=1e-3), site.id
+        assert p.first_order_improvement == pytest.approx(p.d)
+        checked += 1
+    assert checked >= 2
 
 
 def test_a_new_node_on_a_fresh_pair_gains_sum_lambda_sq():
