@@ -1,0 +1,245 @@
+"""SENN's natural expansion score against brute force; deepening constructions; the `natural` strategy.
+
+The references here use no dagrow closed form: per-sample parameter gradients come from autograd on
+each sample's own loss (the compiled model, one sample at a time), the Kronecker factors from the
+re-implemented forward pass of bruteforce.py, the Fisher is an explicit Kronecker product inverted
+exactly, and eta is g^T F^-1 g over the flattened parameters.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import scipy.linalg
+import torch
+import torch.nn.functional as F
+from bruteforce import MLP, SKIP, forward, reference
+from torch import Tensor
+
+import dagrow
+from dagrow.growth.natural import (
+    NaturalSettings,
+    delta_eta,
+    linearised_candidates,
+    linearised_score,
+    observe,
+    score_sites,
+)
+from dagrow.rewrite import AddNeurons, AddNode, new_node_name
+from dagrow.sites import ONE, find_site
+
+DAMPING = 1e-2
+
+
+def eye(k: int) -> Tensor:
+    return torch.eye(k, dtype=torch.float64)
+
+
+def tiny(text: str, n: int = 30, seed: int = 0):
+    spec = dagrow.load_spec(text)
+    model = dagrow.compile(spec, dtype=torch.float64, seed=seed)
+    gen = torch.Generator().manual_seed(seed + 7)
+    x = torch.randn(n, *spec.inputs["x"].shape, generator=gen, dtype=torch.float64)
+    y = torch.randn(n, spec.nodes[spec.outputs[0]].width, generator=gen, dtype=torch.float64)
+    return spec, model, x, y
+
+
+def node_blocks(spec, v: str) -> list[str]:
+    """Parameter names of node v's block [W_s1 ... W_sk, c] (columns in linear-source order)."""
+    names = [f"edges.{e.source}__{v}.weight" for e in spec.edges if e.target == v]
+    return names + ([f"nodes.{v}.bias"] if spec.nodes[v].bias else [])
+
+
+def block_matrix(grads: dict[str, Tensor], spec, v: str) -> Tensor:
+    """[k, d] matrix of a node's parameter gradients (bias as the last column)."""
+    cols = [grads[k] if k.endswith("weight") else grads[k][:, None] for k in node_blocks(spec, v)]
+    return torch.cat(cols, 1)
+
+
+def per_sample_param_grads(model, x, y, fisher: str):
+    """Per sample: (gradient of l_i, gradient the Fisher is built from) over every parameter."""
+    params = dict(model.named_parameters())
+    loss_g, fisher_g = [], []
+    for i in range(x.shape[0]):
+        out = model(x[i : i + 1])
+        li = F.mse_loss(out, y[i : i + 1])
+        (gy,) = torch.autograd.grad(li, out, retain_graph=True)
+        gl = torch.autograd.grad(li, list(params.values()), retain_graph=True, allow_unused=True)
+        if fisher == "unit":
+            u = gy / gy.norm()
+            gf = torch.autograd.grad((out * u).sum(), list(params.values()), allow_unused=True)
+        else:
+            gf = gl
+        zero = [torch.zeros_like(p) for p in params.values()]
+        loss_g.append({k: z if g is None else g for k, g, z in zip(params, gl, zero, strict=True)})
+        fisher_g.append({k: z if g is None else g for k, g, z in zip(params, gf, zero, strict=True)})
+    return loss_g, fisher_g
+
+
+def brute_eta(model, x, y, fisher: str, lambdas: dict[str, tuple[float, float]] | None = None):
+    """eta = grad^T (blockdiag_v (G_v + lam_G) (x) (A_v + lam_A))^+ grad, every factor from autograd
+    and the re-implemented forward; ``lambdas`` (node -> (lam_A, lam_G)) fixes the damping."""
+    spec = model.spec
+    loss_g, fisher_g = per_sample_param_grads(model, x, y, fisher)
+    weights = {k: v.detach() for k, v in model.state_dict().items()}
+    _, post, _ = forward(spec, weights, [x])
+    post[ONE] = torch.ones(x.shape[0], 1, dtype=torch.float64)
+    n = x.shape[0]
+    grads, blocks, used = [], [], {}
+    for v in spec.nodes:
+        srcs = [e.source for e in spec.edges if e.target == v] + ([ONE] if spec.nodes[v].bias else [])
+        B = torch.cat([post[s] for s in srcs], 1)
+        gam = [block_matrix(fg, spec, v) for fg in fisher_g]
+        gh = torch.stack([gm[:, -1] for gm in gam])  # the bias column is gh itself
+        for gm, b, h in zip(gam, B, gh, strict=True):  # the per-sample Jacobian is rank one, gh B^T
+            torch.testing.assert_close(gm, torch.outer(h, b), rtol=1e-10, atol=1e-12)
+        A = B.T @ B / n
+        G = gh.T @ gh / n
+        mean_diag = (float(A.trace()) / A.shape[0], float(G.trace()) / G.shape[0])
+        lam_A, lam_G = lambdas[v] if lambdas else (DAMPING * mean_diag[0], DAMPING * mean_diag[1])
+        used[v] = (lam_A, lam_G)
+        if not G.any():  # no gradient reaches v (a new node with zero fan-out): its block adds nothing
+            continue
+        blocks.append(torch.kron(G + lam_G * eye(G.shape[0]), A + lam_A * eye(A.shape[0])))
+        grads.append(sum(block_matrix(lg, spec, v) for lg in loss_g).reshape(-1) / n)
+    Fk = torch.block_diag(*blocks).double()
+    g = torch.cat(grads)
+    return float(g @ torch.linalg.solve(Fk, g)), used
+
+
+@pytest.mark.parametrize("fisher", ["unit", "empirical"])
+@pytest.mark.parametrize("text", [MLP, SKIP], ids=["mlp", "skip"])
+def test_eta_equals_the_explicit_kronecker_fisher(text, fisher):
+    spec, model, x, y = tiny(text)
+    state = observe(model, (x, y), "mse", NaturalSettings(damping=DAMPING, fisher=fisher))
+    ref, lambdas = brute_eta(model, x, y, fisher)
+    assert state.eta == pytest.approx(ref, rel=1e-9)
+    for v, f in state.factors.items():
+        assert (f.lam_A, f.lam_G) == pytest.approx(lambdas[v], rel=1e-12)
+    assert sum(state.per_node().values()) == pytest.approx(state.eta, rel=1e-12)
+
+
+def test_unit_fisher_eta_is_bounded_by_the_output_gradient_with_the_exact_fisher():
+    """With the unit Fisher, g^T F^+ g <= E||dL/dy||^2 for the exact (not factored) Fisher: eta is a
+    projection of the output gradient, so Delta eta / E||dL/dy||^2 is a fraction."""
+    spec, model, x, y = tiny(MLP, n=12)
+    loss_g, fisher_g = per_sample_param_grads(model, x, y, "unit")
+    flat = lambda d: torch.cat([t.reshape(-1) for t in d.values()])  # noqa: E731
+    J = torch.stack([flat(d) for d in fisher_g])
+    g = torch.stack([flat(d) for d in loss_g]).mean(0)
+    eta_exact = float(g @ torch.linalg.pinv(J.T @ J / len(J), hermitian=True) @ g)
+    state = observe(model, (x, y), "mse", NaturalSettings(damping=DAMPING))
+    assert 0 < eta_exact <= state.grad_sq * (1 + 1e-9)
+
+
+def test_thresholds_are_scale_free_with_the_unit_fisher_only():
+    """Multiplying the loss by 9 multiplies E||dL/dy||^2 by 81: with the unit Fisher eta and Delta
+    eta scale the same way, with the empirical Fisher they do not move (the alpha test would)."""
+    spec, model, x, y = tiny(MLP)
+    site = find_site(spec, "widen:h2")
+    F_new = torch.tanh(x[:, :1])
+    for fisher, power in (("unit", 2), ("empirical", 0)):
+        s = NaturalSettings(damping=DAMPING, fisher=fisher)
+        a = observe(model, (x, y), "mse", s)
+        b = observe(model, (x, y), lambda o, t: 9 * F.mse_loss(o, t), s)
+        assert b.grad_sq == pytest.approx(81 * a.grad_sq, rel=1e-10)
+        assert b.eta == pytest.approx(9**power * a.eta, rel=1e-8)
+        da = float(delta_eta(a, site.targets, F_new))
+        db = float(delta_eta(b, site.targets, F_new))
+        assert db == pytest.approx(9**power * da, rel=1e-8)
+
+
+@pytest.mark.parametrize("fisher", ["unit", "empirical"])
+@pytest.mark.parametrize("kind", ["widen", "node"])
+def test_delta_eta_equals_the_rise_of_the_explicit_kronecker_eta(kind, fisher):
+    spec, model, x, y = tiny(SKIP)
+    settings = NaturalSettings(damping=DAMPING, fisher=fisher)
+    state = observe(model, (x, y), "mse", settings)
+    eta0, lambdas = brute_eta(model, x, y, fisher)
+    gen = torch.Generator().manual_seed(3)
+    weights = model.state_dict()
+    if kind == "widen":
+        site = find_site(spec, "widen:h1")
+        fan_in = torch.randn(2, 5, generator=gen, dtype=torch.float64)
+        zeros = {w: torch.zeros(spec.nodes[w].width, 2, dtype=torch.float64) for w in site.targets}
+        spec2, w2 = AddNeurons("h1", site.sources, fan_in, zeros).apply(spec, weights)
+        new = ("h1", slice(3, 5))
+    else:
+        site = find_site(spec, "node:x->h2")
+        fan_in = torch.randn(2, 5, generator=gen, dtype=torch.float64)
+        m = new_node_name(spec, "x", "h2")
+        spec2, w2 = AddNode("x", "h2", m, fan_in, torch.zeros(3, 2, dtype=torch.float64), "tanh").apply(
+            spec, weights
+        )
+        new = (m, slice(0, 2))
+        lambdas[m] = (0.0, 0.0)  # its gradient is zero: its block adds nothing
+    grown = dagrow.compile(spec2, w2, dtype=torch.float64)
+    torch.testing.assert_close(grown(x), model(x), rtol=0, atol=1e-13)  # zero fan-out
+    eta1, _ = brute_eta(grown, x, y, fisher, lambdas)
+    _, post, _ = forward(spec2, {k: v.detach() for k, v in w2.items()}, [x])
+    features = post[new[0]][:, new[1]].detach()
+    d = float(delta_eta(state, site.targets, features))
+    assert d > 1e-6
+    assert d == pytest.approx(eta1 - eta0, rel=1e-8, abs=1e-12)
+
+
+def reference_problem(state, model, x, y, site):
+    """S_U and N_UW G_W^-1 N_UW^T rebuilt from bruteforce.reference (per-sample loops)."""
+    spec = model.spec
+    ref = reference(spec, model.state_dict(), [x], y)
+    B_U = ref.B(site.sources)
+    S_U = ref.moment(site.sources, site.sources)
+    Q = torch.zeros(S_U.shape, dtype=torch.float64)
+    for w in site.targets:
+        srcs = tuple(e.source for e in spec.edges if e.target == w) + ((ONE,) if spec.nodes[w].bias else ())
+        A = ref.moment(srcs, srcs)
+        lam_A = DAMPING * float(A.trace()) / A.shape[0]
+        M = ref.grad_moment(srcs, w)
+        vperp = ref.grad[w] - ref.B(srcs) @ torch.linalg.solve(A + lam_A * eye(A.shape[0]), M)
+        N = B_U.T @ vperp / ref.n
+        Q += N @ torch.linalg.inv(state.factors[w].G) @ N.T
+    return S_U, Q
+
+
+def test_closed_form_candidates_maximise_the_linearised_score():
+    spec, model, x, y = tiny(MLP, n=40)
+    state = observe(model, (x, y), "mse", NaturalSettings(damping=DAMPING, fisher="empirical"))
+    site = find_site(spec, "widen:h1")
+    alpha, sig2 = linearised_candidates(state, site.sources, site.targets)
+    S_U, Q = reference_problem(state, model, x, y, site)
+    eig = torch.from_numpy(scipy.linalg.eigh(Q.numpy(), S_U.numpy(), eigvals_only=True)[::-1].copy())
+    k = sig2.numel()
+    torch.testing.assert_close(sig2, eig[:k], rtol=1e-8, atol=1e-12)
+    gen = torch.Generator().manual_seed(0)
+    for K in (1, 2):
+        best = linearised_score(state, site.sources, site.targets, alpha[:K])
+        assert best == pytest.approx(float(sig2[:K].sum()), rel=1e-9)
+        for _ in range(50):
+            a = torch.randn(K, alpha.shape[1], generator=gen, dtype=torch.float64)
+            assert linearised_score(state, site.sources, site.targets, a) <= best * (1 + 1e-9)
+        # a small perturbation of the optimum scores less (it is a maximum, not a saddle)
+        a = alpha[:K] + 1e-3 * torch.randn(K, alpha.shape[1], generator=gen, dtype=torch.float64)
+        assert linearised_score(state, site.sources, site.targets, a) < best
+    # undamped, the linearised score of linear features is a lower bound of their exact Delta eta
+    # (SENN's Delta eta' uses the unprojected A_f >= the projected one)
+    bare = observe(model, (x, y), "mse", NaturalSettings(damping=0.0, fisher="empirical"))
+    alpha0, sig0 = linearised_candidates(bare, site.sources, site.targets)
+    F1 = bare.features(site.sources) @ alpha0[:1].T
+    assert float(delta_eta(bare, site.targets, F1)) >= float(sig0[0]) * (1 - 1e-9)
+
+
+def test_refined_candidates_beat_their_starting_point():
+    spec, model, x, y = tiny(SKIP, n=60)
+    base = NaturalSettings(damping=DAMPING, refine_steps=0, candidates=6)
+    s0 = observe(model, (x, y), "mse", base)
+    s1 = observe(model, (x, y), "mse", NaturalSettings(damping=DAMPING, refine_steps=25, candidates=6))
+    p0 = {p.site.id: p for p in score_sites(s0, [find_site(spec, "widen:h1")])}
+    p1 = {p.site.id: p for p in score_sites(s1, [find_site(spec, "widen:h1")])}
+    assert p1["widen:h1"].delta_eta > p0["widen:h1"].delta_eta
+    # the reported figure is the exact score of the returned fan-in
+    p = p1["widen:h1"]
+    sigma = spec.nodes["h1"].activation.build().double()
+    Fp = sigma(s1.features(p.site.sources) @ p.fan_in.T).detach()
+    assert float(delta_eta(s1, p.site.targets, Fp)) == pytest.approx(p.delta_eta, rel=1e-9)
+    assert math.isfinite(p.delta_eta)
