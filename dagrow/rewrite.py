@@ -280,15 +280,22 @@ class AddEdge(Action):
 class DeepenEdge(Action):
     """Replace the linear edge ``u -> w`` by ``u -> m -> w`` computing exactly the same function.
 
-    ``m`` has the width of ``u``, an identity weight on ``u -> m``, zero bias and an activation that is
-    the identity at initialisation (``prelu`` with init 1, ``rational`` at v = c = 0, l = 1, or
-    ``identity``); ``m -> w`` takes the old weight.
+    Two constructions, both with an activation on ``m`` that is the identity at initialisation
+    (``prelu`` with init 1, ``rational`` at v = c = 0, l = 1, or ``identity``):
+
+    - identity (``basis=None``): ``m`` has the width of ``u``, an identity weight on ``u -> m``, zero
+      bias, and ``m -> w`` takes the old weight W;
+    - SENN's basis: ``u -> m`` gets ``basis`` B ([width m, width u], full column rank), ``m`` the bias
+      ``shift`` c (default 0), ``m -> w`` gets ``W B^+`` and w's bias loses ``W B^+ c``, so that
+      ``W B^+ (B b_u + c) - W B^+ c = W b_u``.
     """
 
     source: str
     target: str
     name: str
     activation: Any = field(default_factory=lambda: {"name": "prelu", "init": 1.0})
+    basis: Tensor | None = None
+    shift: Tensor | None = None
     kind: ClassVar[str] = "deepen_edge"
 
     def _apply(self, data, weights, spec) -> None:
@@ -298,21 +305,47 @@ class DeepenEdge(Action):
             bool(index) and spec.edges[index[0]].op.type == "linear", f"deepen_edge: no linear edge {u}->{w}"
         )
         _require(m not in spec.nodes and m not in spec.inputs, f"deepen_edge: {m!r} already exists")
-        width = _widths(spec)[u]
+        width_u = _widths(spec)[u]
+        old = weights.pop(f"edges.{u}__{w}.weight")
+        new_bias = None
+        if self.basis is None:
+            _require(self.shift is None, f"deepen_edge {u}->{w}: a shift needs a basis")
+            width = width_u
+            into, bias, out = torch.eye(width), torch.zeros(width), old
+        else:
+            into = _t(self.basis).to(torch.float64)
+            width = into.shape[0]
+            _require(
+                into.dim() == 2 and into.shape[1] == width_u and width >= width_u,
+                f"deepen_edge {u}->{w}: basis shape {list(into.shape)}, expected [>= {width_u}, {width_u}]",
+            )
+            pinv = torch.linalg.pinv(into)
+            err = float((pinv @ into - torch.eye(width_u, dtype=torch.float64)).abs().max())
+            _require(err < 1e-8, f"deepen_edge {u}->{w}: the basis is not of full column rank ({err:.2g})")
+            out = old.to(torch.float64) @ pinv
+            bias = torch.zeros(width, dtype=torch.float64) if self.shift is None else _t(self.shift).double()
+            _require(bias.shape == (width,), f"deepen_edge {u}->{w}: shift shape {list(bias.shape)}")
+            if bool((bias != 0).any()):
+                _require(
+                    f"nodes.{w}.bias" in weights, f"deepen_edge {u}->{w}: a nonzero shift needs a bias on {w}"
+                )
+                new_bias = weights[f"nodes.{w}.bias"].to(torch.float64) - out @ bias
         _insert_node(data, w, m, {"width": width, "activation": self.activation, "bias": True})
         data["edges"][index[0] : index[0] + 1] = [
             {"from": u, "to": m, "op": {"type": "linear"}},
             {"from": m, "to": w, "op": {"type": "linear"}},
         ]
-        old = weights.pop(f"edges.{u}__{w}.weight")
-        weights[f"edges.{u}__{m}.weight"] = torch.eye(width, dtype=old.dtype, device=old.device)
-        weights[f"nodes.{m}.bias"] = torch.zeros(width, dtype=old.dtype, device=old.device)
-        weights[f"edges.{m}__{w}.weight"] = old
+        weights[f"edges.{u}__{m}.weight"] = _like(into, old)
+        weights[f"nodes.{m}.bias"] = _like(bias, old)
+        weights[f"edges.{m}__{w}.weight"] = _like(out, old)
+        if new_bias is not None:
+            weights[f"nodes.{w}.bias"] = _like(new_bias, old)
         for pname, value in _activation_params(self.activation).items():
             weights[f"nodes.{m}.activation.{pname}"] = _like(value, old)
 
     def describe(self) -> str:
-        return f"deepen_edge({self.source}->{self.name}->{self.target})"
+        how = "" if self.basis is None else ", basis"
+        return f"deepen_edge({self.source}->{self.name}->{self.target}{how})"
 
 
 ACTIONS: dict[str, type[Action]] = {
@@ -332,7 +365,11 @@ def action_from_dict(data: Mapping[str, Any]) -> Action:
         if f.name not in data:
             continue
         v = data[f.name]
-        if f.name in ("fan_in", "weight") or (f.name == "fan_out" and not isinstance(v, dict)):
+        if v is None:
+            pass
+        elif f.name in ("fan_in", "weight", "basis", "shift") or (
+            f.name == "fan_out" and not isinstance(v, dict)
+        ):
             v = _t(v)
         elif f.name in ("fan_out", "deltas"):
             v = {k: _t(t) for k, t in v.items()}
