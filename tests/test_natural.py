@@ -15,6 +15,16 @@ import scipy.linalg
 import torch
 import torch.nn.functional as F
 from bruteforce import MLP, SKIP, forward, reference
+from test_rewrite import (
+    SPEC_FILES,
+    all_specs,
+    linear_edges,
+    max_diff,
+    model_and_inputs,
+    outputs,
+    roundtrip,
+    widths,
+)
 from torch import Tensor
 
 import dagrow
@@ -26,7 +36,7 @@ from dagrow.growth.natural import (
     observe,
     score_sites,
 )
-from dagrow.rewrite import AddNeurons, AddNode, new_node_name
+from dagrow.rewrite import AddNeurons, AddNode, DeepenEdge, RewriteError, new_node_name
 from dagrow.sites import ONE, find_site
 
 DAMPING = 1e-2
@@ -243,3 +253,80 @@ def test_refined_candidates_beat_their_starting_point():
     Fp = sigma(s1.features(p.site.sources) @ p.fan_in.T).detach()
     assert float(delta_eta(s1, p.site.targets, Fp)) == pytest.approx(p.delta_eta, rel=1e-9)
     assert math.isfinite(p.delta_eta)
+
+
+# --------------------------------------------------------------------------------------------------
+# deepening: both constructions keep the function, and the new layer learns
+# --------------------------------------------------------------------------------------------------
+
+CONSTRUCTIONS = [
+    pytest.param("identity", act, id=f"identity-{name}")
+    for name, act in (("prelu", {"name": "prelu", "init": 1.0}), ("rational", {"name": "rational"}),
+                      ("identity", "identity"))
+] + [
+    pytest.param("basis", act, id=f"basis-{name}")
+    for name, act in (("prelu", {"name": "prelu", "init": 1.0}), ("rational", {"name": "rational"}),
+                      ("identity", "identity"))
+]
+
+
+def random_basis(k: int, gen: torch.Generator, extra: int = 0) -> Tensor:
+    """A well-conditioned [k + extra, k] basis: orthonormal columns scaled by 0.5 .. 2."""
+    q, _ = torch.linalg.qr(torch.randn(k + extra, k, generator=gen, dtype=torch.float64))
+    return q * (0.5 + 1.5 * torch.rand(k, generator=gen, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("construction, activation", CONSTRUCTIONS)
+@pytest.mark.parametrize("source", [p for p in all_specs() if p.id in {f.stem for f in SPEC_FILES}])
+def test_deepening_every_edge_keeps_the_outputs_and_the_new_layer_learns(source, construction, activation):
+    spec, model, xs = model_and_inputs(source)
+    weights = model.state_dict()
+    base = outputs(spec, weights, xs)
+    gen = torch.Generator().manual_seed(5)
+    for i, (u, w) in enumerate(linear_edges(source)):
+        m = new_node_name(spec, u, w)
+        k = widths(spec)[u]
+        extra = {}
+        if construction == "basis":
+            shift = torch.randn(k + i % 2, generator=gen, dtype=torch.float64)
+            if not spec.nodes[w].bias:
+                shift = torch.zeros_like(shift)
+            extra = {"basis": random_basis(k, gen, i % 2), "shift": shift}
+        action = DeepenEdge(u, w, m, activation, **extra)
+        spec2, w2 = action.apply(spec, weights)
+        assert spec2.nodes[m].width == k + (i % 2 if construction == "basis" else 0)
+        grown = dagrow.compile(spec2, w2, dtype=torch.float64)
+        out = grown(*xs)
+        out = out if isinstance(out, tuple) else (out,)
+        assert max_diff(out, base) <= 1e-12, (u, w)
+        sum((o - 0.3).pow(2).sum() for o in out).backward()
+        new = [k for k, _ in grown.named_parameters() if k.startswith(f"nodes.{m}.") or f"{m}__" in k
+               or f"__{m}." in k]
+        assert {f"edges.{u}__{m}.weight", f"edges.{m}__{w}.weight", f"nodes.{m}.bias"} <= set(new)
+        for name in new:
+            g = grown.get_parameter(name).grad
+            assert g is not None and torch.isfinite(g).all(), (u, w, name)
+            # the identity construction feeds m with b_u itself: after a ReLU source PReLU's slope sees
+            # no negative input and gets no gradient (the basis construction's rotation and shift do)
+            if construction == "basis" or ".activation." not in name:
+                assert torch.count_nonzero(g) > 0, (u, w, name)
+        assert roundtrip(action).apply(spec, weights)[0] == spec2
+
+
+def test_a_basis_deepening_rejects_a_rank_deficient_basis_and_a_shift_without_bias():
+    spec, model, xs = model_and_inputs(MLP)
+    flat = torch.ones(3, 3, dtype=torch.float64)
+    with pytest.raises(RewriteError, match="full column rank"):
+        DeepenEdge("h1", "h2", "m", basis=flat).apply(spec, model.state_dict())
+    with pytest.raises(RewriteError, match=r"basis shape \[2, 3\]"):
+        DeepenEdge("h1", "h2", "m", basis=torch.ones(2, 3)).apply(spec, model.state_dict())
+    with pytest.raises(RewriteError, match="a shift needs a basis"):
+        DeepenEdge("h1", "h2", "m", shift=torch.ones(3)).apply(spec, model.state_dict())
+    nobias = dagrow.load_spec(MLP.replace("out: {width: 3}", "out: {width: 3, bias: false}"))
+    m2 = dagrow.compile(nobias, dtype=torch.float64)
+    eye3 = torch.eye(3, dtype=torch.float64)
+    with pytest.raises(RewriteError, match="needs a bias on out"):
+        DeepenEdge("h2", "out", "m", basis=torch.eye(4, dtype=torch.float64), shift=torch.ones(4)).apply(
+            nobias, m2.state_dict()
+        )
+    DeepenEdge("h1", "h2", "m", basis=eye3, shift=torch.zeros(3)).apply(nobias, m2.state_dict())
