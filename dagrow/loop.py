@@ -7,6 +7,14 @@ new spec. The optimizer is rebuilt over the new parameters and keeps its state f
 (new entries start at zero). A growth whose loss on the growth batch is worse than before by more
 than ``tolerance`` (relative) is rolled back and logged. Every growth appends one line to the
 history.
+
+With the ``natural`` strategy (SENN) the schedule is different: after each round of training the
+natural expansion score is measured; while the best candidate passes both thresholds it is added
+(new neurons with zero fan-out, or a function-preserving deepening), the score is measured again on
+the grown network, and again, up to ``max_additions`` per round; a round that grew is followed by
+``cooldown`` rounds of training only. No growth count is needed: the run stops growing when
+``patience`` evaluations in a row add nothing (or after ``max_rounds`` rounds, or ``growths``
+additions when given), then trains ``final_steps`` more steps.
 """
 
 from __future__ import annotations
@@ -23,8 +31,9 @@ from torch.func import functional_call
 from .compile import DagModel, compile
 from .graph import analyze
 from .growth.amplitude import line_search, proposal_actions
+from .growth.natural import NaturalSettings
 from .growth.proposals import ProposalSettings, propose_all, target_update
-from .planner import make_strategy
+from .planner import Natural, make_strategy
 from .rewrite import Action, UpdateWeights, replay
 from .sites import ONE, enumerate_sites
 from .stats import loss_function, measure
@@ -37,7 +46,7 @@ class GrowthConfig:
 
     strategy: str = "amplitude_factor"
     init: str = "tiny"
-    growths: int = 10
+    growths: int | None = 10  # natural: a cap on additions (None: none)
     max_params: int | None = None
     every: int = 200
     neurons: int = 1
@@ -52,6 +61,32 @@ class GrowthConfig:
     final_steps: int | None = None  # training after the last growth (default: every)
     seed: int = 0
     device: str = "cpu"
+    # natural (SENN): when-to-grow thresholds, the search, and the schedule
+    tau: float = 0.05
+    alpha: float = 0.01
+    damping: float = 1e-3
+    fisher: str = "unit"
+    candidates: int = 8
+    refine_steps: int = 20
+    depth_cost: float = 2.0
+    construction: str = "basis"
+    cooldown: int = 1
+    max_additions: int = 8
+    patience: int = 3
+    max_rounds: int = 50
+
+    def natural_settings(self) -> NaturalSettings:
+        return NaturalSettings(
+            tau=self.tau,
+            alpha=self.alpha,
+            damping=self.damping,
+            fisher=self.fisher,  # type: ignore[arg-type]
+            candidates=self.candidates,
+            refine_steps=self.refine_steps,
+            depth_cost=self.depth_cost,
+            construction=self.construction,  # type: ignore[arg-type]
+            seed=self.seed,
+        )
 
     def validate(self) -> None:
         from .growth.proposals import INITS
@@ -66,8 +101,19 @@ class GrowthConfig:
         for name in ("every", "neurons", "batch_size", "growth_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        if self.growths < 0:
+        if self.growths is None and self.strategy != "natural":
+            raise ValueError(
+                f"strategy {self.strategy} needs a number of growths (only natural stops by itself)"
+            )
+        if self.growths is not None and self.growths < 0:
             raise ValueError("growths must be >= 0")
+        if self.strategy == "natural":
+            self.natural_settings().validate()
+            for name in ("max_additions", "patience", "max_rounds"):
+                if getattr(self, name) < 1:
+                    raise ValueError(f"{name} must be at least 1")
+            if self.cooldown < 0:
+                raise ValueError("cooldown must be >= 0")
 
 
 def make_optimizer(model: nn.Module, config: GrowthConfig) -> torch.optim.Optimizer | None:
@@ -183,11 +229,13 @@ def grow(
     opt = make_optimizer(model, config)
     loss_fn = loss_function(task.loss)
     batches = _forever(task, config.batch_size, config.seed, device)
+    options: dict[str, Any] = {"settings": config.natural_settings()} if config.strategy == "natural" else {}
     strategy = make_strategy(
         config.strategy,
         normalize=config.normalize,
         max_candidates=config.max_candidates,
         update=config.joint_update,
+        **options,
     )
     history: list[dict[str, Any]] = []
     actions: list[Action] = []
@@ -217,7 +265,102 @@ def grow(
             step += 1
         return total / max(steps, 1)
 
-    for g in range(start_growth, config.growths + 1):
+    def growth_batch():
+        tx, ty = task.train.x, task.train.y
+        idx = torch.randperm(len(tx), generator=gen)[: config.growth_batch]
+        return tx[idx].to(device), ty[idx].to(device)
+
+    def natural_rounds(strategy: Natural) -> None:
+        """SENN's schedule (module docstring): evaluate after each round, add while the test passes."""
+        nonlocal model, opt
+        added_total, quiet, cooldown, rnd = start_growth, 0, 0, 0
+        reason = f"max_rounds {config.max_rounds} reached"
+        while rnd < config.max_rounds:
+            started = time.perf_counter()
+            train_loss = train(config.every)
+            rnd += 1
+            if cooldown:
+                cooldown -= 1
+                continue
+            batch = growth_batch()
+            added = 0
+            while added < config.max_additions:
+                n_params = analyze(model.spec).num_params()
+                if config.growths is not None and added_total >= config.growths:
+                    break
+                sites = enumerate_sites(model.spec, include_unsupported=False)
+                if config.max_params is not None and n_params >= config.max_params:
+                    sites = []
+                ev = strategy.evaluate(model, batch, task.loss, sites)
+                line: dict[str, Any] = {
+                    "event": "growth" if ev.grow else "evaluation",
+                    "step": step,
+                    "round": rnd,
+                    "growth": added_total,
+                    "strategy": "natural",
+                    "train_loss": train_loss,
+                    "loss_before": ev.state.loss,
+                    "params_before": n_params,
+                    **ev.report(),
+                    "tau": config.tau,
+                    "alpha": config.alpha,
+                }
+                if not ev.grow:
+                    best = ev.best
+                    why = (
+                        "no site can grow"
+                        if best is None
+                        else f"below the thresholds (Delta eta / eta = {ev.relative:.3g}, "
+                        f"tau = {config.tau}; Delta eta / E||dL/dy||^2 = {ev.absolute:.3g}, "
+                        f"alpha = {config.alpha})"
+                    )
+                    line.update(site=best.site.id if best else None, reason=why)
+                    emit(line)
+                    break
+                best = ev.best
+                assert best is not None
+                new_actions = strategy.actions(ev)
+                spec2, w2 = replay(model.spec, model.state_dict(), new_actions)
+                dtype = next(model.parameters()).dtype
+                new_model = compile(spec2, w2, dtype=dtype).to(device=device)
+                with torch.no_grad():
+                    after = float(loss_fn(new_model(batch[0]), batch[1]))
+                line.update(
+                    site=best.site.id,
+                    kind=best.site.kind,
+                    actions=[a.describe() for a in new_actions],
+                    loss_after=after,
+                    params=analyze(spec2).num_params(),
+                )
+                if abs(after - ev.state.loss) > config.tolerance * abs(ev.state.loss) + 1e-12:
+                    line.update(event="rollback", params=n_params, reason=f"the loss moved to {after:.6g}")
+                    emit(line)
+                    break
+                new_opt = make_optimizer(new_model, config)
+                carry_optimizer_state(model, opt, new_model, new_opt)
+                model, opt = new_model, new_opt
+                actions.extend(new_actions)
+                added += 1
+                added_total += 1
+                val_loss, val_metric = evaluate(model, task, "val", device)
+                line.update(val_loss=val_loss, **{f"val_{task.metric_name}": val_metric},
+                            seconds=time.perf_counter() - started)
+                emit(line)
+            quiet = 0 if added else quiet + 1
+            cooldown = config.cooldown if added else 0
+            if config.growths is not None and added_total >= config.growths:
+                reason = f"growths {config.growths} reached"
+                break
+            if quiet >= config.patience:
+                reason = f"stopped growing: {quiet} evaluations in a row added nothing"
+                break
+        emit({"event": "stop", "step": step, "growth": added_total, "round": rnd, "reason": reason})
+        train(config.final_steps or config.every)
+
+    if isinstance(strategy, Natural):
+        natural_rounds(strategy)
+    for g in range(start_growth, config.growths + 1) if not isinstance(strategy, Natural) else ():
+        assert config.growths is not None
         started = time.perf_counter()
         train_loss = train(config.every if g < config.growths else (config.final_steps or config.every))
         if g == config.growths:
@@ -233,9 +376,7 @@ def grow(
                 }
             )
             break
-        tx, ty = task.train.x, task.train.y
-        idx = torch.randperm(len(tx), generator=gen)[: config.growth_batch]
-        batch = (tx[idx].to(device), ty[idx].to(device))
+        batch = growth_batch()
         sites = enumerate_sites(model.spec, include_unsupported=False)
         stats = measure(model, [batch], task.loss, sites=sites)
         proposals = propose_all(

@@ -7,7 +7,11 @@ Every strategy has the same interface, :meth:`Strategy.choose`, and is picked by
 - ``max_eigenvalue``: argmax of lambda_1 (the first-order information of the best neuron);
 - ``amplitude_factor``: argmax of Delta_l = L(0) - L(gamma*) after a line search per candidate. When
   there are more than ``max_candidates`` sites only the best ones by first-order improvement are
-  searched, and the decision says so.
+  searched, and the decision says so;
+- ``natural`` (SENN, :mod:`dagrow.growth.natural`): the site whose best candidate raises the natural
+  expansion score eta the most (a deepen site's rise divided by the depth cost), and only when
+  ``Delta eta / eta > tau`` and ``Delta eta / E||dL/dy||^2 > alpha``; otherwise no decision. Its
+  decisions carry ready actions (new neurons with zero fan-out, or a function-preserving deepening).
 
 ``normalize=True`` divides every score by the number of parameters the site adds. The chosen
 proposal always gets its own amplitude search, so every strategy reports gamma* and Delta_l.
@@ -16,12 +20,25 @@ proposal always gets its own amplitude search, so every strategy reports gamma* 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
 from .growth.amplitude import AmplitudeResult, GrownFamily, amplitude_factor
+from .growth.natural import (
+    NaturalProposal,
+    NaturalSettings,
+    NaturalState,
+    natural_actions,
+    observe,
+    passes,
+    score_sites,
+)
 from .growth.proposals import Proposal
+from .rewrite import Action
+from .sites import Site
 from .stats import LossFn
 
 
@@ -29,11 +46,12 @@ from .stats import LossFn
 class Decision:
     """The site a strategy chose, with its amplitude and what was compared."""
 
-    proposal: Proposal
-    amplitude: AmplitudeResult
-    family: GrownFamily
+    proposal: Proposal | None
+    amplitude: AmplitudeResult | None
+    family: GrownFamily | None
     scores: dict[str, float] = field(default_factory=dict)
     note: str = ""
+    actions: list[Action] | None = None  # ready rewrites (natural), instead of proposal + amplitude
 
 
 def growable(proposals: list[Proposal]) -> list[Proposal]:
@@ -114,7 +132,73 @@ class AmplitudeFactor(Strategy):
         return best
 
 
-STRATEGIES: dict[str, type[Strategy]] = {s.name: s for s in (Naive, MaxEigenvalue, AmplitudeFactor)}
+@dataclass
+class NaturalEvaluation:
+    """One evaluation of the natural strategy: eta, every site's best candidate and the verdict."""
+
+    state: NaturalState
+    proposals: list[NaturalProposal]  # best score first
+    grow: bool
+    relative: float  # best score / eta
+    absolute: float  # best score / E||dL/dy||^2
+
+    @property
+    def best(self) -> NaturalProposal | None:
+        return self.proposals[0] if self.proposals else None
+
+    def report(self) -> dict[str, Any]:
+        """The history fields of this evaluation."""
+        best = self.best
+        return {
+            "eta": self.state.eta,
+            "eta_per_node": self.state.per_node(),
+            "grad_sq": self.state.grad_sq,
+            "delta_eta": best.delta_eta if best else None,
+            "score": best.score if best else None,
+            "ratio": self.relative,
+            "abs_ratio": self.absolute,
+            "candidates": {p.site.id: p.score for p in self.proposals},
+            "best": best.to_dict() if best else None,
+        }
+
+
+class Natural(Strategy):
+    name = "natural"
+    summary = "SENN: grow where the natural expansion score rises by more than tau and alpha, and only then"
+
+    def __init__(self, *, settings: NaturalSettings | None = None, **options) -> None:
+        super().__init__(**options)
+        self.settings = settings or NaturalSettings()
+        self.settings.validate()
+
+    def evaluate(
+        self, model: nn.Module, batch, loss: str | LossFn, sites: Iterable[Site]
+    ) -> NaturalEvaluation:
+        """Measure eta on ``batch``, search every site, and apply the when-to-grow test."""
+        state = observe(model, batch, loss, self.settings)
+        found = score_sites(state, sites)
+        if not found:
+            return NaturalEvaluation(state, [], False, 0.0, 0.0)
+        ok, rel, absolute = passes(state, found[0])
+        return NaturalEvaluation(state, found, ok, rel, absolute)
+
+    def actions(self, evaluation: NaturalEvaluation) -> list[Action]:
+        assert evaluation.best is not None
+        return natural_actions(evaluation.best, evaluation.state.spec, self.settings)
+
+    def choose(self, model, proposals, batch, loss, step):
+        ev = self.evaluate(model, batch, loss, [p.site for p in proposals])
+        if not ev.grow:
+            return None
+        scores = {p.site.id: p.score for p in ev.proposals}
+        note = (
+            f"Delta eta / eta = {ev.relative:.3g} > tau, "
+            f"Delta eta / E||dL/dy||^2 = {ev.absolute:.3g} > alpha"
+        )
+        return Decision(None, None, None, scores, note, actions=self.actions(ev))
+
+
+STRATEGIES: dict[str, type[Strategy]] = {s.name: s for s in (Naive, MaxEigenvalue, AmplitudeFactor, Natural)}
 
 
 def make_strategy(name: str, **options) -> Strategy:

@@ -49,7 +49,7 @@ def setting():
 
 
 def test_registry_lists_every_strategy():
-    assert set(STRATEGIES) == {"naive", "max_eigenvalue", "amplitude_factor"}
+    assert set(STRATEGIES) == {"naive", "max_eigenvalue", "amplitude_factor", "natural"}
     with pytest.raises(ValueError, match="expected one of"):
         make_strategy("greedy")
 
