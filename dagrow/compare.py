@@ -371,7 +371,12 @@ def _worker_init() -> None:
 
 def _run_and_save(exp: Experiment, key: RunKey, path: Path) -> tuple[RunKey, float]:
     started = time.perf_counter()
-    rows = (exp.runner or growth_run)(exp, key)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small models: one thread each is faster, and jobs do not oversubscribe
+    try:
+        rows = (exp.runner or growth_run)(exp, key)
+    finally:
+        torch.set_num_threads(threads)
     doc = {"fingerprint": exp.fingerprint(key), "rows": rows}
     atomic_write_text(path, json.dumps(doc) + "\n")
     return key, time.perf_counter() - started
@@ -491,9 +496,14 @@ def _pm(values: list[float], digits: int = 4) -> str:
     return "-" if math.isnan(m) else f"{m:.{digits}g} ± {s:.2g}"
 
 
+def trained(run: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A run's rows after its untrained start (at a given size, the start is not what that size reaches)."""
+    return [r for r in run if r["event"] != "start"] or run
+
+
 def at_budget(run: list[dict[str, Any]], budget: float) -> dict[str, Any] | None:
-    """The last row of a run with at most ``budget`` parameters (None if it starts above it)."""
-    within = [r for r in run if r["parameters"] <= budget and r["test_metric"] != ""]
+    """The last row after the start with at most ``budget`` parameters (None if there is none)."""
+    within = [r for r in trained(run) if r["parameters"] <= budget and r["test_metric"] != ""]
     return within[-1] if within else None
 
 
@@ -503,7 +513,7 @@ def budgets(rows: list[dict[str, Any]], count: int = 4) -> list[int]:
     grown = {g: runs for g, runs in groups(rows).items() if not g.startswith("static")}
     if not grown:
         return []
-    lo = max(run[0]["parameters"] for runs in grown.values() for run in runs)
+    lo = max(trained(run)[0]["parameters"] for runs in grown.values() for run in runs)
     hi = min(max(r["parameters"] for r in run) for runs in grown.values() for run in runs)
     if hi <= lo:
         return [int(hi)]
@@ -645,12 +655,17 @@ def plot_metric(rows: list[dict[str, Any]], path: Path, title: str = "") -> None
     x = "parameters" if len({r["parameters"] for r in rows}) > 1 else "step"
     fig, ax = _figure()
     for label, runs in grouped.items():
-        if not (label.startswith("static") and x == "parameters"):
+        if x == "step":
             _plot_band(ax, runs, x, "test_metric", label)
+        elif not label.startswith("static"):  # each size after training at it (or right after growing)
+            _plot_band(ax, [trained(run) for run in runs], x, "test_metric", label)
     if x == "parameters":
         _frontier(ax, grouped)
     if _spans_decades([r[x] for r in rows]):
         ax.set_xscale("log")
+    metrics = [r["test_metric"] for r in rows if r["test_metric"] != ""]
+    if rows[0]["metric"] == "mse" and _spans_decades(metrics):
+        ax.set_yscale("log")
     ax.set_xlabel("number of parameters" if x == "parameters" else "training steps")
     ax.set_ylabel(f"test {rows[0]['metric']}")
     _finish(ax, fig, path, title)
