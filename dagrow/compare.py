@@ -136,6 +136,7 @@ class Experiment:
     init_choices: tuple[str, ...] | None = None  # default: INITS
     claims: Callable[[list[dict[str, Any]]], list[str]] | None = None  # directional claims, checked
     settings: Any = None  # a custom runner's own settings (a picklable dataclass)
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # per strategy: GrowthConfig fields
 
     def check(self) -> None:
         """ValueError for an unknown strategy or init, or no seeds."""
@@ -178,6 +179,7 @@ class Experiment:
             [
                 asdict(self.config),
                 repr(self.settings),
+                repr(self.overrides.get(key.strategy)),
                 spec.to_yaml() if spec is not None else None,
                 repr(self.task),
                 asdict(key),
@@ -267,7 +269,8 @@ def growth_run(exp: Experiment, key: RunKey) -> list[dict[str, Any]]:
     started = time.perf_counter()
     task = exp.task.make()
     metric = exp.metric_name or task.metric_name
-    config = replace(exp.config, strategy=key.strategy, init=key.init, seed=key.seed)
+    config = replace(exp.config, **exp.overrides.get(key.strategy, {}))
+    config = replace(config, strategy=key.strategy, init=key.init, seed=key.seed)
     model = compile(exp.spec, seed=key.seed)
     rows = [
         make_row(
@@ -285,15 +288,15 @@ def growth_run(exp: Experiment, key: RunKey) -> list[dict[str, Any]]:
 
     def on_event(line: dict[str, Any]) -> None:
         event = line["event"]
-        if event not in ("growth", "rollback", "end"):
+        if event not in ("growth", "rollback", "end", "stop"):
             return
-        if not probed.record:  # a growth that found no site or no gamma*: no evaluation, no change
+        if not probed.record and event != "stop":  # no site or no gamma* (or a rollback): no evaluation
             event = "skipped"
         values = {
-            "growth": line.get("growth", config.growths),
+            "growth": line.get("growth", rows[-1]["growth"]),
             "step": line["step"],
             "event": event,
-            "site": (line.get("site") if event == "growth" else line.get("reason")) or "",
+            "site": (line.get("site") if event == "growth" else line.get("reason")) or "",  # or why not
             "parameters": line.get("params", rows[-1]["parameters"]),
             "loss_before": line.get("loss_before", ""),
             "loss_after": line.get("loss_after", ""),
@@ -508,18 +511,19 @@ def at_budget(run: list[dict[str, Any]], budget: float) -> dict[str, Any] | None
 
 
 def budgets(rows: list[dict[str, Any]], count: int = 4) -> list[int]:
-    """Parameter budgets that every growth group reaches: geometric steps from the largest starting size
-    to the smallest final size, plus the static baselines' sizes in that range."""
-    grown = {g: runs for g, runs in groups(rows).items() if not g.startswith("static")}
+    """Parameter budgets that every growth run reaches: the static baselines' sizes in that range, or
+    ``count`` geometric steps from the largest first size after the start to the smallest final size."""
+    grown = [run for g, runs in groups(rows).items() if not g.startswith("static") for run in runs]
     if not grown:
         return []
-    lo = max(trained(run)[0]["parameters"] for runs in grown.values() for run in runs)
-    hi = min(max(r["parameters"] for r in run) for runs in grown.values() for run in runs)
+    lo = max(trained(run)[0]["parameters"] for run in grown)
+    hi = min(max(r["parameters"] for r in run) for run in grown)
+    statics = {r["parameters"] for r in rows if r["kind"] == "static" and lo <= r["parameters"] <= hi}
+    if statics:
+        return sorted(statics)
     if hi <= lo:
         return [int(hi)]
-    points = {round(lo * (hi / lo) ** (i / (count - 1))) for i in range(count)}
-    points |= {r["parameters"] for r in rows if r["kind"] == "static" and lo <= r["parameters"] <= hi}
-    return sorted(int(p) for p in points)
+    return sorted({round(lo * (hi / lo) ** (i / (count - 1))) for i in range(count)})
 
 
 def summary_markdown(exp: Experiment, rows: list[dict[str, Any]], claims: Iterable[str] = ()) -> str:
