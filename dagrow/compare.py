@@ -137,6 +137,7 @@ class Experiment:
     claims: Callable[[list[dict[str, Any]]], list[str]] | None = None  # directional claims, checked
     settings: Any = None  # a custom runner's own settings (a picklable dataclass)
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # per strategy: GrowthConfig fields
+    plot_split: str = "test"  # the split whose metric metric_vs_params.png shows
 
     def check(self) -> None:
         """ValueError for an unknown strategy or init, or no seeds."""
@@ -434,7 +435,7 @@ def run_experiment(
     claims = exp.claims(rows) if exp.claims is not None and rows else []
     atomic_write_text(out / "summary.md", summary_markdown(exp, rows, claims))
     try:
-        write_plots(out, rows, title=exp.name)
+        write_plots(out, rows, title=exp.name, split=exp.plot_split)
     except ImportError:  # matplotlib (the 'plot' extra) missing: the tables are still written
         pass
     return rows
@@ -652,26 +653,27 @@ def _finish(ax, fig, path: Path, title: str) -> None:
     _save(fig, path)
 
 
-def plot_metric(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
-    """Test metric against parameters (or steps when no run changes size): a line and a band over seeds
-    per growth group, the static baselines as a frontier."""
+def plot_metric(rows: list[dict[str, Any]], path: Path, title: str = "", split: str = "test") -> None:
+    """The ``split``'s metric against parameters (against steps when no run changes size): a line and a
+    band over seeds per growth group, the static baselines as a frontier."""
     grouped = groups(rows)
-    x = "parameters" if len({r["parameters"] for r in rows}) > 1 else "step"
+    col = f"{split}_metric"
+    fixed = all(len({r["parameters"] for r in run}) == 1 for runs in grouped.values() for run in runs)
+    x = "step" if fixed else "parameters"
     fig, ax = _figure()
     for label, runs in grouped.items():
         if x == "step":
-            _plot_band(ax, runs, x, "test_metric", label)
+            _plot_band(ax, runs, x, col, label)
         elif not label.startswith("static"):  # each size after training at it (or right after growing)
-            _plot_band(ax, [trained(run) for run in runs], x, "test_metric", label)
+            _plot_band(ax, [trained(run) for run in runs], x, col, label)
     if x == "parameters":
         _frontier(ax, grouped)
-    if _spans_decades([r[x] for r in rows]):
+    if x == "parameters" and _spans_decades([r[x] for r in rows]):
         ax.set_xscale("log")
-    metrics = [r["test_metric"] for r in rows if r["test_metric"] != ""]
-    if rows[0]["metric"] == "mse" and _spans_decades(metrics):
+    if rows[0]["metric"] == "mse" and _spans_decades([r[col] for r in rows if r[col] != ""]):
         ax.set_yscale("log")
     ax.set_xlabel("number of parameters" if x == "parameters" else "training steps")
-    ax.set_ylabel(f"test {rows[0]['metric']}")
+    ax.set_ylabel(f"{split} {rows[0]['metric']}")
     _finish(ax, fig, path, title)
 
 
@@ -687,13 +689,14 @@ def plot_loss(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
     _finish(ax, fig, path, title)
 
 
-def write_plots(out: Path, rows: list[dict[str, Any]], title: str = "") -> list[Path]:
-    """DIR/metric_vs_params.png and DIR/loss_vs_steps.png (ImportError without matplotlib)."""
+def write_plots(out: Path, rows: list[dict[str, Any]], title: str = "", split: str = "test") -> list[Path]:
+    """DIR/metric_vs_params.png (the ``split``'s metric) and DIR/loss_vs_steps.png (ImportError without
+    matplotlib)."""
     import matplotlib  # noqa: F401 - fail early with ImportError when the extra is missing
 
     if not rows:
         return []
     paths = [out / "metric_vs_params.png", out / "loss_vs_steps.png"]
-    plot_metric(rows, paths[0], title)
+    plot_metric(rows, paths[0], title, split)
     plot_loss(rows, paths[1], title)
     return paths

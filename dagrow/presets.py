@@ -560,6 +560,7 @@ def narrow(quick: bool) -> Experiment:
         init_choices=NARROW_INITS,
         metric_name="accuracy",
         claims=narrow_claims,
+        plot_split="train",
         settings=settings,
     )
     return exp
