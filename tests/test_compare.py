@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
+import time
 
 import pytest
 from typer.testing import CliRunner
@@ -178,3 +181,44 @@ def test_preset_quick(name, tmp_path):
     for start in HOLDS[name]:
         line = next(c for c in claims if c.startswith(start))
         assert ": holds" in line, line
+
+
+@pytest.mark.slow
+def test_killed_command_resumes(tmp_path):
+    """Kill `dagrow compare` once its first run is written; the rerun keeps that run and does the rest."""
+    spec = tmp_path / "r1.yaml"
+    spec.write_text(mlp("r1", 1, [1], 1, growth=GROW).to_yaml())
+    out = tmp_path / "out"
+    args = [
+        sys.executable,
+        "-m",
+        "dagrow",
+        "compare",
+        str(spec),
+        "--task",
+        "regression1d",
+        "--strategies",
+        "naive",
+        "--inits",
+        "tiny,random",
+        "--seeds",
+        "2",
+        "--growths",
+        "3",
+        "--every",
+        "200",
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not list((out / "runs").glob("*.json")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    finished = {p.name for p in (out / "runs").glob("*.json")}
+    assert finished and not (out / "results.csv").exists()
+    result = subprocess.run(args, capture_output=True, text=True, check=True)
+    kept = {line.split(":")[0] + ".json" for line in result.stderr.splitlines() if "already done" in line}
+    assert kept == finished
+    assert len(read_results(out / "results.csv")) > 0 and len(list((out / "runs").glob("*.json"))) == 4
