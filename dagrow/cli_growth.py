@@ -125,7 +125,10 @@ def grow_command(
     data: Annotated[Path | None, typer.Option(help="user data: .npz with x and y, or .csv")] = None,
     strategy: Annotated[str, typer.Option(help=", ".join(STRATEGIES))] = "amplitude_factor",
     init: Annotated[str, typer.Option(help=INIT_HELP)] = "tiny",
-    growths: Annotated[int, typer.Option(min=0, help="number of growth steps")] = 10,
+    growths: Annotated[
+        int | None,
+        typer.Option(min=0, help="number of growth steps (default 10; natural: a cap, default none)"),
+    ] = None,
     max_params: Annotated[int | None, typer.Option(min=1, help="stop growing at this size")] = None,
     every: Annotated[int, typer.Option(min=1, help="training steps between growths")] = 200,
     neurons: Annotated[int, typer.Option(min=1, help="neurons per growth")] = 1,
@@ -140,9 +143,36 @@ def grow_command(
     out_dir: Annotated[Path | None, typer.Option("--out", help="output folder")] = None,
     resume: Annotated[Path | None, typer.Option(help="continue the run saved in this folder")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    tau: Annotated[float, typer.Option(min=0.0, help="natural: grow when Delta eta / eta > tau")] = 0.05,
+    alpha: Annotated[
+        float, typer.Option(min=0.0, help="natural: ... and Delta eta / E||dL/dy||^2 > alpha")
+    ] = 0.01,
+    damping: Annotated[float, typer.Option(min=0.0, help="natural: damping of A and G (relative)")] = 1e-3,
+    fisher: Annotated[str, typer.Option(help="natural: G from unit or empirical gradients")] = "unit",
+    candidates: Annotated[int, typer.Option(min=0, help="natural: random candidates per site")] = 8,
+    refine_steps: Annotated[int, typer.Option(min=0, help="natural: Adam steps per candidate")] = 20,
+    cooldown: Annotated[int, typer.Option(min=0, help="natural: rounds without growth after one")] = 1,
+    depth_cost: Annotated[
+        float, typer.Option(min=0.0, help="natural: a deepen site's score is divided by this")
+    ] = 2.0,
+    construction: Annotated[
+        str, typer.Option(help="natural: deepened edges as identity or SENN's basis")
+    ] = "basis",
+    patience: Annotated[
+        int, typer.Option(min=1, help="natural: stop after this many evaluations without growth")
+    ] = 3,
+    max_additions: Annotated[int, typer.Option(min=1, help="natural: additions per round at most")] = 8,
+    max_rounds: Annotated[int, typer.Option(min=1, help="natural: training rounds at most")] = 50,
 ) -> None:
-    """Train and grow a network; write the grown spec, bundle, history and architecture drawing."""
+    """Train and grow a network; write the grown spec, bundle, history and architecture drawing.
+
+    With --strategy natural (SENN) no growth count is needed: the network grows while the natural
+    expansion score says so (--tau, --alpha) and stops on its own."""
     _check_choice(strategy, STRATEGIES, "strategy")
+    _check_choice(fisher, ("unit", "empirical"), "fisher")
+    _check_choice(construction, ("identity", "basis"), "construction")
+    if growths is None and strategy != "natural":
+        growths = 10
     _check_choice(init, INITS, "init")
     _check_choice(optimizer, ("sgd", "adam", "best_update"), "optimizer")
     previous: list[dict[str, Any]] = []
@@ -160,7 +190,10 @@ def grow_command(
     config = GrowthConfig(strategy=strategy, init=init, growths=growths, max_params=max_params, every=every,
                           neurons=neurons, optimizer=optimizer, lr=lr, batch_size=batch_size,  # type: ignore[arg-type]
                           growth_batch=growth_batch, joint_update=joint_update, normalize=normalize,
-                          seed=seed, device=device)
+                          seed=seed, device=device, tau=tau, alpha=alpha, damping=damping, fisher=fisher,
+                          candidates=candidates, refine_steps=refine_steps, cooldown=cooldown,
+                          depth_cost=depth_cost, construction=construction, patience=patience,
+                          max_additions=max_additions, max_rounds=max_rounds)
     config.validate()
     done = sum(1 for h in previous if h.get("event") in ("growth", "rollback"))
     model = compile(spec, weights, seed=seed)
@@ -169,7 +202,7 @@ def grow_command(
     progress = Progress(TextColumn("[bold]growing"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=err, disable=quiet)
     with progress:
-        bar = progress.add_task("grow", total=growths, completed=min(done, growths), status="")
+        bar = progress.add_task("grow", total=growths, completed=min(done, growths or done), status="")
 
         def on_event(line: dict[str, Any]) -> None:
             history.append(line)

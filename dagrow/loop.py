@@ -36,7 +36,7 @@ from .growth.proposals import ProposalSettings, propose_all, target_update
 from .planner import Natural, make_strategy
 from .rewrite import Action, UpdateWeights, replay
 from .sites import ONE, enumerate_sites
-from .stats import loss_function, measure
+from .stats import StatsError, loss_function, measure
 from .tasks import Task
 
 
@@ -291,7 +291,11 @@ def grow(
                 sites = enumerate_sites(model.spec, include_unsupported=False)
                 if config.max_params is not None and n_params >= config.max_params:
                     sites = []
-                ev = strategy.evaluate(model, batch, task.loss, sites)
+                try:
+                    ev = strategy.evaluate(model, batch, task.loss, sites)
+                except StatsError as exc:  # training diverged: stop growing, report it, finish
+                    emit({"event": "stop", "step": step, "round": rnd, "reason": str(exc)})
+                    return
                 line: dict[str, Any] = {
                     "event": "growth" if ev.grow else "evaluation",
                     "step": step,
@@ -346,6 +350,8 @@ def grow(
                 line.update(val_loss=val_loss, **{f"val_{task.metric_name}": val_metric},
                             seconds=time.perf_counter() - started)
                 emit(line)
+                if best.site.kind == "deepen":
+                    break  # a new layer's score is realised only by training: one per round
             quiet = 0 if added else quiet + 1
             cooldown = config.cooldown if added else 0
             if config.growths is not None and added_total >= config.growths:

@@ -8,13 +8,16 @@ exactly, and eta is g^T F^-1 g over the flattened parameters.
 
 from __future__ import annotations
 
+import json
 import math
 
+import networkx as nx
 import pytest
 import scipy.linalg
 import torch
 import torch.nn.functional as F
 from bruteforce import MLP, SKIP, forward, reference
+from test_cli import run as run_cli
 from test_rewrite import (
     SPEC_FILES,
     all_specs,
@@ -28,6 +31,7 @@ from test_rewrite import (
 from torch import Tensor
 
 import dagrow
+from dagrow.graph import analyze
 from dagrow.growth.natural import (
     NaturalSettings,
     delta_eta,
@@ -36,8 +40,11 @@ from dagrow.growth.natural import (
     observe,
     score_sites,
 )
+from dagrow.loop import GrowthConfig, grow
 from dagrow.rewrite import AddNeurons, AddNode, DeepenEdge, RewriteError, new_node_name
 from dagrow.sites import ONE, find_site
+from dagrow.spec import parse_spec
+from dagrow.tasks import make_task
 
 DAMPING = 1e-2
 
@@ -330,3 +337,116 @@ def test_a_basis_deepening_rejects_a_rank_deficient_basis_and_a_shift_without_bi
             nobias, m2.state_dict()
         )
     DeepenEdge("h1", "h2", "m", basis=eye3, shift=torch.zeros(3)).apply(nobias, m2.state_dict())
+
+
+# --------------------------------------------------------------------------------------------------
+# the natural strategy: SENN's three experiments, short
+# --------------------------------------------------------------------------------------------------
+
+
+def chain_spec(name: str, d_in: int, hidden: dict[str, dict], d_out: int, growth: dict):
+    nodes = {**hidden, "out": {"width": d_out}}
+    names = ["x", *hidden, "out"]
+    edges = [{"from": a, "to": b} for a, b in zip(names, names[1:], strict=False)]
+    return parse_spec({"version": 1, "name": name, "inputs": {"x": {"shape": [d_in]}}, "nodes": nodes,
+                       "edges": edges, "outputs": ["out"], "growth": growth})
+
+
+ONE_TANH = {"h": {"width": 1, "activation": "tanh"}}
+QUICK = dict(strategy="natural", growths=None, lr=1e-2, batch_size=64, candidates=4, refine_steps=8)
+
+
+def events(result, *kinds):
+    return [h for h in result.history if h["event"] in kinds]
+
+
+@pytest.mark.slow
+def test_regression1d_grows_from_one_neuron_and_then_stops():
+    spec = chain_spec("r1", 1, ONE_TANH, 1, {"widen": ["h"], "new_nodes": "none"})
+    task = make_task("regression1d", n=50, seed=0)
+    result = grow(spec, task, GrowthConfig(**QUICK, every=150, max_rounds=20, alpha=0.02))
+    grown = events(result, "growth")
+    width = result.model.spec.nodes["h"].width
+    assert len(grown) >= 2 and width == 1 + len(grown)
+    stop = events(result, "stop")[-1]
+    assert stop["reason"].startswith("stopped growing"), stop  # on its own, not at max_rounds
+    assert stop["round"] < 20
+    for h in grown:  # both thresholds held for every addition, and adding kept the function
+        assert h["ratio"] > h["tau"] and h["abs_ratio"] > h["alpha"]
+        assert h["loss_after"] == pytest.approx(h["loss_before"], rel=1e-5)
+    last = events(result, "evaluation")[-1]
+    assert not (last["ratio"] > last["tau"] and last["abs_ratio"] > last["alpha"])
+    end = result.history[-1]
+    assert end["config"]["tau"] == 0.05 and end["config"]["candidates"] == 4
+    assert end["val_mse"] < 0.5 * float(task.val.y.var())  # it learnt the curve, not only the mean
+
+
+@pytest.mark.slow
+def test_moons_from_a_linear_model_inserts_depth():
+    spec = chain_spec("moons", 2, {}, 2, {"widen": "all", "new_nodes": "none", "deepen": "all"})
+    task = make_task("moons", n=200, noise=0.3, seed=0)
+    result = grow(spec, task, GrowthConfig(**QUICK, every=100, max_rounds=6))
+    deepened = [h for h in events(result, "growth") if h["kind"] == "deepen"]
+    assert deepened, [h.get("reason") for h in result.history]
+    sg = analyze(result.model.spec)
+    depth = max(len(p) for p in nx.all_simple_paths(sg.dag, "x", "out")) - 1
+    assert depth >= 2 and "x" not in [e.source for e in result.model.spec.edges if e.target == "out"]
+    for h in deepened:
+        assert h["loss_after"] == pytest.approx(h["loss_before"], rel=1e-4)  # function kept (float32)
+    assert result.history[-1]["test_accuracy"] > 0.8
+
+
+@pytest.mark.slow
+def test_digits_a_larger_training_set_grows_a_larger_network():
+    spec = chain_spec("digits", 64, {"h": {"width": 2, "activation": "tanh"}}, 10,
+                      {"widen": ["h"], "new_nodes": "none"})
+    widths = {}
+    for n in (100, 1000):
+        task = make_task("digits", n=n, seed=0)
+        cfg = GrowthConfig(**QUICK, every=60, max_rounds=10, growth_batch=512, max_additions=4)
+        widths[n] = grow(spec, task, cfg).model.spec.nodes["h"].width
+    assert widths[1000] > widths[100] > 2, widths
+
+
+def test_grow_cli_natural_needs_no_growth_count_and_reports_its_settings(tmp_path):
+    spec = chain_spec("r1", 1, ONE_TANH, 1, {"widen": ["h"], "new_nodes": "none"})
+    path = tmp_path / "spec.yaml"
+    path.write_text(spec.to_yaml())
+    out = tmp_path / "run"
+    run_cli("grow", path, "--task", "regression1d", "--strategy", "natural", "--out", out, "--every", "20",
+            "--max-rounds", "2", "--candidates", "2", "--refine-steps", "2", "--tau", "0.1",
+            "--alpha", "0.02", "--cooldown", "0", "--depth-cost", "3", "--construction", "identity", "-q")
+    lines = [json.loads(t) for t in (out / "history.jsonl").read_text().splitlines()]
+    config = lines[-1]["config"]
+    assert config["strategy"] == "natural" and config["growths"] is None
+    assert (config["tau"], config["alpha"], config["depth_cost"], config["construction"]) == (0.1, 0.02, 3.0,
+                                                                                              "identity")
+    assert {"damping", "fisher", "candidates", "refine_steps", "cooldown", "patience"} <= set(config)
+    evaluated = [h for h in lines if h["event"] in ("growth", "evaluation")]
+    assert evaluated and all({"eta", "delta_eta", "ratio", "abs_ratio", "tau", "alpha"} <= set(h)
+                             for h in evaluated)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--fisher", "exact"], "unknown fisher 'exact'"),
+        (["--construction", "zero"], "unknown construction 'zero'"),
+        (["--depth-cost", "0"], "depth_cost must be a positive number"),
+    ],
+)
+def test_grow_cli_rejects_bad_natural_settings(tmp_path, args, message):
+    path = tmp_path / "spec.yaml"
+    path.write_text(chain_spec("r1", 1, {"h": {"width": 1}}, 1, {}).to_yaml())
+    result = run_cli("grow", path, "--task", "regression1d", "--strategy", "natural", "--out", tmp_path / "o",
+                     *args, ok=False)
+    assert message in result.stderr
+
+
+def test_natural_settings_are_checked():
+    with pytest.raises(ValueError, match="tau must be a finite number"):
+        NaturalSettings(tau=-1).validate()
+    with pytest.raises(ValueError, match="needs a number of growths"):
+        GrowthConfig(strategy="amplitude_factor", growths=None).validate()
+    with pytest.raises(ValueError, match="patience must be at least 1"):
+        GrowthConfig(strategy="natural", patience=0).validate()

@@ -147,12 +147,17 @@ def _measurable(sg: SpecGraph, v: str) -> bool:
 def damped_inverse(S: Tensor, damping: float, rel: float) -> tuple[Tensor, float]:
     """((S + lam I)^-1, lam) with lam = damping * mean diagonal; the pseudo-inverse when lam = 0."""
     d = S.shape[0]
+    if not torch.isfinite(S).all():
+        raise StatsError("non-finite activations or gradients: the natural score cannot be measured")
     lam = damping * float(torch.trace(S)) / max(d, 1)
     if lam <= 0:
         return pinv_psd(S, rel), 0.0
+    damped = S + lam * torch.eye(d, dtype=S.dtype)
     with _single_threaded():
-        L = torch.linalg.cholesky(S + lam * torch.eye(d, dtype=S.dtype))
-        return torch.cholesky_inverse(L), lam
+        L, info = torch.linalg.cholesky_ex(damped)
+        if int(info) == 0:
+            return torch.cholesky_inverse(L), lam
+    return pinv_psd(damped, rel), lam  # lam below round-off of a huge diagonal: fall back
 
 
 def observe(
@@ -404,9 +409,10 @@ def _propose_layer(state: NaturalState, site: Site, gen: torch.Generator) -> Nat
 
 
 def _invertible(B: Tensor) -> Tensor:
-    """Clip small singular values (as SENN's code does) so that the basis is safely invertible."""
+    """Clip small singular values (as SENN's code does, there at 1e-3 of the mean) so that the basis
+    is well conditioned: the successor edge gets W B^+, whose round-off in float32 grows with it."""
     U, sv, Vh = torch.linalg.svd(B)
-    return (U * sv.clamp_min(1e-3 * float(sv.mean()))) @ Vh
+    return (U * sv.clamp_min(0.1 * float(sv.mean()))) @ Vh
 
 
 def score_sites(state: NaturalState, sites: Iterable[Site]) -> list[NaturalProposal]:
@@ -431,11 +437,13 @@ def natural_actions(p: NaturalProposal, spec: GraphSpec, settings: NaturalSettin
         zeros = {w: torch.zeros(widths[w], p.fan_in.shape[0], dtype=torch.float64) for w in site.targets}
         return [AddNeurons(site.node, site.sources, p.fan_in, zeros)]  # type: ignore[arg-type]
     u, w = site.pair  # type: ignore[misc]
-    name = new_node_name(spec, u, w)
     if site.kind == "node":
+        name = new_node_name(spec, u, w)
         act = p.activation.model_dump() if hasattr(p.activation, "model_dump") else p.activation
         zeros = torch.zeros(widths[w], p.fan_in.shape[0], dtype=torch.float64)
         return [AddNode(u, w, name, p.fan_in, zeros, act)]
+    taken = set(spec.nodes) | set(spec.inputs)
+    name = next(f"layer{i}" for i in range(1, len(taken) + 2) if f"layer{i}" not in taken)
     if settings.construction == "basis":
         return [DeepenEdge(u, w, name, p.activation, basis=p.basis, shift=p.shift)]
     return [DeepenEdge(u, w, name, p.activation)]
