@@ -512,16 +512,20 @@ def at_budget(run: list[dict[str, Any]], budget: float) -> dict[str, Any] | None
 
 
 def budgets(rows: list[dict[str, Any]], count: int = 4) -> list[int]:
-    """Parameter budgets that every growth run reaches: the static baselines' sizes in that range, or
-    ``count`` geometric steps from the largest first size after the start to the smallest final size."""
+    """Parameter budgets that every growth run reaches: the static baselines' sizes in that range and up to
+    ``count`` sizes that every run went through, else geometric steps from the largest first size after
+    the start to the smallest final size."""
     grown = [run for g, runs in groups(rows).items() if not g.startswith("static") for run in runs]
     if not grown:
         return []
     lo = max(trained(run)[0]["parameters"] for run in grown)
     hi = min(max(r["parameters"] for r in run) for run in grown)
     statics = {r["parameters"] for r in rows if r["kind"] == "static" and lo <= r["parameters"] <= hi}
-    if statics:
-        return sorted(statics)
+    common = sorted(set.intersection(*({r["parameters"] for r in trained(run)} for run in grown)))
+    if common or statics:  # sizes every run went through: no run is judged before it reached the budget
+        last = len(common) - 1
+        picks = [common[round(i * last / max(count - 1, 1))] for i in range(count)] if common else []
+        return sorted({int(p) for p in [*picks, *statics]})
     if hi <= lo:
         return [int(hi)]
     return sorted({round(lo * (hi / lo) ** (i / (count - 1))) for i in range(count)})
@@ -624,7 +628,10 @@ def _plot_band(ax, runs: list[list[dict[str, Any]]], x: str, y: str, label: str)
     grid, m, s = band(runs, x, y)
     style = {"ls": "--" if label.startswith("static") else "-", "marker": "." if len(grid) < 40 else None}
     (line,) = ax.plot(grid, m, label=f"{label} (n={len(runs)})", **style)
-    lo, hi = [a - b for a, b in zip(m, s, strict=True)], [a + b for a, b in zip(m, s, strict=True)]
+    # a band of a positive quantity (loss, mse) that would reach 0 is cut at a tenth of the mean (log axes)
+    positive = all(r[y] == "" or float(r[y]) > 0 for run in runs for r in run)
+    lo = [a - b if a - b > 0 or not positive else a / 10 for a, b in zip(m, s, strict=True)]
+    hi = [a + b for a, b in zip(m, s, strict=True)]
     ax.fill_between(grid, lo, hi, color=line.get_color(), alpha=0.2)
 
 
