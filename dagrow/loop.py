@@ -305,6 +305,7 @@ def grow(
                     "train_loss": train_loss,
                     "loss_before": ev.state.loss,
                     "params_before": n_params,
+                    "widths_before": {v: node.size for v, node in model.spec.nodes.items()},
                     **ev.report(),
                     "tau": config.tau,
                     "alpha": config.alpha,

@@ -40,10 +40,13 @@ from dagrow.growth.natural import (
     observe,
     score_sites,
 )
+from dagrow.growth.proposals import propose_all
 from dagrow.loop import GrowthConfig, grow
-from dagrow.rewrite import AddNeurons, AddNode, DeepenEdge, RewriteError, new_node_name
-from dagrow.sites import ONE, find_site
+from dagrow.planner import make_strategy
+from dagrow.rewrite import AddNeurons, AddNode, DeepenEdge, RewriteError, new_node_name, replay
+from dagrow.sites import ONE, enumerate_sites, find_site
 from dagrow.spec import parse_spec
+from dagrow.stats import measure
 from dagrow.tasks import make_task
 
 DAMPING = 1e-2
@@ -450,3 +453,19 @@ def test_natural_settings_are_checked():
         GrowthConfig(strategy="amplitude_factor", growths=None).validate()
     with pytest.raises(ValueError, match="patience must be at least 1"):
         GrowthConfig(strategy="natural", patience=0).validate()
+
+
+def test_the_natural_strategy_decides_with_ready_actions_or_not_at_all():
+    spec, model, x, y = tiny(SKIP, n=60)
+    sites = [s for s in enumerate_sites(spec) if s.supported]
+    proposals = propose_all(measure(model, [(x, y)], "mse", sites=sites), sites)
+    quick = {"candidates": 2, "refine_steps": 3}
+    eager = make_strategy("natural", settings=NaturalSettings(tau=0.0, alpha=0.0, **quick))
+    decision = eager.choose(model, proposals, (x, y), "mse", 0)
+    assert decision is not None and decision.actions and decision.proposal is None
+    spec2, w2 = replay(spec, model.state_dict(), decision.actions)
+    assert analyze(spec2).num_params() > analyze(spec).num_params()
+    grown = dagrow.compile(spec2, w2, dtype=torch.float64)
+    torch.testing.assert_close(grown(x), model(x), rtol=0, atol=1e-12)
+    strict = make_strategy("natural", settings=NaturalSettings(tau=1e9, **quick))
+    assert strict.choose(model, proposals, (x, y), "mse", 0) is None
