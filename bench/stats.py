@@ -112,8 +112,8 @@ def setting(text: str, batch: int, device: str):
     return spec, model, x, y
 
 
-def train_step_fn(model, x, y):
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+def train_step_fn(model, x, y, optimizer=torch.optim.SGD):
+    opt = optimizer(model.parameters(), lr=1e-3)
 
     def step():
         opt.zero_grad(set_to_none=True)

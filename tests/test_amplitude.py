@@ -224,3 +224,24 @@ def test_materialised_model_equals_the_family_and_the_replayed_actions():
         replayed = compile_spec(spec2, w2, dtype=torch.float64)(xs[0])
         assert (replayed - grown(xs[0])).abs().max() <= 1e-12
         assert float(F.mse_loss(grown(xs[0]), y)) == pytest.approx(res.loss_after, rel=1e-12)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "prelu"])
+@pytest.mark.parametrize("name", ["mlp", "skip", "two_inputs"])
+def test_the_line_search_evaluator_equals_the_family(name, activation):
+    """The split evaluation (cached prefix; widened neurons as a node of their own when the edges are
+    linear) computes the grown family at every gamma, for every site kind, with and without dW*."""
+    spec, model, xs, y, stats = grown_setting(name, activation, n=32, seed=3)
+    for site in enumerate_sites(spec, include_unsupported=False):
+        p = propose(stats, site, "tiny", 2, weights=model.state_dict())
+        if p.neurons == 0 and p.edge_weight is None:
+            continue
+        for update in (True, False):
+            family = GrownFamily(model, p, update=update)
+            outputs = family.evaluator(*xs)
+            with torch.no_grad():
+                for gamma in (0.0, 1e-3, 0.7, 5.0):
+                    got, want = outputs(gamma), family(gamma, *xs)
+                    got, want = (got, want) if isinstance(want, tuple) else ((got,), (want,))
+                    for g, w in zip(got, want, strict=True):
+                        assert (g - w).abs().max() <= 1e-12 * (1 + w.abs().max()), (site.id, update, gamma)

@@ -4,7 +4,8 @@ and find ``gamma*`` minimising the real loss on a growth batch.
 The grown architecture does not depend on gamma, so it is compiled once; the weights at gamma are
 ``W(gamma) = W0 + gamma (Wu - W0) + sqrt(gamma) (Wn - W0)`` where ``Wu`` applies only the best update
 and ``Wn`` only the new neurons (each entry of the grown weights is one or the other), and the loss
-is evaluated with ``torch.func.functional_call``. The search evaluates a log grid of gamma (2^-12 ..
+is evaluated with ``torch.func.functional_call``. The line search runs only the part of the graph
+that the moving weights reach (:meth:`GrownFamily.evaluator`): the rest is computed once per batch. The search evaluates a log grid of gamma (2^-12 ..
 2^6 by default), then refines around the best point by golden section: about 30 forward passes.
 ``Delta_l = L(0) - L(gamma*)``.
 """
@@ -15,16 +16,17 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 from torch.func import functional_call
 
 from ..compile import DagModel, compile, spec_of
 from ..graph import analyze
 from ..rewrite import Action, AddEdge, AddNeurons, AddNode, UpdateWeights, new_node_name, replay
 from ..sites import ONE
-from ..spec import GraphSpec
+from ..spec import GraphSpec, parse_spec
 from ..stats import LossFn, loss_function
 from .proposals import Proposal
 
@@ -147,20 +149,26 @@ class GrownFamily:
         spec = spec_of(model)
         base = {k: v.detach() for k, v in model.state_dict().items()}
         self.spec, w0 = replay(spec, base, proposal_actions(proposal, spec, 0.0, update=update))
-        _, wu = replay(
-            spec,
-            base,
-            proposal_actions(proposal, spec, 1.0 if update else 0.0, update=update, neuron_gamma=0.0),
-        )
+        # without the update, W(gamma) does not depend on it: no replay needed for wu
+        wu = replay(spec, base, proposal_actions(proposal, spec, 1.0, neuron_gamma=0.0))[1] if update else w0
         _, wn = replay(spec, base, proposal_actions(proposal, spec, 0.0, update=update, neuron_gamma=1.0))
         self.w0 = w0
         self.du = {k: wu[k] - w0[k] for k in w0}
         self.dn = {k: wn[k] - w0[k] for k in w0}
-        ref = next(iter(base.values()))
-        self.model = compile(self.spec, dtype=ref.dtype, device=ref.device)
         self.proposal, self.update = proposal, update
+        self._model: DagModel | None = None
         # new neurons scale with sqrt(gamma) on both sides; a new edge is linear in gamma
         self.power = 1.0 if proposal.site.kind == "edge" else 0.5
+        self._original = spec
+        self._evaluation: _Evaluation | None = None
+
+    @property
+    def model(self) -> DagModel:
+        """The grown architecture, compiled on first use (the line search runs :meth:`evaluator`)."""
+        if self._model is None:
+            ref = next(iter(self.w0.values()))
+            self._model = compile(self.spec, dtype=ref.dtype, device=ref.device)
+        return self._model
 
     def weights(self, gamma: float) -> dict[str, Tensor]:
         r = max(gamma, 0.0) ** self.power
@@ -169,10 +177,127 @@ class GrownFamily:
     def __call__(self, gamma: float, *inputs: Tensor):
         return functional_call(self.model, self.weights(gamma), inputs)
 
+    def evaluator(self, *inputs: Tensor) -> Callable[[float], Any]:
+        """``gamma -> outputs`` on fixed ``inputs``, equal to ``self(gamma, *inputs)`` up to round-off,
+        for line searches: the part of the graph that no moving weight reaches is computed once, and
+        each call runs only the rest (see :class:`_Evaluation`)."""
+        if self._evaluation is None:
+            self._evaluation = _Evaluation.of(self)
+        return self._evaluation.bind(inputs)
+
     def materialise(self, gamma: float) -> DagModel:
         ref = next(iter(self.w0.values()))
         # the dtype before the weights: compile() alone would round them through float32
         return compile(self.spec, self.weights(gamma), dtype=ref.dtype, device=ref.device)
+
+
+class _Evaluation:
+    """A model computing the grown family, split into a gamma-independent prefix and a suffix.
+
+    The suffix holds every fx node that a moving weight (one with a non-zero ``du`` or ``dn``)
+    reaches; the prefix computes the values it needs from the inputs, once per batch. Widening a
+    node ``h`` whose edges are all linear (and whose activation has no parameters) is evaluated as an
+    equal graph where the new neurons form a separate node beside ``h``: the rows of the edges into
+    ``h`` then stay in the prefix and only the new neurons, the targets and what follows them run per
+    gamma.
+    """
+
+    def __init__(self, spec: GraphSpec, w0, du, dn, power: float) -> None:
+        self.w0, self.du, self.dn, self.power = w0, du, dn, power
+        self.moving = [k for k in w0 if bool(du[k].any()) or bool(dn[k].any())]
+        ref = next(iter(w0.values()))
+        model = compile(spec, w0, dtype=ref.dtype, device=ref.device)
+        self.prefix, self.suffix = _split_graph(model, self.moving)
+
+    @classmethod
+    def of(cls, family: GrownFamily) -> _Evaluation:
+        form = _widen_as_node(family._original, family.spec, family.w0, family.proposal)
+        if form is None:
+            return cls(family.spec, family.w0, family.du, family.dn, family.power)
+        spec, keys = form
+
+        def pick(ws):
+            return {k: ws[g][idx] for k, (g, idx) in keys.items()}
+
+        return cls(spec, pick(family.w0), pick(family.du), pick(family.dn), family.power)
+
+    def bind(self, inputs: tuple[Tensor, ...]) -> Callable[[float], Any]:
+        with torch.no_grad():
+            cached = self.prefix(*inputs)
+
+        def outputs(gamma: float):
+            r = max(gamma, 0.0) ** self.power
+            w = {k: self.w0[k] + gamma * self.du[k] + r * self.dn[k] for k in self.moving}
+            return functional_call(self.suffix, w, cached)
+
+        return outputs
+
+
+def _split_graph(model: fx.GraphModule, moving_keys: list[str]) -> tuple[fx.GraphModule, fx.GraphModule]:
+    """(prefix, suffix): the prefix maps the inputs to the values, independent of the moving weights,
+    that the suffix needs; the suffix maps those to the outputs through every node a moving weight
+    reaches (call_module nodes owning one, and everything downstream of them)."""
+    owners = {k.rsplit(".", 1)[0] for k in moving_keys}
+    graph = model.graph
+    moving: set[fx.Node] = set()
+    for n in graph.nodes:
+        owns = n.op == "call_module" and any(o == n.target or o.startswith(f"{n.target}.") for o in owners)
+        if owns or any(a in moving for a in n.all_input_nodes):
+            moving.add(n)
+    out = next(n for n in graph.nodes if n.op == "output")
+    frontier = list(dict.fromkeys(a for n in [*moving, out] for a in n.all_input_nodes if a not in moving))
+    pre: fx.Graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for n in graph.nodes:
+        if n.op != "output" and n not in moving:
+            env[n] = pre.node_copy(n, env.__getitem__)
+    pre.output(tuple(env[n] for n in frontier))
+    post: fx.Graph = fx.Graph()
+    env = {n: post.placeholder(f"cached_{i}") for i, n in enumerate(frontier)}
+    for n in graph.nodes:
+        if n in moving or n.op == "output":
+            env[n] = post.node_copy(n, env.__getitem__)
+    return fx.GraphModule(model, pre), fx.GraphModule(model, post)
+
+
+def _widen_as_node(
+    spec: GraphSpec, grown: GraphSpec, w0: dict[str, Tensor], proposal: Proposal
+) -> tuple[GraphSpec, dict[str, tuple[str, tuple[slice, ...]]]] | None:
+    """For a widen proposal on a flat node ``h`` with linear edges only and a parameter-free
+    activation: the spec where the K new neurons are a node of their own (same inputs, activation,
+    bias and successors as ``h``), and for each of its weights the grown weight and slice it is.
+    None when the proposal is not of that kind."""
+    site = proposal.site
+    if site.kind != "widen":
+        return None
+    h = site.node
+    node = spec.nodes[h]
+    sg = analyze(spec)
+    edges = [*sg.in_edges(h), *(e for e in spec.edges if e.source == h)]
+    if node.width is None or any(e.op.type != "linear" for e in edges):
+        return None
+    if any(k.startswith(f"nodes.{h}.activation.") for k in w0):
+        return None
+    old, k = node.width, grown.nodes[h].width - node.width
+    new = new_node_name(grown, h, "grown")
+    data = spec.model_dump(mode="json", by_alias=True)
+    data["nodes"][new] = {**data["nodes"][h], "width": k}
+    succs = sg.succs(h)
+    data["edges"] += [{"from": e.source, "to": new, "op": {"type": "linear"}} for e in sg.in_edges(h)]
+    data["edges"] += [{"from": new, "to": w, "op": {"type": "linear"}} for w in succs]
+    rows_old, rows_new = (slice(0, old),), (slice(old, old + k),)
+    cols_old, cols_new = (slice(None), slice(0, old)), (slice(None), slice(old, old + k))
+    keys = {key: (key, ()) for key in w0}
+    for e in sg.in_edges(h):
+        keys[f"edges.{e.source}__{h}.weight"] = (f"edges.{e.source}__{h}.weight", rows_old)
+        keys[f"edges.{e.source}__{new}.weight"] = (f"edges.{e.source}__{h}.weight", rows_new)
+    if node.bias:
+        keys[f"nodes.{h}.bias"] = (f"nodes.{h}.bias", rows_old)
+        keys[f"nodes.{new}.bias"] = (f"nodes.{h}.bias", rows_new)
+    for w in succs:
+        keys[f"edges.{h}__{w}.weight"] = (f"edges.{h}__{w}.weight", cols_old)
+        keys[f"edges.{new}__{w}.weight"] = (f"edges.{h}__{w}.weight", cols_new)
+    return parse_spec(data), keys
 
 
 def amplitude_factor(
@@ -192,10 +317,11 @@ def amplitude_factor(
     x, y = batch
     xs = tuple(x) if isinstance(x, tuple | list) else (x,)
     family = family or GrownFamily(model, proposal, update=update)
+    outputs = family.evaluator(*xs)
 
     @torch.no_grad()
     def f(gamma: float) -> float:
-        return float(loss_fn(family(gamma, *xs), y))
+        return float(loss_fn(outputs(gamma), y))
 
     with torch.no_grad():
         before = float(loss_fn(model(*xs), y))
