@@ -5,9 +5,9 @@ The grown architecture does not depend on gamma, so it is compiled once; the wei
 ``W(gamma) = W0 + gamma (Wu - W0) + sqrt(gamma) (Wn - W0)`` where ``Wu`` applies only the best update
 and ``Wn`` only the new neurons (each entry of the grown weights is one or the other), and the loss
 is evaluated with ``torch.func.functional_call``. The line search runs only the part of the graph
-that the moving weights reach (:meth:`GrownFamily.evaluator`): the rest is computed once per batch. The search evaluates a log grid of gamma (2^-12 ..
-2^6 by default), then refines around the best point by golden section: about 30 forward passes.
-``Delta_l = L(0) - L(gamma*)``.
+that the moving weights reach (:meth:`GrownFamily.evaluator`): the rest is computed once per batch.
+The search evaluates a log grid of gamma (2^-12 .. 2^6 by default), then refines around the best
+point by golden section: about 30 evaluations. ``Delta_l = L(0) - L(gamma*)``.
 """
 
 from __future__ import annotations
