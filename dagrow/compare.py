@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from .bundle import atomic_write, atomic_write_text
-from .compile import compile
+from .compile import DagModel, compile
 from .graph import num_params
 from .growth.proposals import INITS
 from .loop import GrowthConfig, _forever, best_update_step, grow, make_optimizer
@@ -262,6 +262,14 @@ def make_row(key: RunKey, metric: str, started: float, **values: Any) -> dict[st
     return row
 
 
+def start_row(key: RunKey, metric: str, started: float, model: DagModel, task: Task) -> dict[str, Any]:
+    """The row of the untrained model (step 0)."""
+    params = num_params(model.spec)
+    return make_row(
+        key, metric, started, growth=0, step=0, event="start", parameters=params, **evaluate_all(model, task)
+    )
+
+
 def growth_run(exp: Experiment, key: RunKey) -> list[dict[str, Any]]:
     """Rows of one run: ``static_run`` for a baseline, else :func:`dagrow.loop.grow` on the spec."""
     if key.kind == "static":
@@ -273,18 +281,7 @@ def growth_run(exp: Experiment, key: RunKey) -> list[dict[str, Any]]:
     config = replace(exp.config, **exp.overrides.get(key.strategy, {}))
     config = replace(config, strategy=key.strategy, init=key.init, seed=key.seed)
     model = compile(exp.spec, seed=key.seed)
-    rows = [
-        make_row(
-            key,
-            metric,
-            started,
-            growth=0,
-            step=0,
-            event="start",
-            parameters=num_params(exp.spec),
-            **evaluate_all(model, task),
-        )
-    ]
+    rows = [start_row(key, metric, started, model, task)]
     probed = _ProbedTask.of(task)
 
     def on_event(line: dict[str, Any]) -> None:
@@ -324,18 +321,7 @@ def static_run(exp: Experiment, key: RunKey) -> list[dict[str, Any]]:
     loss_fn = loss_function(task.loss)
     batches = _forever(task, config.batch_size, config.seed, torch.device("cpu"))
     total = config.every * config.growths + (config.final_steps or config.every)
-    rows = [
-        make_row(
-            key,
-            metric,
-            started,
-            growth=0,
-            step=0,
-            event="start",
-            parameters=params,
-            **evaluate_all(model, task),
-        )
-    ]
+    rows = [start_row(key, metric, started, model, task)]
     for step in range(1, total + 1):
         x, y = next(batches)
         if opt is None:
@@ -647,8 +633,16 @@ def _frontier(ax, grouped: dict[str, list[list[dict[str, Any]]]]) -> None:
         return
     pts.sort()
     xs, ys, errs, names = zip(*pts, strict=True)
-    ax.errorbar(xs, ys, yerr=errs, color="black", ls="--", marker="s", capsize=3,
-                label="static baselines, trained from scratch")
+    ax.errorbar(
+        xs,
+        ys,
+        yerr=errs,
+        color="black",
+        ls="--",
+        marker="s",
+        capsize=3,
+        label="static baselines, trained from scratch",
+    )
     for px, py, name in zip(xs, ys, names, strict=True):
         ax.annotate(name, (px, py), textcoords="offset points", xytext=(4, -10), fontsize=7)
 

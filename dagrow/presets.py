@@ -128,6 +128,14 @@ def compare_claim(text: str, left: list[float], right: list[float], *, lower: bo
     return f"{text}: {verdict(a < b if lower else a > b)} ({what} {a:.4g} vs {b:.4g})"
 
 
+def contrast(
+    rows: Rows, text: str, column: str, a: dict[str, Any], b: dict[str, Any], *, lower: bool = True
+) -> str:
+    """:func:`compare_claim` on ``column`` of the last rows of the runs matching ``a`` and ``b``."""
+    what = column.replace("_metric", " " + (rows[0]["metric"] if rows else "metric")).replace("_", " ")
+    return compare_claim(text, final(rows, column, **a), final(rows, column, **b), lower=lower, what=what)
+
+
 def growth_decreases(rows: Rows, **match: Any) -> tuple[int, int]:
     """(growths whose loss on the growth batch fell, growths applied), over rows matching ``match``."""
     applied = [
@@ -200,7 +208,11 @@ def regression1d_claims(rows: Rows) -> list[str]:
     return claims
 
 
-SIN50_GROWTH = {"widen": "all", "new_nodes": "none", "max_width": 256}
+def _sin50(quick: bool, **config: Any) -> tuple[GraphSpec, GrowthConfig, TaskSource]:
+    """The thin 50-4-4-10 ReLU net, one neuron per growth with one training step between growths."""
+    spec = mlp("mlp_sin50", 50, [4, 4], 10, growth={"widen": "all", "new_nodes": "none", "max_width": 256})
+    schedule = GrowthConfig(growths=6 if quick else 40, every=1, batch_size=1024, growth_batch=1024, **config)
+    return spec, schedule, TaskSource("sin50", n=3000 if quick else 20000)
 
 
 @register_preset(
@@ -211,12 +223,8 @@ SIN50_GROWTH = {"widen": "all", "new_nodes": "none", "max_width": 256}
     "seed 001 (TINY slides), Algorithms 1-2 and 'Experiment (2)'.",
 )
 def sin50_depth(quick: bool) -> Experiment:
-    spec = mlp("mlp_sin50", 50, [4, 4], 10, growth=SIN50_GROWTH)
-    config = GrowthConfig(
-        growths=6 if quick else 40, every=1, optimizer="best_update", batch_size=1024, growth_batch=1024
-    )
+    spec, config, task = _sin50(quick, optimizer="best_update")
     statics = {f"{k}x8": mlp(f"static_{k}x8", 50, [8] * k, 10) for k in range(1, 5)}
-    task = TaskSource("sin50", n=3000 if quick else 20000)
     return Experiment(
         "sin50-depth",
         spec,
@@ -231,23 +239,19 @@ def sin50_depth(quick: bool) -> Experiment:
 
 
 def sin50_depth_claims(rows: Rows) -> list[str]:
-    claims = []
-    if "amplitude_factor" in {r["strategy"] for r in rows} and "naive" in {r["strategy"] for r in rows}:
-        claims.append(
-            compare_claim(
-                "amplitude_factor ends above naive in test accuracy",
-                final(rows, "test_metric", strategy="amplitude_factor"),
-                final(rows, "test_metric", strategy="naive"),
-                lower=False,
-                what="accuracy",
-            )
-        )
     fell, applied = growth_decreases([r for r in rows if r["strategy"] != "natural"], init="tiny")
-    claims.append(
-        f"every applied TINY growth lowers the loss on its growth batch: "
-        f"{verdict(fell == applied)} ({fell} of {applied})"
-    )
-    return claims
+    return [
+        contrast(
+            rows,
+            "amplitude_factor ends above naive in test accuracy",
+            "test_metric",
+            {"strategy": "amplitude_factor"},
+            {"strategy": "naive"},
+            lower=False,
+        ),
+        f"every applied TINY growth lowers the loss on its growth batch: {verdict(fell == applied)} "
+        f"({fell} of {applied})",
+    ]
 
 
 @register_preset(
@@ -257,32 +261,24 @@ def sin50_depth_claims(rows: Rows) -> list[str]:
     "seed 001 (TINY slides), Algorithm 3 and 'Experiment (1): Random vs TINY'.",
 )
 def sin50_init(quick: bool) -> Experiment:
-    spec = mlp("mlp_sin50", 50, [4, 4], 10, growth=SIN50_GROWTH)
-    config = GrowthConfig(
-        growths=6 if quick else 40, every=1, optimizer="sgd", lr=0.0, batch_size=1024, growth_batch=1024
-    )
+    spec, config, task = _sin50(quick, optimizer="sgd", lr=0.0)
     inits = ["tiny", "random"] if quick else ["tiny", "random", "gradmax", "north"]
-    task = TaskSource("sin50", n=3000 if quick else 20000)
     return Experiment(
         "sin50-init", spec, task, config, ["naive"], inits, seeds=_seeds(quick), claims=sin50_init_claims
     )
 
 
 def sin50_init_claims(rows: Rows) -> list[str]:
+    tiny, random = {"init": "tiny"}, {"init": "random"}
     return [
-        compare_claim(
-            "TINY ends below random in training loss (pure growth)",
-            final(rows, "train_loss", init="tiny"),
-            final(rows, "train_loss", init="random"),
-            lower=True,
-            what="train loss",
-        ),
-        compare_claim(
+        contrast(rows, "TINY ends below random in training loss (pure growth)", "train_loss", tiny, random),
+        contrast(
+            rows,
             "TINY ends above random in test accuracy (pure growth)",
-            final(rows, "test_metric", init="tiny"),
-            final(rows, "test_metric", init="random"),
+            "test_metric",
+            tiny,
+            random,
             lower=False,
-            what="accuracy",
         ),
     ]
 
@@ -326,55 +322,35 @@ def teacher_student(quick: bool) -> Experiment:
 
 
 def teacher_student_claims(rows: Rows) -> list[str]:
-    gradmax = final(rows, "train_loss", init="gradmax")
-    claims = [
-        compare_claim(
-            "gradmax ends below random in training loss",
-            gradmax,
-            final(rows, "train_loss", init="random"),
-            lower=True,
-            what="train mse",
+    gradmax = {"init": "gradmax"}
+    mean_loss = compare_claim(
+        "gradmax's training loss averaged over the run (the area under its curve) is below random's",
+        area(rows, **gradmax),
+        area(rows, init="random"),
+        lower=True,
+        what="mean train mse",
+    )
+    return [
+        contrast(
+            rows, "gradmax ends below random in training loss", "train_loss", gradmax, {"init": "random"}
         ),
-        compare_claim(
-            "gradmax ends below tiny in training loss",
+        contrast(rows, "gradmax ends below tiny in training loss", "train_loss", gradmax, {"init": "tiny"}),
+        mean_loss,
+        contrast(
+            rows,
+            "the grown student ends below the small static student",
+            "train_loss",
+            {"kind": "grow"},
+            {"init": "w5", "kind": "static"},
+        ),
+        contrast(
+            rows,
+            "gradmax ends below the big static student (trained from scratch)",
+            "train_loss",
             gradmax,
-            final(rows, "train_loss", init="tiny"),
-            lower=True,
-            what="train mse",
+            {"init": "w10", "kind": "static"},
         ),
     ]
-    claims.append(
-        compare_claim(
-            "gradmax's training loss averaged over the run (the area under its curve) is below random's",
-            area(rows, init="gradmax"),
-            area(rows, init="random"),
-            lower=True,
-            what="mean train mse",
-        )
-    )
-    small = final(rows, "train_loss", init="w5", kind="static")
-    big = final(rows, "train_loss", init="w10", kind="static")
-    if small:
-        claims.append(
-            compare_claim(
-                "the grown student ends below the small static student",
-                final(rows, "train_loss", kind="grow"),
-                small,
-                lower=True,
-                what="train mse",
-            )
-        )
-    if big:
-        claims.append(
-            compare_claim(
-                "gradmax ends below the big static student (trained from scratch)",
-                gradmax,
-                big,
-                lower=True,
-                what="train mse",
-            )
-        )
-    return claims
 
 
 @register_preset(
@@ -417,19 +393,21 @@ def digits(quick: bool) -> Experiment:
 
 def digits_claims(rows: Rows) -> list[str]:
     return [
-        compare_claim(
+        contrast(
+            rows,
             "tiny ends above random in test accuracy",
-            final(rows, "test_metric", init="tiny"),
-            final(rows, "test_metric", init="random"),
+            "test_metric",
+            {"init": "tiny"},
+            {"init": "random"},
             lower=False,
-            what="accuracy",
         ),
-        compare_claim(
+        contrast(
+            rows,
             "growth beats the static starting net (width 4)",
-            final(rows, "test_metric", kind="grow"),
-            final(rows, "test_metric", init="w4", kind="static"),
+            "test_metric",
+            {"kind": "grow"},
+            {"init": "w4", "kind": "static"},
             lower=False,
-            what="accuracy",
         ),
     ]
 
@@ -636,12 +614,12 @@ def senn_claims(rows: Rows) -> list[str]:
         "natural growth stops by itself (no growth cap): "
         f"{verdict(bool(natural) and len(stopped) == len(natural))}"
         f" ({len(stopped)} of {len(natural)} runs; final parameters {', '.join(map(str, sizes))})",
-        compare_claim(
+        contrast(
+            rows,
             "natural ends with a lower test mse than amplitude_factor",
-            final(rows, "test_metric", strategy="natural"),
-            final(rows, "test_metric", strategy="amplitude_factor"),
-            lower=True,
-            what="test mse",
+            "test_metric",
+            {"strategy": "natural"},
+            {"strategy": "amplitude_factor"},
         ),
     ]
 

@@ -32,6 +32,24 @@ def tiny_experiment(**overrides) -> Experiment:
     return Experiment("tiny", spec, TaskSource("regression1d"), config, **kwargs)
 
 
+def spec_args(seeds: int, growths: int, every: int) -> list[str]:
+    """`dagrow compare SPEC` options: regression1d, naive x (tiny, random)."""
+    return [
+        "--task",
+        "regression1d",
+        "--strategies",
+        "naive",
+        "--inits",
+        "tiny,random",
+        "--seeds",
+        str(seeds),
+        "--growths",
+        str(growths),
+        "--every",
+        str(every),
+    ]
+
+
 def strip_seconds(rows):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
 
@@ -124,25 +142,7 @@ def test_spec_mode_cli(tmp_path):
     static = tmp_path / "wide.yaml"
     static.write_text(mlp("wide", 1, [8], 1).to_yaml())
     out = tmp_path / "out"
-    cli(
-        spec,
-        "--task",
-        "regression1d",
-        "--strategies",
-        "naive",
-        "--inits",
-        "tiny,random",
-        "--seeds",
-        "1",
-        "--growths",
-        "1",
-        "--every",
-        "3",
-        "--static",
-        static,
-        "--out",
-        out,
-    )
+    cli(spec, *spec_args(seeds=1, growths=1, every=3), "--static", static, "--out", out)
     rows = read_results(out / "results.csv")
     assert {r["run"] for r in rows} == {"grow-naive-tiny-s0", "grow-naive-random-s0", "static-wide-s0"}
 
@@ -189,27 +189,8 @@ def test_killed_command_resumes(tmp_path):
     spec = tmp_path / "r1.yaml"
     spec.write_text(mlp("r1", 1, [1], 1, growth=GROW).to_yaml())
     out = tmp_path / "out"
-    args = [
-        sys.executable,
-        "-m",
-        "dagrow",
-        "compare",
-        str(spec),
-        "--task",
-        "regression1d",
-        "--strategies",
-        "naive",
-        "--inits",
-        "tiny,random",
-        "--seeds",
-        "2",
-        "--growths",
-        "3",
-        "--every",
-        "200",
-        "--out",
-        str(out),
-    ]
+    args = [sys.executable, "-m", "dagrow", "compare", str(spec), *spec_args(seeds=2, growths=3, every=200)]
+    args += ["--out", str(out)]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while not list((out / "runs").glob("*.json")) and time.monotonic() < deadline and proc.poll() is None:
