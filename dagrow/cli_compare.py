@@ -20,7 +20,7 @@ from .tasks import list_tasks
 out = Console()
 err = Console(stderr=True)
 
-PRESET_HELP = "; ".join(f"{name}: {p.source}" for name, p in PRESETS.items())
+PRESET_HELP = "a seed's experiment: " + ", ".join(PRESETS) + " (sources and results: docs/results.md)"
 
 
 def _names(text: str | None) -> list[str] | None:
