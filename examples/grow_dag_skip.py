@@ -15,9 +15,7 @@ import argparse
 from pathlib import Path
 
 import dagrow
-from dagrow.loop import GrowthConfig, grow, train_static
-from dagrow.sites import enumerate_sites
-from dagrow.tasks import make_task
+from dagrow.loop import train_static
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,12 +31,12 @@ def main() -> None:
     args = parser.parse_args()
 
     spec = dagrow.load_spec(ROOT / "specs" / "dag_skip.yaml")
-    task = make_task("teacher_student", seed=args.seed, n=2000, in_dim=8, hidden=16, out_dim=2)
-    sites = enumerate_sites(spec, include_unsupported=False)
+    task = dagrow.make_task("teacher_student", seed=args.seed, n=2000, in_dim=8, hidden=16, out_dim=2)
+    sites = dagrow.enumerate_sites(spec, include_unsupported=False)
     print(f"{spec.name}: {len(sites)} growth sites: {', '.join(s.id for s in sites)}")
-    config = GrowthConfig(strategy="amplitude_factor", init="tiny", growths=args.growths, every=args.every,
-                          neurons=args.neurons, seed=args.seed)
-    result = grow(spec, task, config)
+    config = dagrow.GrowthConfig(strategy="amplitude_factor", init="tiny", growths=args.growths,
+                                 every=args.every, neurons=args.neurons, seed=args.seed)
+    result = dagrow.grow(spec, task, config)
 
     for h in result.history:
         if h["event"] == "rollback" or (h["event"] == "growth" and "reason" in h):

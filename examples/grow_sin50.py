@@ -5,7 +5,7 @@ The same run as
     dagrow grow specs/mlp_sin50.yaml --task sin50 --strategy amplitude_factor --growths 10 --every 100 \\
         --neurons 2 --out runs/quickstart
 
-done with ``dagrow.load_spec``, ``make_task``, ``GrowthConfig``, ``grow`` and ``dagrow.save``:
+done with ``dagrow.load_spec``, ``make_task``, ``GrowthConfig``, ``grow`` and ``save``:
 
     python examples/grow_sin50.py                       # writes runs/example_sin50/
     python examples/grow_sin50.py --growths 2 --every 20 --n 2000   # a quick look
@@ -17,8 +17,6 @@ import argparse
 from pathlib import Path
 
 import dagrow
-from dagrow.loop import GrowthConfig, grow
-from dagrow.tasks import make_task
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,10 +32,10 @@ def main() -> None:
     args = parser.parse_args()
 
     spec = dagrow.load_spec(ROOT / "specs" / "mlp_sin50.yaml")
-    task = make_task("sin50", seed=args.seed, n=args.n)
-    config = GrowthConfig(strategy="amplitude_factor", init="tiny", growths=args.growths, every=args.every,
-                          neurons=args.neurons, seed=args.seed)
-    result = grow(spec, task, config)
+    task = dagrow.make_task("sin50", seed=args.seed, n=args.n)
+    config = dagrow.GrowthConfig(strategy="amplitude_factor", init="tiny", growths=args.growths,
+                                 every=args.every, neurons=args.neurons, seed=args.seed)
+    result = dagrow.grow(spec, task, config)
 
     end = result.history[-1]
     grown = [h["site"] for h in result.history if h["event"] == "growth" and "reason" not in h]
