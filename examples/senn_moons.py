@@ -45,11 +45,12 @@ def depth(spec) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--depth-cost", type=float, default=2.0)
     parser.add_argument("--out", type=Path, default=Path("docs/img/senn_moons.png"))
     args = parser.parse_args()
     task = make_task("moons", n=200, noise=0.3, seed=args.seed)
     config = GrowthConfig(strategy="natural", growths=None, every=200, lr=1e-2, batch_size=64,
-                          max_rounds=30, seed=args.seed)
+                          max_rounds=30, depth_cost=args.depth_cost, seed=args.seed)
     started = time.perf_counter()
     result = grow(parse_spec(SPEC), task, config)
     seconds = time.perf_counter() - started

@@ -37,6 +37,7 @@ from dagrow.growth.natural import (
     delta_eta,
     linearised_candidates,
     linearised_score,
+    natural_actions,
     observe,
     score_sites,
 )
@@ -469,3 +470,30 @@ def test_the_natural_strategy_decides_with_ready_actions_or_not_at_all():
     torch.testing.assert_close(grown(x), model(x), rtol=0, atol=1e-12)
     strict = make_strategy("natural", settings=NaturalSettings(tau=1e9, **quick))
     assert strict.choose(model, proposals, (x, y), "mse", 0) is None
+
+
+def test_a_proposal_is_scored_with_the_features_its_rewrite_really_adds():
+    """Widening a node whose activation has trained parameters (rational) and deepening with the
+    basis construction: the grown model keeps the function, and for the widening the exact score of
+    the grown model's new features is the reported one."""
+    text = MLP.replace("h1: {width: 3, activation: tanh}", "h1: {width: 3, activation: {name: rational}}")
+    spec, model, x, y = tiny(text, n=50)
+    with torch.no_grad():
+        for name, value in (("v", 0.7), ("c", 0.2), ("l", 0.5)):
+            model.get_parameter(f"nodes.h1.activation.{name}").fill_(value)
+    settings = NaturalSettings(damping=DAMPING, candidates=3, refine_steps=4)
+    state = observe(model, (x, y), "mse", settings)
+    for site_id in ("widen:h1", "deepen:h1->h2"):
+        site = find_site(spec.model_copy(update={"growth": spec.growth.model_copy(update={"deepen": "all"})}),
+                         site_id)
+        (p,) = score_sites(state, [site])
+        spec2, w2 = replay(spec, model.state_dict(), natural_actions(p, spec, settings))
+        grown = dagrow.compile(spec2, w2, dtype=torch.float64)
+        torch.testing.assert_close(grown(x), model(x), rtol=0, atol=1e-12)
+        if site.kind == "widen":
+            _, post, _ = forward(spec2, {k: v.detach() for k, v in w2.items()}, [x])
+            F_new = post["h1"][:, 3:].detach()
+            assert float(delta_eta(state, site.targets, F_new)) == pytest.approx(p.delta_eta, rel=1e-9)
+        else:
+            assert p.score == pytest.approx(p.delta_eta / settings.depth_cost)
+            assert spec2.nodes["layer1"].activation.name == "rational"

@@ -35,6 +35,7 @@ divided by a depth cost multiplier.
 
 from __future__ import annotations
 
+import copy
 import math
 import zlib
 from collections.abc import Iterable, Sequence
@@ -121,6 +122,7 @@ class NaturalState:
     post: dict[str, Tensor]  # source -> [n, width] post-activations (inputs included)
     factors: dict[str, NodeFactors]
     settings: NaturalSettings
+    activations: dict[str, nn.Module] = field(default_factory=dict)  # float64 copies, frozen
 
     @property
     def eta(self) -> float:
@@ -217,8 +219,11 @@ def observe(
         for h in handles:
             h.remove()
     post = {s: t.detach().flatten(1).double() for s, t in post.items()}
+    # a widened node's new neurons use its activation as trained (prelu, rational have parameters)
+    activations = {v: _frozen(model.get_submodule(f"nodes.{v}.activation")) for v in flat}
     state = NaturalState(
-        spec, n, float(L.detach()), float(gy.detach().double().pow(2).sum(1).mean()), post, {}, settings
+        spec, n, float(L.detach()), float(gy.detach().double().pow(2).sum(1).mean()), post, {}, settings,
+        activations,
     )
     for v in nodes:
         state.factors[v] = _node_factors(state, sg, v, g[v].detach(), gh[v].detach())
@@ -315,8 +320,8 @@ class NaturalProposal:
         }
 
 
-def _activation_module(activation) -> nn.Module:
-    module = activation.build().to(torch.float64)
+def _frozen(module: nn.Module) -> nn.Module:
+    module = copy.deepcopy(module).to(torch.float64)
     for p in module.parameters():
         p.requires_grad_(False)
     return module
@@ -346,8 +351,11 @@ def propose_natural(state: NaturalState, site: Site) -> NaturalProposal | None:
     gen = torch.Generator().manual_seed(s.seed * 1_000_003 + zlib.crc32(site.id.encode()))
     if site.kind == "deepen":
         return _propose_layer(state, site, gen)
-    act = spec.nodes[site.node].activation if site.kind == "widen" else spec.growth.new_node_activation
-    sigma = _activation_module(act)
+    if site.kind == "widen":
+        act, sigma = spec.nodes[site.node].activation, state.activations[site.node]  # type: ignore[index]
+    else:
+        act = spec.growth.new_node_activation
+        sigma = _frozen(act.build())
     B_U = state.features(site.sources)
     alpha_cf, lin = linearised_candidates(state, site.sources, site.targets)
     pool = [alpha_cf[:1]] if alpha_cf.shape[0] else []
