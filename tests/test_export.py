@@ -82,6 +82,16 @@ def test_program_formats_need_an_output_file(fmt):
     assert run("export", TWO, "--to", fmt, ok=False).stderr == f"error: --to {fmt} needs -o FILE.{fmt}\n"
 
 
+def test_a_failed_trace_is_one_line_and_leaves_no_file(tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise RuntimeError("unsupported thing\nwith a long explanation")
+
+    monkeypatch.setattr(torch.export, "export", fail)
+    result = run("export", TWO, "--to", "pt2", "-o", tmp_path / "a.pt2", ok=False)
+    assert result.stderr == "error: two-in-two-out: torch.export failed: unsupported thing\n"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_onnx_without_the_extra_says_what_to_install(tmp_path, monkeypatch):
     for name in [m for m in sys.modules if m.split(".")[0] in ("onnx", "onnxscript")]:
         monkeypatch.delitem(sys.modules, name)
