@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .compile import DagModel, compile, load_weights, spec_of, weights_dtype, weights_problems
-from .spec import Diagnostic, GraphSpec, SourceMap, SpecError, parse_spec
+from .spec import Diagnostic, GraphSpec, SourceMap, SpecError, load_spec, parse_spec
 
 FORMAT = "dagrow-bundle/1"
 SPEC_KEY = "dagrow.spec"
@@ -99,3 +99,13 @@ def load(path: str | Path, *, device: torch.device | str | None = None,
         raise SpecError([Diagnostic(str(path), 1, 1, p) for p in problems])
     load_weights(model, tensors)
     return model
+
+
+def load_model_or_spec(path: str | Path) -> tuple[GraphSpec, DagModel | None]:
+    """A spec file (.yaml, .yml, .json) as ``(spec, None)``, or a bundle (.safetensors) as
+    ``(spec, model)`` with its weights loaded after a check of every tensor name and shape."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        model = load(path)
+        return spec_of(model), model
+    return load_spec(path), None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import warnings
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
@@ -24,12 +25,11 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
-from .bundle import atomic_write_text
-from .bundle import load as load_bundle
-from .compile import DagModel, compile
+from .bundle import atomic_write_text, load_model_or_spec
+from .compile import compile
 from .graph import analyze
 from .ops import activation_info, list_activations, list_ops, op_info
-from .spec import GraphSpec, SpecError, json_schema, load_spec
+from .spec import GraphSpec, SpecError, json_schema
 
 out = Console()
 err = Console(stderr=True)
@@ -85,26 +85,23 @@ def exit_on_error() -> Iterator[None]:
 
     :class:`SpecError` prints its ``FILE:LINE:COL: message`` diagnostics; any other ``ValueError``
     (``WeightsMismatch``, ``DataError``, ``RewriteError``, ...), ``OSError`` or ``ImportError`` (a
-    missing optional extra) prints ``error: <message>``.
+    missing optional extra) prints ``error: <message>``. Warnings print as ``warning: <message>``.
     """
-    try:
-        yield
-    except SpecError as exc:
-        for d in exc.diagnostics:
-            _print_error(str(d))
-        raise typer.Exit(1) from None
-    except (ValueError, OSError, ImportError) as exc:
-        _print_error(f"error: {exc}")
-        raise typer.Exit(1) from None
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            yield
+        except SpecError as exc:
+            for d in exc.diagnostics:
+                _print_error(str(d))
+            raise typer.Exit(1) from None
+        except (ValueError, OSError, ImportError) as exc:
+            _print_error(f"error: {exc}")
+            raise typer.Exit(1) from None
 
 
-def load_model_or_spec(path: Path) -> tuple[GraphSpec, DagModel | None]:
-    """A spec file (.yaml, .yml, .json) as ``(spec, None)``, or a bundle (.safetensors) as
-    ``(spec, model)`` with its weights loaded after a check of every tensor name and shape."""
-    if path.suffix == ".safetensors":
-        model = load_bundle(path)
-        return model.spec, model
-    return load_spec(path), None
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    _print_error(f"warning: {message}")
 
 
 def _summary(path: Path, spec: GraphSpec) -> str:

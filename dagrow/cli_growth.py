@@ -11,16 +11,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .bundle import atomic_write_text, read_bundle, save
+from .bundle import atomic_write_text, load_model_or_spec, save
 from .compile import compile
 from .graph import analyze
 from .growth.proposals import INITS, ProposalSettings, propose_all
 from .loop import GrowthConfig, grow
 from .planner import STRATEGIES
 from .sites import enumerate_sites
-from .spec import load_spec
 from .stats import LOSSES, measure
-from .tasks import Task, list_tasks, load_data, make_task
+from .tasks import DataError, Task, fit_task, list_tasks, load_data, make_task
 
 out = Console()
 err = Console(stderr=True)
@@ -31,20 +30,15 @@ def _fail(message: str) -> None:
     raise typer.Exit(1)
 
 
-def _model_source(path: Path):
-    """A spec (.yaml/.yml/.json) compiled fresh, or a bundle (.safetensors) with its weights."""
-    if path.suffix == ".safetensors":
-        spec, tensors = read_bundle(path)
-        return spec, tensors
-    return load_spec(path), None
-
-
-def _task(task: str | None, data: Path | None, seed: int) -> Task:
+def _task(task: str | None, data: Path | None, seed: int, source: Path, spec) -> Task:
+    """The task or data set, checked against the spec (errors name the spec file)."""
     if (task is None) == (data is None):
         _fail("give exactly one of --task NAME or --data FILE")
-    if task is not None:
-        return make_task(task, seed=seed)
-    return load_data(data, seed=seed)  # type: ignore[arg-type]
+    the_task = make_task(task, seed=seed) if task is not None else load_data(data, seed=seed)  # type: ignore[arg-type]
+    try:
+        return fit_task(the_task, spec)
+    except DataError as exc:
+        raise DataError(f"{source}: {exc}") from None
 
 
 def _check_choice(value: str, choices, what: str) -> str:
@@ -73,9 +67,9 @@ def sites_command(
     _check_choice(init, INITS, "init")
     if loss is not None:
         _check_choice(loss, LOSSES, "loss")
-    spec, weights = _model_source(source)
-    the_task = _task(task, data, seed)
-    model = compile(spec, weights, seed=seed).to(device)
+    spec, loaded = load_model_or_spec(source)
+    the_task = _task(task, data, seed, source, spec)
+    model = (loaded or compile(spec, seed=seed)).to(device)
     x, y = next(the_task.batches("train", None, device=device))
     x, y = x[:batch], y[:batch]
     all_sites = enumerate_sites(spec)
@@ -90,8 +84,9 @@ def sites_command(
         return
     title = f"{spec.name}: {len(supported)} growable sites, loss {stats.loss:.4g} on {stats.n} samples"
     table = Table(title=title)
-    for col in ("site", "kind", "lambdas", "first-order", "bottleneck", "|dW*|", "params"):
-        table.add_column(col, justify="left" if col in ("site", "kind", "lambdas") else "right")
+    for col in ("site", "kind", "lambdas", "first-order", "bottleneck", "|dW*|", "params"):  # ids in full
+        table.add_column(col, justify="left" if col in ("site", "kind", "lambdas") else "right",
+                         no_wrap=col in ("site", "kind"))
     for p in proposals:
         if not p.site.supported:
             continue
@@ -105,11 +100,15 @@ def sites_command(
     out.print(f"thresholds: {settings.report()}", highlight=False)
 
 
-def _write_outputs(out_dir: Path, model, history: list[dict[str, Any]]) -> None:
+def _write_outputs(out_dir: Path, model, history: list[dict[str, Any]], *, drawing: bool = True) -> None:
+    """The bundle, the spec and the history (each file atomic; the history last, so that a run killed
+    in between resumes from a bundle at least as new as its history), then the drawings."""
     out_dir.mkdir(parents=True, exist_ok=True)
     save(model, out_dir / "model.safetensors")
     atomic_write_text(out_dir / "spec.yaml", model.spec.to_yaml())
     atomic_write_text(out_dir / "history.jsonl", "".join(json.dumps(line) + "\n" for line in history))
+    if not drawing:
+        return
     try:
         from .export import to_dot, write_png
 
@@ -185,8 +184,8 @@ def grow_command(
         source = resume / "model.safetensors"
     if source is None or out_dir is None:
         _fail("give a SPEC_OR_BUNDLE and --out DIR (or --resume DIR)")
-    spec, weights = _model_source(source)  # type: ignore[arg-type]
-    the_task = _task(task, data, seed)
+    spec, loaded = load_model_or_spec(source)  # type: ignore[arg-type]
+    the_task = _task(task, data, seed, source, spec)  # type: ignore[arg-type]
     config = GrowthConfig(strategy=strategy, init=init, growths=growths, max_params=max_params, every=every,
                           neurons=neurons, optimizer=optimizer, lr=lr, batch_size=batch_size,  # type: ignore[arg-type]
                           growth_batch=growth_batch, joint_update=joint_update, normalize=normalize,
@@ -196,7 +195,7 @@ def grow_command(
                           max_additions=max_additions, max_rounds=max_rounds)
     config.validate()
     done = sum(1 for h in previous if h.get("event") in ("growth", "rollback"))
-    model = compile(spec, weights, seed=seed)
+    model = loaded or compile(spec, seed=seed)
     params_before = analyze(spec).num_params()
     history = [h for h in previous if h.get("event") != "end"]
     progress = Progress(TextColumn("[bold]growing"), BarColumn(), MofNCompleteColumn(),
@@ -209,7 +208,11 @@ def grow_command(
             if line.get("event") in ("growth", "rollback"):
                 progress.update(bar, advance=1, status=f"{line.get('site')} params={line.get('params', '')}")
 
-        result = grow(model, the_task, config, on_event=on_event, start_growth=done)
+        def on_checkpoint(grown) -> None:  # after every growth: a killed run resumes from here
+            _write_outputs(out_dir, grown, history, drawing=False)  # type: ignore[arg-type]
+
+        result = grow(model, the_task, config, on_event=on_event, on_checkpoint=on_checkpoint,
+                      start_growth=done)
     _write_outputs(out_dir, result.model, history)
     end = history[-1]
     grown = [h["site"] for h in history if h.get("event") == "growth" and h.get("site") and "reason" not in h]

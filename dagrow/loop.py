@@ -37,7 +37,7 @@ from .planner import Natural, make_strategy
 from .rewrite import Action, UpdateWeights, replay
 from .sites import ONE, enumerate_sites
 from .stats import StatsError, loss_function, measure
-from .tasks import Task
+from .tasks import Task, fit_task
 
 
 @dataclass
@@ -175,8 +175,8 @@ def best_update_step(model: DagModel, batch, loss) -> DagModel:
     x, y = batch
     settings = ProposalSettings()
     for v in analyze(model.spec).hidden_and_outputs:
-        stats = measure(model, [batch], loss, sites=[])
-        if v not in stats.g_sums:
+        stats = measure(model, [batch], loss, sites=[], output_factors=False)
+        if v not in stats.g_sq_sums:
             continue
         upd = target_update(stats, model.spec, v, settings)
         deltas, col = {}, 0
@@ -215,9 +215,13 @@ def grow(
     config: GrowthConfig | None = None,
     *,
     on_event: Callable[[dict[str, Any]], None] | None = None,
+    on_checkpoint: Callable[[DagModel], None] | None = None,
     start_growth: int = 0,
 ) -> GrowthResult:
-    """Train and grow ``spec_or_model`` on ``task``; ``on_event`` receives every history line."""
+    """Train and grow ``spec_or_model`` on ``task``; ``on_event`` receives every history line and
+    ``on_checkpoint`` the current model after every growth or rollback line (so that an interrupted
+    run can be resumed from its last growth). The task is checked against the spec first
+    (:func:`~dagrow.tasks.fit_task`)."""
     config = config or GrowthConfig()
     config.validate()
     torch.manual_seed(config.seed)
@@ -225,6 +229,7 @@ def grow(
     model = (
         spec_or_model if isinstance(spec_or_model, nn.Module) else compile(spec_or_model, seed=config.seed)
     )
+    task = fit_task(task, model.spec)
     model = model.to(device)
     opt = make_optimizer(model, config)
     loss_fn = loss_function(task.loss)
@@ -246,6 +251,8 @@ def grow(
         history.append(line)
         if on_event:
             on_event(line)
+        if on_checkpoint and line.get("event") in ("growth", "rollback"):
+            on_checkpoint(model)
 
     def train(steps: int) -> float:
         nonlocal step, model
@@ -385,7 +392,7 @@ def grow(
             break
         batch = growth_batch()
         sites = enumerate_sites(model.spec, include_unsupported=False)
-        stats = measure(model, [batch], task.loss, sites=sites)
+        stats = measure(model, [batch], task.loss, sites=sites, output_factors=False)
         proposals = propose_all(
             stats,
             sites,
