@@ -46,11 +46,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--depth-cost", type=float, default=2.0)
+    parser.add_argument("--tau", type=float, default=0.05)
+    parser.add_argument("--alpha", type=float, default=0.05)
+    parser.add_argument("--final-steps", type=int, default=3000, help="training after growth stops")
     parser.add_argument("--out", type=Path, default=Path("docs/img/senn_moons.png"))
     args = parser.parse_args()
     task = make_task("moons", n=200, noise=0.3, seed=args.seed)
     config = GrowthConfig(strategy="natural", growths=None, every=200, lr=1e-2, batch_size=64,
-                          max_rounds=30, depth_cost=args.depth_cost, seed=args.seed)
+                          max_rounds=30, depth_cost=args.depth_cost, tau=args.tau,
+                          alpha=args.alpha, final_steps=args.final_steps, seed=args.seed)
     started = time.perf_counter()
     result = grow(parse_spec(SPEC), task, config)
     seconds = time.perf_counter() - started
@@ -63,8 +67,15 @@ def main() -> None:
     print(f"additions: {', '.join(h['site'] for h in grown)}")
     print(f"depth 1 -> {depth(spec)}, hidden widths {[n.size for v, n in spec.nodes.items() if v != 'out']}, "
           f"{end['params']} parameters; stopped at step {stop['step']}: {stop['reason']}")
+    fresh = make_task("moons", n=5000, noise=0.3, seed=args.seed + 1000).train  # a large held-out sample
+
+    def accuracy(model) -> float:
+        with torch.no_grad():
+            return float((model(fresh.x).argmax(1) == fresh.y).double().mean())
+
     print(f"test accuracy {end['test_accuracy']:.3f} (linear model, same steps: "
-          f"{linear.history[-1]['test_accuracy']:.3f}); {seconds:.0f} s")
+          f"{linear.history[-1]['test_accuracy']:.3f}); on {len(fresh)} fresh points: "
+          f"{accuracy(result.model):.3f} (linear {accuracy(linear.model):.3f}); {seconds:.0f} s")
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     x, y = task.train.x, task.train.y
@@ -76,10 +87,12 @@ def main() -> None:
     ax.contourf(g0, g1, p, levels=20, cmap="RdBu_r", alpha=0.6)
     ax.contour(g0, g1, p, levels=[0.5], colors="k", linewidths=1)
     ax.scatter(x[:, 0], x[:, 1], c=y, cmap="RdBu_r", s=10, edgecolors="k", linewidths=0.3)
-    ax.set(title=f"grown net: depth {depth(spec)}, test accuracy {end['test_accuracy']:.2f}")
+    ax.set(title=f"grown net: depth {depth(spec)}, accuracy {accuracy(result.model):.3f} on fresh points")
     ax = axes[1]
     steps = [h["step"] for h in grown]
-    ax.step([0, *steps], [3 * 2, *[h["params"] for h in grown]], where="post", label="parameters")
+    params = [3 * 2, *[h["params"] for h in grown]]
+    ax.step([0, *steps, end["step"]], [*params, params[-1]], where="post", label="parameters")
+    ax.axvline(stop["step"], color="k", lw=0.8, ls="--", label="growth stops")
     for h in grown:
         if h["kind"] == "deepen":
             ax.axvline(h["step"], color="C3", lw=0.8, ls=":")
