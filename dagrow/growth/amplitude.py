@@ -26,7 +26,7 @@ from ..compile import DagModel, compile, spec_of
 from ..graph import analyze
 from ..rewrite import Action, AddEdge, AddNeurons, AddNode, UpdateWeights, new_node_name, replay
 from ..sites import ONE
-from ..spec import GraphSpec, parse_spec
+from ..spec import GraphSpec
 from ..stats import LossFn, loss_function
 from .proposals import Proposal
 
@@ -159,7 +159,6 @@ class GrownFamily:
         self._model: DagModel | None = None
         # new neurons scale with sqrt(gamma) on both sides; a new edge is linear in gamma
         self.power = 1.0 if proposal.site.kind == "edge" else 0.5
-        self._original = spec
         self._evaluation: _Evaluation | None = None
 
     @property
@@ -178,11 +177,11 @@ class GrownFamily:
         return functional_call(self.model, self.weights(gamma), inputs)
 
     def evaluator(self, *inputs: Tensor) -> Callable[[float], Any]:
-        """``gamma -> outputs`` on fixed ``inputs``, equal to ``self(gamma, *inputs)`` up to round-off,
-        for line searches: the part of the graph that no moving weight reaches is computed once, and
+        """``gamma -> outputs`` on fixed ``inputs``, bit-identical to ``self(gamma, *inputs)``, for line
+        searches: the part of the graph that no moving weight reaches is computed once, and
         each call runs only the rest (see :class:`_Evaluation`)."""
         if self._evaluation is None:
-            self._evaluation = _Evaluation.of(self)
+            self._evaluation = _Evaluation(self.spec, self.w0, self.du, self.dn, self.power)
         return self._evaluation.bind(inputs)
 
     def materialise(self, gamma: float) -> DagModel:
@@ -192,14 +191,13 @@ class GrownFamily:
 
 
 class _Evaluation:
-    """A model computing the grown family, split into a gamma-independent prefix and a suffix.
+    """The grown family split into a gamma-independent prefix and a suffix.
 
     The suffix holds every fx node that a moving weight (one with a non-zero ``du`` or ``dn``)
-    reaches; the prefix computes the values it needs from the inputs, once per batch. Widening a
-    node ``h`` whose edges are all linear (and whose activation has no parameters) is evaluated as an
-    equal graph where the new neurons form a separate node beside ``h``: the rows of the edges into
-    ``h`` then stay in the prefix and only the new neurons, the targets and what follows them run per
-    gamma.
+    reaches; the prefix computes the values it needs from the inputs, once per batch. The suffix runs
+    the same modules on the same values as the whole model, so its outputs are bit-identical to
+    :meth:`GrownFamily.__call__`. (Cheaper forms that reorder sums, such as widened neurons evaluated
+    as a node of their own, change the losses by round-off, which moves gamma* and the runs after it.)
     """
 
     def __init__(self, spec: GraphSpec, w0, du, dn, power: float) -> None:
@@ -208,18 +206,6 @@ class _Evaluation:
         ref = next(iter(w0.values()))
         model = compile(spec, w0, dtype=ref.dtype, device=ref.device)
         self.prefix, self.suffix = _split_graph(model, self.moving)
-
-    @classmethod
-    def of(cls, family: GrownFamily) -> _Evaluation:
-        form = _widen_as_node(family._original, family.spec, family.w0, family.proposal)
-        if form is None:
-            return cls(family.spec, family.w0, family.du, family.dn, family.power)
-        spec, keys = form
-
-        def pick(ws):
-            return {k: ws[g][idx] for k, (g, idx) in keys.items()}
-
-        return cls(spec, pick(family.w0), pick(family.du), pick(family.dn), family.power)
 
     def bind(self, inputs: tuple[Tensor, ...]) -> Callable[[float], Any]:
         with torch.no_grad():
@@ -258,46 +244,6 @@ def _split_graph(model: fx.GraphModule, moving_keys: list[str]) -> tuple[fx.Grap
         if n in moving or n.op == "output":
             env[n] = post.node_copy(n, env.__getitem__)
     return fx.GraphModule(model, pre), fx.GraphModule(model, post)
-
-
-def _widen_as_node(
-    spec: GraphSpec, grown: GraphSpec, w0: dict[str, Tensor], proposal: Proposal
-) -> tuple[GraphSpec, dict[str, tuple[str, tuple[slice, ...]]]] | None:
-    """For a widen proposal on a flat node ``h`` with linear edges only and a parameter-free
-    activation: the spec where the K new neurons are a node of their own (same inputs, activation,
-    bias and successors as ``h``), and for each of its weights the grown weight and slice it is.
-    None when the proposal is not of that kind."""
-    site = proposal.site
-    if site.kind != "widen":
-        return None
-    h = site.node
-    node = spec.nodes[h]
-    sg = analyze(spec)
-    edges = [*sg.in_edges(h), *(e for e in spec.edges if e.source == h)]
-    if node.width is None or any(e.op.type != "linear" for e in edges):
-        return None
-    if any(k.startswith(f"nodes.{h}.activation.") for k in w0):
-        return None
-    old, k = node.width, grown.nodes[h].width - node.width
-    new = new_node_name(grown, h, "grown")
-    data = spec.model_dump(mode="json", by_alias=True)
-    data["nodes"][new] = {**data["nodes"][h], "width": k}
-    succs = sg.succs(h)
-    data["edges"] += [{"from": e.source, "to": new, "op": {"type": "linear"}} for e in sg.in_edges(h)]
-    data["edges"] += [{"from": new, "to": w, "op": {"type": "linear"}} for w in succs]
-    rows_old, rows_new = (slice(0, old),), (slice(old, old + k),)
-    cols_old, cols_new = (slice(None), slice(0, old)), (slice(None), slice(old, old + k))
-    keys = {key: (key, ()) for key in w0}
-    for e in sg.in_edges(h):
-        keys[f"edges.{e.source}__{h}.weight"] = (f"edges.{e.source}__{h}.weight", rows_old)
-        keys[f"edges.{e.source}__{new}.weight"] = (f"edges.{e.source}__{h}.weight", rows_new)
-    if node.bias:
-        keys[f"nodes.{h}.bias"] = (f"nodes.{h}.bias", rows_old)
-        keys[f"nodes.{new}.bias"] = (f"nodes.{h}.bias", rows_new)
-    for w in succs:
-        keys[f"edges.{h}__{w}.weight"] = (f"edges.{h}__{w}.weight", cols_old)
-        keys[f"edges.{new}__{w}.weight"] = (f"edges.{h}__{w}.weight", cols_new)
-    return parse_spec(data), keys
 
 
 def amplitude_factor(
