@@ -18,19 +18,19 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from dagrow.loop import GrowthConfig, grow  # noqa: E402
-from dagrow.spec import parse_spec  # noqa: E402
-from dagrow.tasks import make_task  # noqa: E402
+import dagrow  # noqa: E402
 
-SPEC = {
-    "version": 1,
-    "name": "senn-digits",
-    "inputs": {"x": {"shape": [64]}},
-    "nodes": {"h": {"width": 2, "activation": "tanh"}, "out": {"width": 10}},
-    "edges": [{"from": "x", "to": "h"}, {"from": "h", "to": "out"}],
-    "outputs": ["out"],
-    "growth": {"widen": ["h"], "new_nodes": "none"},
-}
+SPEC = """
+version: 1
+name: senn-digits
+inputs: {x: {shape: [64]}}
+nodes:
+  h: {width: 2, activation: tanh}
+  out: {width: 10}
+edges: [{from: x, to: h}, {from: h, to: out}]
+outputs: [out]
+growth: {widen: [h], new_nodes: none}
+"""
 
 
 def main() -> None:
@@ -43,11 +43,11 @@ def main() -> None:
     rows = []
     for n in sizes:
         for seed in range(args.seeds):
-            task = make_task("digits", n=n, seed=seed)
-            config = GrowthConfig(strategy="natural", growths=None, every=100, lr=1e-2, batch_size=64,
+            task = dagrow.make_task("digits", n=n, seed=seed)
+            config = dagrow.GrowthConfig(strategy="natural", growths=None, every=100, lr=1e-2, batch_size=64,
                                   max_rounds=40, seed=seed)
             started = time.perf_counter()
-            result = grow(parse_spec(SPEC), task, config)
+            result = dagrow.grow(dagrow.load_spec(SPEC), task, config)
             end = result.history[-1]
             stop = next(h for h in result.history if h["event"] == "stop")
             rows.append((n, len(task.train), seed, result.model.spec.nodes["h"].width, end["test_accuracy"],

@@ -21,20 +21,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 import networkx as nx  # noqa: E402
 import torch  # noqa: E402
 
+import dagrow  # noqa: E402
 from dagrow.graph import analyze  # noqa: E402
-from dagrow.loop import GrowthConfig, grow, train_static  # noqa: E402
-from dagrow.spec import parse_spec  # noqa: E402
-from dagrow.tasks import make_task  # noqa: E402
+from dagrow.loop import train_static  # noqa: E402
 
-SPEC = {
-    "version": 1,
-    "name": "senn-moons",
-    "inputs": {"x": {"shape": [2]}},
-    "nodes": {"out": {"width": 2}},
-    "edges": [{"from": "x", "to": "out"}],
-    "outputs": ["out"],
-    "growth": {"widen": "all", "new_nodes": "none", "deepen": "all"},
-}
+SPEC = """
+version: 1
+name: senn-moons
+inputs: {x: {shape: [2]}}
+nodes:
+  out: {width: 2}                     # a linear model: no hidden node
+edges: [{from: x, to: out}]
+outputs: [out]
+growth: {widen: all, new_nodes: none, deepen: all}
+"""
 
 
 def depth(spec) -> int:
@@ -51,23 +51,24 @@ def main() -> None:
     parser.add_argument("--final-steps", type=int, default=3000, help="training after growth stops")
     parser.add_argument("--out", type=Path, default=Path("docs/img/senn_moons.png"))
     args = parser.parse_args()
-    task = make_task("moons", n=200, noise=0.3, seed=args.seed)
-    config = GrowthConfig(strategy="natural", growths=None, every=200, lr=1e-2, batch_size=64,
+    task = dagrow.make_task("moons", n=200, noise=0.3, seed=args.seed)
+    config = dagrow.GrowthConfig(strategy="natural", growths=None, every=200, lr=1e-2, batch_size=64,
                           max_rounds=30, depth_cost=args.depth_cost, tau=args.tau,
                           alpha=args.alpha, final_steps=args.final_steps, seed=args.seed)
     started = time.perf_counter()
-    result = grow(parse_spec(SPEC), task, config)
+    result = dagrow.grow(dagrow.load_spec(SPEC), task, config)
     seconds = time.perf_counter() - started
     hist = result.history
     steps_done = hist[-1]["step"]
-    linear = train_static(parse_spec(SPEC), task, GrowthConfig(growths=0, every=steps_done, seed=args.seed))
+    static = dagrow.GrowthConfig(growths=0, every=steps_done, seed=args.seed)
+    linear = train_static(dagrow.load_spec(SPEC), task, static)
     grown = [h for h in hist if h["event"] == "growth"]
     stop, end = next(h for h in hist if h["event"] == "stop"), hist[-1]
     spec = result.model.spec
     print(f"additions: {', '.join(h['site'] for h in grown)}")
     print(f"depth 1 -> {depth(spec)}, hidden widths {[n.size for v, n in spec.nodes.items() if v != 'out']}, "
           f"{end['params']} parameters; stopped at step {stop['step']}: {stop['reason']}")
-    fresh = make_task("moons", n=5000, noise=0.3, seed=args.seed + 1000).train  # a large held-out sample
+    fresh = dagrow.make_task("moons", n=5000, noise=0.3, seed=args.seed + 1000).train  # held out, large
 
     def accuracy(model) -> float:
         with torch.no_grad():

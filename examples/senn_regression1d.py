@@ -19,19 +19,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from dagrow.loop import GrowthConfig, grow  # noqa: E402
-from dagrow.spec import parse_spec  # noqa: E402
-from dagrow.tasks import make_task  # noqa: E402
+import dagrow  # noqa: E402
 
-SPEC = {
-    "version": 1,
-    "name": "senn-regression1d",
-    "inputs": {"x": {"shape": [1]}},
-    "nodes": {"h": {"width": 1, "activation": "tanh"}, "out": {"width": 1}},
-    "edges": [{"from": "x", "to": "h"}, {"from": "h", "to": "out"}],
-    "outputs": ["out"],
-    "growth": {"widen": ["h"], "new_nodes": "none"},
-}
+SPEC = """
+version: 1
+name: senn-regression1d
+inputs: {x: {shape: [1]}}
+nodes:
+  h: {width: 1, activation: tanh}     # one hidden neuron to start with
+  out: {width: 1}
+edges: [{from: x, to: h}, {from: h, to: out}]
+outputs: [out]
+growth: {widen: [h], new_nodes: none}
+"""
 
 
 def main() -> None:
@@ -39,11 +39,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("docs/img/senn_regression1d.png"))
     args = parser.parse_args()
-    task = make_task("regression1d", n=50, seed=args.seed)
-    config = GrowthConfig(strategy="natural", growths=None, every=200, lr=1e-2, batch_size=64,
+    task = dagrow.make_task("regression1d", n=50, seed=args.seed)
+    config = dagrow.GrowthConfig(strategy="natural", growths=None, every=200, lr=1e-2, batch_size=64,
                           max_rounds=60, seed=args.seed)
     started = time.perf_counter()
-    result = grow(parse_spec(SPEC), task, config)
+    result = dagrow.grow(dagrow.load_spec(SPEC), task, config)
     seconds = time.perf_counter() - started
     hist = result.history
     evals = [h for h in hist if h["event"] in ("growth", "evaluation")]
