@@ -96,8 +96,8 @@ def sites_command(
     out.print(table)
     for p in proposals:
         if not p.site.supported:
-            out.print(f"[dim]{p.site.id}: not supported: {p.skipped}[/dim]", highlight=False)
-    out.print(f"thresholds: {settings.report()}", highlight=False)
+            out.print(f"[dim]{p.site.id}: not supported: {p.skipped}[/dim]", highlight=False, soft_wrap=True)
+    out.print(f"thresholds: {settings.report()}", highlight=False, soft_wrap=True)
 
 
 def _write_outputs(out_dir: Path, model, history: list[dict[str, Any]], *, drawing: bool = True) -> None:
@@ -217,12 +217,12 @@ def grow_command(
     end = history[-1]
     grown = [h["site"] for h in history if h.get("event") == "growth" and h.get("site") and "reason" not in h]
     metric = the_task.metric_name
-    out.print(f"parameters: {params_before} -> {end['params']}", highlight=False)
-    out.print(f"sites grown: {', '.join(grown) or 'none'}", highlight=False)
+    out.print(f"parameters: {params_before} -> {end['params']}", highlight=False, soft_wrap=True)
+    out.print(f"sites grown: {', '.join(grown) or 'none'}", highlight=False, soft_wrap=True)
     out.print(f"validation {metric}: {end[f'val_{metric}']:.4f}   test {metric}: {end[f'test_{metric}']:.4f}",
-              highlight=False)
+              highlight=False, soft_wrap=True)
     out.print(f"wrote {out_dir}/spec.yaml, model.safetensors, history.jsonl, architecture.dot/.png",
-              highlight=False)
+              highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
