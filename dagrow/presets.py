@@ -579,7 +579,7 @@ def narrow_claims(rows: Rows) -> list[str]:
 def senn(quick: bool) -> Experiment:
     """SENN's 1-D regression: from one hidden neuron, natural growth (no cap: it decides when to stop)
     against amplitude_factor (a neuron every round, 10 growths)."""
-    growth = {"widen": "all", "new_nodes": "none", "deepen": "all"}
+    growth = {"widen": "all", "new_nodes": "none"}  # as in examples/senn_regression1d.py: width only
     spec = mlp("senn1d", 1, [1], 1, activation="tanh", growth=growth)
     config = GrowthConfig(
         growths=10,
@@ -588,7 +588,7 @@ def senn(quick: bool) -> Experiment:
         lr=1e-2,
         batch_size=64,
         growth_batch=1024,
-        max_rounds=3 if quick else 15,
+        max_rounds=3 if quick else 60,
     )
     strategies = [s for s in ("natural", "amplitude_factor") if s in STRATEGIES]
     return Experiment(
