@@ -25,7 +25,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from multiprocessing import get_context
 from pathlib import Path
@@ -41,7 +41,7 @@ from .loop import GrowthConfig, _forever, best_update_step, grow, make_optimizer
 from .planner import STRATEGIES
 from .spec import GraphSpec, load_spec
 from .stats import loss_function
-from .tasks import Split, Task, load_data, make_task
+from .tasks import Task, fit_task, load_data, make_task
 
 COLUMNS = [
     "run",
@@ -214,34 +214,6 @@ def evaluate_all(model: torch.nn.Module, task: Task) -> dict[str, float]:
     return _scores(task, {s: model(task.split(s).x.to(device)) for s in SPLITS})
 
 
-@dataclass(frozen=True, eq=False)
-class _ProbedTask(Task):
-    """The task with a "val" split that is train + val + test: when the growth loop evaluates the
-    model on "val", :meth:`metric` sees the outputs on every split, records :func:`_scores` in
-    ``record`` and returns the true validation metric. (The loop hands ``on_event`` its history
-    lines but not the model, so this is how each growth row gets a test metric.)"""
-
-    base: Task | None = None
-    record: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, task: Task) -> _ProbedTask:
-        joined = Split(
-            *(torch.cat([task.split(s).x if i == 0 else task.split(s).y for s in SPLITS]) for i in (0, 1))
-        )
-        return cls(**{f.name: getattr(task, f.name) for f in fields(Task)} | {"val": joined}, base=task)
-
-    def metric(self, output: torch.Tensor, y: torch.Tensor) -> float:
-        base = self.base
-        assert base is not None
-        if y.shape[0] != len(self.val):
-            return base.metric(output, y)
-        parts = torch.split(output, [len(base.split(s)) for s in SPLITS])
-        self.record.clear()
-        self.record.update(_scores(base, dict(zip(SPLITS, parts, strict=True))))
-        return self.record["val_metric"]
-
-
 # --------------------------------------------------------------------------------------------------
 # Runners (module-level functions: spawned workers unpickle them by name)
 # --------------------------------------------------------------------------------------------------
@@ -281,14 +253,14 @@ def growth_run(exp: Experiment, key: RunKey) -> list[dict[str, Any]]:
     config = replace(exp.config, **exp.overrides.get(key.strategy, {}))
     config = replace(config, strategy=key.strategy, init=key.init, seed=key.seed)
     model = compile(exp.spec, seed=key.seed)
+    task = fit_task(task, model.spec)
     rows = [start_row(key, metric, started, model, task)]
-    probed = _ProbedTask.of(task)
 
     def on_event(line: dict[str, Any]) -> None:
         event = line["event"]
-        if event not in ("growth", "rollback", "end", "stop"):
+        if event not in ("growth", "rollback", "stop"):
             return
-        if not probed.record and event != "stop":  # no site or no gamma* (or a rollback): no evaluation
+        if event == "growth" and line.get("reason"):  # no site can grow, or gamma* = 0
             event = "skipped"
         values = {
             "growth": line.get("growth", rows[-1]["growth"]),
@@ -299,10 +271,15 @@ def growth_run(exp: Experiment, key: RunKey) -> list[dict[str, Any]]:
             "loss_before": line.get("loss_before", ""),
             "loss_after": line.get("loss_after", ""),
         }
-        rows.append(make_row(key, metric, started, **values, **probed.record))
-        probed.record.clear()
+        rows.append(make_row(key, metric, started, **values))
 
-    grow(model, probed, config, on_event=on_event)
+    def on_checkpoint(grown: DagModel) -> None:  # right after each growth or rollback line
+        rows[-1].update(evaluate_all(grown, task))
+
+    result = grow(model, task, config, on_event=on_event, on_checkpoint=on_checkpoint)
+    end = result.history[-1]
+    rows.append(make_row(key, metric, started, growth=rows[-1]["growth"], step=end["step"], event="end",
+                         parameters=end["params"], **evaluate_all(result.model, task)))
     return rows
 
 
