@@ -260,14 +260,15 @@ def propose(
     *,
     weights: Mapping[str, Tensor] | None = None,
     settings: ProposalSettings | None = None,
-    cache: dict[str, TargetUpdate] | None = None,
+    cache: dict[Any, Any] | None = None,
 ) -> Proposal:
     """The proposal of ``init`` for ``neurons`` new neurons at ``site`` (see the module docstring).
 
     ``weights`` (the model's state dict) is needed by ``north`` (existing fan-in) and ``gradmax``
     (the fan-out scale). Unsupported sites and sites with nothing to propose come back with
     ``skipped`` set to the reason, never with NaNs. ``cache``: a dict shared by calls with the same
-    statistics and settings keeps each target's dW* (several sites write into the same node).
+    statistics and settings keeps each target's dW* and each source set's S_U^{-1/2} (several sites
+    write into the same node or read the same sources).
     """
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; expected one of {', '.join(INITS)}")
@@ -304,7 +305,11 @@ def propose(
     d = sum(u.d for u in updates.values())
     bottleneck = sum(u.bottleneck for u in updates.values())
     U = site.sources
-    S_U = stats.moment(U, U).double()
+    if ("S_U", U) not in cache:
+        S = stats.moment(U, U).double()
+        e, Q = _eig_parts(S, settings.numerical_threshold)
+        cache[("S_U", U)] = (S, e, Q, (Q * e.rsqrt()) @ Q.T)
+    S_U, e_U, Q_U, S_is = cache[("S_U", U)]
     M_UW = torch.cat([stats.grad_moment(U, w).double() for w in site.targets], 1)
     N = torch.cat(
         [
@@ -314,8 +319,6 @@ def propose(
         ],
         1,
     )
-    e_U, Q_U = _eig_parts(S_U, settings.numerical_threshold)
-    S_is = (Q_U * e_U.rsqrt()) @ Q_U.T
     Uv, lam, Vh = _svd(S_is @ N)
     kept = lam[lam.pow(2) > max(settings.statistical_threshold * bottleneck, 1e-300)]
     notes: list[str] = []
