@@ -15,7 +15,7 @@ from .bundle import atomic_write_text, load_model_or_spec, save
 from .compile import compile
 from .graph import analyze
 from .growth.proposals import INITS, ProposalSettings, propose_all
-from .loop import GrowthConfig, grow
+from .loop import GrowthConfig, grow, usable_device
 from .planner import STRATEGIES
 from .sites import enumerate_sites
 from .stats import LOSSES, measure
@@ -69,7 +69,7 @@ def sites_command(
         _check_choice(loss, LOSSES, "loss")
     spec, loaded = load_model_or_spec(source)
     the_task = _task(task, data, seed, source, spec)
-    model = (loaded or compile(spec, seed=seed)).to(device)
+    model = (loaded or compile(spec, seed=seed)).to(usable_device(device))
     x, y = next(the_task.batches("train", None, device=device))
     x, y = x[:batch], y[:batch]
     all_sites = enumerate_sites(spec)

@@ -114,6 +114,24 @@ class GrowthConfig:
                     raise ValueError(f"{name} must be at least 1")
             if self.cooldown < 0:
                 raise ValueError("cooldown must be >= 0")
+        usable_device(self.device)
+
+
+def usable_device(name: str | torch.device) -> torch.device:
+    """``name`` as a torch.device, or a ``ValueError`` saying why it cannot be used here."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"unknown device {str(name)!r}; expected cpu, cuda, cuda:N, mps, ...") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(name)!r} is not available: this torch has no usable CUDA device")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(name)!r} is not available: {torch.cuda.device_count()} CUDA "
+                             "device(s) here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {str(name)!r} is not available here")
+    return device
 
 
 def make_optimizer(model: nn.Module, config: GrowthConfig) -> torch.optim.Optimizer | None:

@@ -157,6 +157,8 @@ def test_a_killed_grow_resumes_from_its_last_growth(data, tmp_path, monkeypatch)
     (["sites", "SPEC", "--task", "sin5"], "unknown task 'sin5'"),
     (["sites", "SPEC", "--data", "MISSING"], "no such file"),
     (["sites", "SPEC", "--data", "DATA", "--loss", "hinge"], "unknown loss 'hinge'"),
+    (["grow", "SPEC", "--data", "DATA", "--out", "OUT", "--device", "tpu"], "unknown device 'tpu'"),
+    (["sites", "SPEC", "--data", "DATA", "--device", "gpu0"], "unknown device 'gpu0'"),
     (["sites", "SPEC", "--task", "moons"],
      "mlp_sin50.yaml: spec 'mlp-sin50': input 'x' has shape [50] but task 'moons' gives samples of "
      "shape [2]"),
@@ -166,3 +168,12 @@ def test_bad_growth_flags_exit_1(args, says, data, tmp_path):
     subst = {"SPEC": MLP, "DATA": data, "OUT": tmp_path / "out", "MISSING": tmp_path / "none.npz"}
     result = run(*[subst.get(a, a) for a in args], ok=False)
     assert says in result.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+@pytest.mark.parametrize("command", ["grow", "sites"])
+def test_a_cuda_device_without_cuda_is_a_clear_error(command, data, tmp_path):
+    extra = ["--out", tmp_path / "out"] if command == "grow" else []
+    result = run(command, MLP, "--data", data, "--device", "cuda", *extra, ok=False)
+    assert "device 'cuda' is not available" in result.stderr
+    assert not (tmp_path / "out").exists()
