@@ -505,10 +505,14 @@ def grow(
 
 
 def train_static(spec_or_model, task: Task, config: GrowthConfig) -> GrowthResult:
-    """The same schedule without growth (a baseline for comparisons)."""
+    """The same schedule without growth (a baseline for comparisons): as many training steps as a run
+    of ``config.growths`` growths takes."""
+    if config.growths is None:
+        raise ValueError("a static baseline copies the schedule of a number of growths: set growths")
     static = GrowthConfig(
         **{
             **asdict(config),
+            "strategy": "naive" if config.strategy == "natural" else config.strategy,  # no rounds
             "growths": 0,
             "final_steps": config.every * (config.growths + 1)
             if config.final_steps is None

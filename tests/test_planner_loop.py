@@ -166,3 +166,15 @@ outputs: [out]
     assert end["test_accuracy"] > base["test_accuracy"]
     assert end["val_loss"] < base["val_loss"]
     assert math.isfinite(end["test_loss"])
+
+
+def test_train_static_copies_the_schedule_without_growing():
+    task = make_task("regression1d", n=60)
+    spec = dagrow.load_spec(SPEC.replace("[6]", "[1]").replace("width: 2}", "width: 1}"))
+    for strategy in ("amplitude_factor", "natural"):
+        result = train_static(spec, task, GrowthConfig(strategy=strategy, growths=2, every=7, final_steps=3))
+        assert [h["event"] for h in result.history] == ["end"]
+        assert result.history[-1]["step"] == 2 * 7 + 3
+        assert result.model.spec == spec
+    with pytest.raises(ValueError, match="set growths"):
+        train_static(spec, task, GrowthConfig(strategy="natural", growths=None))
