@@ -73,7 +73,7 @@ def decision_parts(model, x, y, config: GrowthConfig):
     settings = ProposalSettings(seed=config.seed)
 
     def stats():
-        return measure(model, [batch], "cross_entropy", sites=sites)
+        return measure(model, [batch], "cross_entropy", sites=sites, output_factors=False)  # as the loop
 
     def proposals(s):
         weights = model.state_dict()
