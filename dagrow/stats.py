@@ -158,8 +158,6 @@ class Statistics:
         """(1/n) sum ||g_w||^2 (the trace of G_w)."""
         if w in self.g_sq_sums:
             return float(self.g_sq_sums[w]) / self.n
-        if w in self.g_sums:
-            return float(torch.trace(self.g_sums[w])) / self.n
         raise KeyError(f"the gradient of {w!r} was not measured: pass a site that targets it to measure()")
 
 
@@ -274,11 +272,10 @@ class _Accumulator:
                     self._add(self.grad_sums, (s, w), g[w].sum(0, keepdim=True).mul_(n))
                 else:
                     self._add_mm(self.grad_sums, (s, w), z[s], g[w], alpha=n)
-        for w in self.targets:
+        for w in self.targets:  # the squared gradient norm always (one pass over g), G on request
+            self._add(self.g_sq_sums, w, torch.linalg.vector_norm(g[w]).square().mul_(n * n))
             if self.req.output_factors:
                 self._add_mm(self.g_sums, w, g[w], g[w], alpha=n * n)
-            else:  # only the trace: one pass over g instead of a product
-                self._add(self.g_sq_sums, w, torch.linalg.vector_norm(g[w]).square().mul_(n * n))
 
     def result(self) -> Statistics:
         if self.n == 0:
