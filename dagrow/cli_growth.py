@@ -47,6 +47,7 @@ def _check_choice(value: str, choices, what: str) -> str:
     return value
 
 
+DEFAULTS = GrowthConfig()  # one place for the defaults of the CLI and the Python API
 TASK_HELP = "built-in task: " + ", ".join(list_tasks())
 INIT_HELP = "; ".join(f"{k}: {v.split(':', 1)[0]}" for k, v in INITS.items())
 
@@ -122,46 +123,68 @@ def grow_command(
     source: Annotated[Path | None, typer.Argument(help="spec (.yaml) or bundle (.safetensors)")] = None,
     task: Annotated[str | None, typer.Option(help=TASK_HELP)] = None,
     data: Annotated[Path | None, typer.Option(help="user data: .npz with x and y, or .csv")] = None,
-    strategy: Annotated[str, typer.Option(help=", ".join(STRATEGIES))] = "amplitude_factor",
-    init: Annotated[str, typer.Option(help=INIT_HELP)] = "tiny",
+    strategy: Annotated[str, typer.Option(help=", ".join(STRATEGIES))] = DEFAULTS.strategy,
+    init: Annotated[str, typer.Option(help=INIT_HELP)] = DEFAULTS.init,
     growths: Annotated[
         int | None,
         typer.Option(min=0, help="number of growth steps (default 10; natural: a cap, default none)"),
     ] = None,
     max_params: Annotated[int | None, typer.Option(min=1, help="stop growing at this size")] = None,
-    every: Annotated[int, typer.Option(min=1, help="training steps between growths")] = 200,
-    neurons: Annotated[int, typer.Option(min=1, help="neurons per growth")] = 1,
-    optimizer: Annotated[str, typer.Option(help="sgd, adam or best_update")] = "adam",
-    lr: Annotated[float, typer.Option(min=0.0, help="learning rate")] = 1e-2,
-    batch_size: Annotated[int, typer.Option(min=1, help="training minibatch")] = 128,
-    growth_batch: Annotated[int, typer.Option(min=1, help="samples for statistics and amplitude")] = 1024,
-    joint_update: Annotated[bool, typer.Option(help="apply gamma dW* together with the neurons")] = False,
-    normalize: Annotated[bool, typer.Option(help="divide site scores by the parameters they add")] = False,
-    device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
-    seed: Annotated[int, typer.Option(help="seed of data, initialisation and training")] = 0,
+    every: Annotated[int, typer.Option(min=1, help="training steps between growths")] = DEFAULTS.every,
+    neurons: Annotated[int, typer.Option(min=1, help="neurons per growth")] = DEFAULTS.neurons,
+    optimizer: Annotated[str, typer.Option(help="sgd, adam or best_update")] = DEFAULTS.optimizer,
+    lr: Annotated[float, typer.Option(min=0.0, help="learning rate")] = DEFAULTS.lr,
+    batch_size: Annotated[int, typer.Option(min=1, help="training minibatch")] = DEFAULTS.batch_size,
+    growth_batch: Annotated[
+        int, typer.Option(min=1, help="samples for statistics and amplitude")
+    ] = DEFAULTS.growth_batch,
+    joint_update: Annotated[
+        bool, typer.Option(help="apply gamma dW* together with the neurons")
+    ] = DEFAULTS.joint_update,
+    normalize: Annotated[
+        bool, typer.Option(help="divide site scores by the parameters they add")
+    ] = DEFAULTS.normalize,
+    device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = DEFAULTS.device,
+    seed: Annotated[int, typer.Option(help="seed of data, initialisation and training")] = DEFAULTS.seed,
     out_dir: Annotated[Path | None, typer.Option("--out", help="output folder")] = None,
     resume: Annotated[Path | None, typer.Option(help="continue the run saved in this folder")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
-    tau: Annotated[float, typer.Option(min=0.0, help="natural: grow when Delta eta / eta > tau")] = 0.05,
+    tau: Annotated[
+        float, typer.Option(min=0.0, help="natural: grow when Delta eta / eta > tau")
+    ] = DEFAULTS.tau,
     alpha: Annotated[
         float, typer.Option(min=0.0, help="natural: ... and Delta eta / E||dL/dy||^2 > alpha")
-    ] = 0.01,
-    damping: Annotated[float, typer.Option(min=0.0, help="natural: damping of A and G (relative)")] = 1e-3,
-    fisher: Annotated[str, typer.Option(help="natural: G from unit or empirical gradients")] = "unit",
-    candidates: Annotated[int, typer.Option(min=0, help="natural: random candidates per site")] = 8,
-    refine_steps: Annotated[int, typer.Option(min=0, help="natural: Adam steps per candidate")] = 20,
-    cooldown: Annotated[int, typer.Option(min=0, help="natural: rounds without growth after one")] = 1,
+    ] = DEFAULTS.alpha,
+    damping: Annotated[
+        float, typer.Option(min=0.0, help="natural: damping of A and G (relative)")
+    ] = DEFAULTS.damping,
+    fisher: Annotated[
+        str, typer.Option(help="natural: G from unit or empirical gradients")
+    ] = DEFAULTS.fisher,
+    candidates: Annotated[
+        int, typer.Option(min=0, help="natural: random candidates per site")
+    ] = DEFAULTS.candidates,
+    refine_steps: Annotated[
+        int, typer.Option(min=0, help="natural: Adam steps per candidate")
+    ] = DEFAULTS.refine_steps,
+    cooldown: Annotated[
+        int, typer.Option(min=0, help="natural: rounds without growth after one")
+    ] = DEFAULTS.cooldown,
     depth_cost: Annotated[
         float, typer.Option(min=0.0, help="natural: a deepen site's score is divided by this")
-    ] = 2.0,
+    ] = DEFAULTS.depth_cost,
     construction: Annotated[
         str, typer.Option(help="natural: deepened edges as identity or SENN's basis")
-    ] = "basis",
+    ] = DEFAULTS.construction,
     patience: Annotated[
         int, typer.Option(min=1, help="natural: stop after this many evaluations without growth")
-    ] = 3,
-    max_additions: Annotated[int, typer.Option(min=1, help="natural: additions per round at most")] = 8,
-    max_rounds: Annotated[int, typer.Option(min=1, help="natural: training rounds at most")] = 50,
+    ] = DEFAULTS.patience,
+    max_additions: Annotated[
+        int, typer.Option(min=1, help="natural: additions per round at most")
+    ] = DEFAULTS.max_additions,
+    max_rounds: Annotated[
+        int, typer.Option(min=1, help="natural: training rounds at most")
+    ] = DEFAULTS.max_rounds,
 ) -> None:
     """Train and grow a network; write the grown spec, bundle, history and architecture drawing.
 
