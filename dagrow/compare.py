@@ -37,7 +37,7 @@ from .bundle import atomic_write, atomic_write_text
 from .compile import DagModel, compile
 from .graph import num_params
 from .growth.proposals import INITS
-from .loop import GrowthConfig, _forever, best_update_step, grow, make_optimizer
+from .loop import GrowthConfig, _forever, best_update_step, evaluate, grow, make_optimizer
 from .planner import STRATEGIES
 from .spec import GraphSpec, load_spec
 from .stats import loss_function
@@ -197,21 +197,13 @@ class Experiment:
 # --------------------------------------------------------------------------------------------------
 
 
-def _scores(task: Task, outputs: dict[str, torch.Tensor]) -> dict[str, float]:
-    loss_fn = loss_function(task.loss)
+def evaluate_all(model: torch.nn.Module, task: Task) -> dict[str, float]:
+    """Loss and the task's metric on train, val and test (``loop.evaluate`` on each split)."""
+    device = next(model.parameters()).device
     row = {}
     for s in SPLITS:
-        y = task.split(s).y.to(outputs[s].device)
-        row[f"{s}_loss"] = float(loss_fn(outputs[s], y))
-        row[f"{s}_metric"] = task.metric(outputs[s], y)
+        row[f"{s}_loss"], row[f"{s}_metric"] = evaluate(model, task, s, device)
     return row
-
-
-@torch.no_grad()
-def evaluate_all(model: torch.nn.Module, task: Task) -> dict[str, float]:
-    """Loss on train, val and test, and the task's metric on val and test."""
-    device = next(model.parameters()).device
-    return _scores(task, {s: model(task.split(s).x.to(device)) for s in SPLITS})
 
 
 # --------------------------------------------------------------------------------------------------

@@ -179,6 +179,7 @@ def _forever(task: Task, batch_size: int, seed: int, device) -> Iterator:
 
 
 @torch.no_grad()
+@torch.no_grad()
 def evaluate(model: nn.Module, task: Task, split: str, device) -> tuple[float, float]:
     """(loss, metric) of the model on a whole split."""
     loss_fn = loss_function(task.loss)
