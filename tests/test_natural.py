@@ -497,3 +497,16 @@ def test_a_proposal_is_scored_with_the_features_its_rewrite_really_adds():
         else:
             assert p.score == pytest.approx(p.delta_eta / settings.depth_cost)
             assert spec2.nodes["layer1"].activation.name == "rational"
+
+
+def test_a_sample_with_zero_output_gradient_keeps_the_unit_fisher_finite():
+    """In float32, a sample the model already fits exactly has gy = 0: its unit-Fisher gradient is 0,
+    not NaN (a clamp at 1e-300 is 0 in float32)."""
+    model = dagrow.compile(dagrow.load_spec(MLP), seed=0)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(16, model.spec.inputs["x"].shape[0], generator=gen)
+    with torch.no_grad():
+        y = model(x) + torch.randn(16, 3, generator=gen)
+        y[3] = model(x[3:4])[0]  # exact fit: zero loss gradient for sample 3
+    state = observe(model, (x, y), "mse", NaturalSettings(damping=DAMPING))
+    assert math.isfinite(state.eta) and all(math.isfinite(v) for v in state.per_node().values())

@@ -165,7 +165,7 @@ def damped_inverse(S: Tensor, damping: float, rel: float) -> tuple[Tensor, float
 def observe(
     model: nn.Module, batch, loss: str | LossFn = "mse", settings: NaturalSettings | None = None
 ) -> NaturalState:
-    """One forward and two backward passes on ``batch = (inputs, target)``: per-sample
+    """One forward and one backward pass on ``batch = (inputs, target)``: per-sample
     post-activations of every flat node and input, the loss gradient g of every measurable node and
     the Fisher's gh (see the module docstring); then A, G, M, eta and Vperp per node, in float64."""
     settings = settings or NaturalSettings()
@@ -196,23 +196,17 @@ def observe(
             if L.dim() != 0 or not torch.isfinite(L):
                 raise StatsError(f"the loss must be a finite scalar mean, got {L.detach()}")
             wrt = list(outs) + [pre[v] for v in nodes]
-            grads = torch.autograd.grad(L, wrt, retain_graph=True, allow_unused=True)
+            grads = torch.autograd.grad(L, wrt, allow_unused=True)
             grads = [torch.zeros_like(t) if gr is None else gr for t, gr in zip(wrt, grads, strict=True)]
             n = xs[0].shape[0]
             gy = torch.cat([gr.flatten(1) for gr in grads[: len(outs)]], 1) * n
             g = {v: gr.flatten(1).double() * n for v, gr in zip(nodes, grads[len(outs) :], strict=True)}
             if settings.fisher == "unit":
-                unit = gy / gy.norm(dim=1, keepdim=True).clamp_min(1e-300)
-                cot, col = [], 0
-                for o in outs:
-                    w = o[0].numel()
-                    cot.append(unit[:, col : col + w].reshape(o.shape))
-                    col += w
-                gh_list = torch.autograd.grad(outs, [pre[v] for v in nodes], cot, allow_unused=True)
-                gh = {
-                    v: (torch.zeros_like(pre[v]) if t is None else t).flatten(1).double()
-                    for v, t in zip(nodes, gh_list, strict=True)
-                }
+                # backpropagation is linear in each sample's cotangent and no op mixes samples, so the
+                # gradient of the unit cotangent gy/|gy| is g/|gy| (0 where gy = 0): no second pass
+                norm = gy.detach().double().norm(dim=1, keepdim=True)
+                scale = torch.where(norm > 0, 1 / norm.clamp_min(torch.finfo(norm.dtype).tiny), 0.0)
+                gh = {v: g[v] * scale for v in nodes}
             else:
                 gh = g
     finally:
