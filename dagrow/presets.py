@@ -6,8 +6,7 @@ under ten minutes on two CPU cores with ``--jobs 1``. ``claims`` turn a preset's
 each, saying what was checked, what was measured and whether it holds; they are printed in
 summary.md and asserted (for the quick runs) by tests/test_compare.py.
 
-The seeds are in the shared design folder (seeds/README.md says which covers what). ``senn`` is
-registered only once the planner offers the ``natural`` strategy (SENN, seed 003).
+The seeds are in the shared design folder (seeds/README.md says which covers what).
 """
 
 from __future__ import annotations
@@ -572,10 +571,17 @@ def narrow_claims(rows: Rows) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------
-# senn: once the planner has the natural strategy (seed 003)
+# senn: the natural strategy (seed 003)
 # --------------------------------------------------------------------------------------------------
 
 
+@register_preset(
+    "senn",
+    "SENN's 1-D regression (y = 2 sin(x) + x, 50 points) from one hidden tanh neuron: the natural "
+    "strategy grows while the natural expansion score rises by more than its thresholds, then stops; "
+    "amplitude_factor adds a neuron every round (10 growths).",
+    "seed 003 (SENN paper summary), its first experiment; the SENN issue's examples.",
+)
 def senn(quick: bool) -> Experiment:
     """SENN's 1-D regression: from one hidden neuron, natural growth (no cap: it decides when to stop)
     against amplitude_factor (a neuron every round, 10 growths)."""
@@ -590,13 +596,12 @@ def senn(quick: bool) -> Experiment:
         growth_batch=1024,
         max_rounds=3 if quick else 60,
     )
-    strategies = [s for s in ("natural", "amplitude_factor") if s in STRATEGIES]
     return Experiment(
         "senn",
         spec,
         TaskSource("regression1d", n=50),
         config,
-        strategies,
+        ["natural", "amplitude_factor"],
         ["tiny"],
         seeds=_seeds(quick),
         claims=senn_claims,
@@ -622,13 +627,3 @@ def senn_claims(rows: Rows) -> list[str]:
             {"strategy": "amplitude_factor"},
         ),
     ]
-
-
-if "natural" in STRATEGIES:
-    register_preset(
-        "senn",
-        "SENN's 1-D regression (y = 2 sin(x) + x, 50 points) from one hidden tanh neuron: the natural "
-        "strategy grows while the natural expansion score rises by more than its thresholds, then stops; "
-        "amplitude_factor adds a neuron every round (10 growths).",
-        "seed 003 (SENN paper summary), its first experiment; the SENN issue's examples.",
-    )(senn)
