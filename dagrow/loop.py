@@ -291,6 +291,25 @@ def grow(
             step += 1
         return total / max(steps, 1)
 
+    def candidate(new_actions: list[Action], batch) -> tuple[DagModel, float]:
+        """The model after ``new_actions`` (recompiled from the new spec) and its loss on ``batch``."""
+        spec2, w2 = replay(model.spec, model.state_dict(), new_actions)
+        new_model = compile(spec2, w2, dtype=next(model.parameters()).dtype, device=device)
+        with torch.no_grad():
+            return new_model, float(loss_fn(new_model(batch[0]), batch[1]))
+
+    def adopt(new_model: DagModel, new_actions: list[Action]) -> None:
+        """Continue with ``new_model``: optimizer rebuilt with the old state carried over."""
+        nonlocal model, opt
+        new_opt = make_optimizer(new_model, config)
+        carry_optimizer_state(model, opt, new_model, new_opt)
+        model, opt = new_model, new_opt
+        actions.extend(new_actions)
+
+    def validation() -> dict[str, float]:
+        val_loss, val_metric = evaluate(model, task, "val", device)
+        return {"val_loss": val_loss, f"val_{task.metric_name}": val_metric}
+
     def growth_batch():
         tx, ty = task.train.x, task.train.y
         idx = torch.randperm(len(tx), generator=gen)[: config.growth_batch]
@@ -351,31 +370,22 @@ def grow(
                 best = ev.best
                 assert best is not None
                 new_actions = strategy.actions(ev)
-                spec2, w2 = replay(model.spec, model.state_dict(), new_actions)
-                dtype = next(model.parameters()).dtype
-                new_model = compile(spec2, w2, dtype=dtype).to(device=device)
-                with torch.no_grad():
-                    after = float(loss_fn(new_model(batch[0]), batch[1]))
+                new_model, after = candidate(new_actions, batch)
                 line.update(
                     site=best.site.id,
                     kind=best.site.kind,
                     actions=[a.describe() for a in new_actions],
                     loss_after=after,
-                    params=analyze(spec2).num_params(),
+                    params=analyze(new_model.spec).num_params(),
                 )
                 if abs(after - ev.state.loss) > config.tolerance * abs(ev.state.loss) + 1e-12:
                     line.update(event="rollback", params=n_params, reason=f"the loss moved to {after:.6g}")
                     emit(line)
                     break
-                new_opt = make_optimizer(new_model, config)
-                carry_optimizer_state(model, opt, new_model, new_opt)
-                model, opt = new_model, new_opt
-                actions.extend(new_actions)
+                adopt(new_model, new_actions)
                 added += 1
                 added_total += 1
-                val_loss, val_metric = evaluate(model, task, "val", device)
-                line.update(val_loss=val_loss, **{f"val_{task.metric_name}": val_metric},
-                            seconds=time.perf_counter() - started)
+                line.update(**validation(), seconds=time.perf_counter() - started)
                 emit(line)
                 if best.site.kind == "deepen":
                     break  # a new layer's score is realised only by training: one per round
@@ -450,10 +460,7 @@ def grow(
             emit(line)
             continue
         new_actions = proposal_actions(p, model.spec, gamma, update=config.joint_update)
-        spec2, w2 = replay(model.spec, model.state_dict(), new_actions)
-        new_model = compile(spec2, w2).to(device=device, dtype=next(model.parameters()).dtype)
-        with torch.no_grad():
-            after = float(loss_fn(new_model(batch[0]), batch[1]))
+        new_model, after = candidate(new_actions, batch)
         line.update(
             site=p.site.id,
             kind=p.site.kind,
@@ -466,7 +473,7 @@ def grow(
             loss_after=after,
             realised_decrease=amp.loss_before - after,
             params_before=n_params,
-            params=analyze(spec2).num_params(),
+            params=analyze(new_model.spec).num_params(),
             candidates=len(decision.scores) or 1,
             note=decision.note,
         )
@@ -477,16 +484,8 @@ def grow(
                 reason=f"loss rose from {amp.loss_before:.6g} to {after:.6g}",
             )
         else:
-            new_opt = make_optimizer(new_model, config)
-            carry_optimizer_state(model, opt, new_model, new_opt)
-            model, opt = new_model, new_opt
-            actions += new_actions
-        val_loss, val_metric = evaluate(model, task, "val", device)
-        line.update(
-            val_loss=val_loss,
-            **{f"val_{task.metric_name}": val_metric},
-            seconds=time.perf_counter() - started,
-        )
+            adopt(new_model, new_actions)
+        line.update(**validation(), seconds=time.perf_counter() - started)
         emit(line)
     test_loss, test_metric = evaluate(model, task, "test", device)
     val_loss, val_metric = evaluate(model, task, "val", device)
