@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 import torch
@@ -62,31 +62,23 @@ class GrowthConfig:
     seed: int = 0
     device: str = "cpu"
     # natural (SENN): when-to-grow thresholds, the search, and the schedule
-    tau: float = 0.05
-    alpha: float = 0.01
-    damping: float = 1e-3
-    fisher: str = "unit"
-    candidates: int = 8
-    refine_steps: int = 20
-    depth_cost: float = 2.0
-    construction: str = "basis"
+    tau: float = NaturalSettings.tau
+    alpha: float = NaturalSettings.alpha
+    damping: float = NaturalSettings.damping
+    fisher: str = NaturalSettings.fisher
+    candidates: int = NaturalSettings.candidates
+    refine_steps: int = NaturalSettings.refine_steps
+    depth_cost: float = NaturalSettings.depth_cost
+    construction: str = NaturalSettings.construction
     cooldown: int = 1
     max_additions: int = 8
     patience: int = 3
     max_rounds: int = 50
 
     def natural_settings(self) -> NaturalSettings:
-        return NaturalSettings(
-            tau=self.tau,
-            alpha=self.alpha,
-            damping=self.damping,
-            fisher=self.fisher,  # type: ignore[arg-type]
-            candidates=self.candidates,
-            refine_steps=self.refine_steps,
-            depth_cost=self.depth_cost,
-            construction=self.construction,  # type: ignore[arg-type]
-            seed=self.seed,
-        )
+        """The SENN settings: every NaturalSettings field this config also has (the rest default)."""
+        shared = {f.name for f in fields(NaturalSettings)} & {f.name for f in fields(self)}
+        return NaturalSettings(**{k: getattr(self, k) for k in shared})
 
     def validate(self) -> None:
         from .growth.proposals import INITS
