@@ -37,10 +37,9 @@ from .bundle import atomic_write, atomic_write_text
 from .compile import DagModel, compile
 from .graph import num_params
 from .growth.proposals import INITS
-from .loop import GrowthConfig, _forever, best_update_step, evaluate, grow, make_optimizer
+from .loop import GrowthConfig, _forever, evaluate, grow, make_optimizer, train_steps
 from .planner import STRATEGIES
 from .spec import GraphSpec, load_spec
-from .stats import loss_function
 from .tasks import Task, fit_task, load_data, make_task
 
 COLUMNS = [
@@ -283,35 +282,32 @@ def static_run(exp: Experiment, key: RunKey) -> list[dict[str, Any]]:
     metric = exp.metric_name or task.metric_name
     config = replace(exp.config, seed=key.seed)
     spec = exp.statics[key.init]
+    task = fit_task(task, spec)
     torch.manual_seed(config.seed)
-    model = compile(spec, seed=config.seed)
+    device = torch.device(config.device)
+    model = compile(spec, seed=config.seed, device=device)
     params = num_params(spec)
     opt = make_optimizer(model, config)
-    loss_fn = loss_function(task.loss)
-    batches = _forever(task, config.batch_size, config.seed, torch.device("cpu"))
+    batches = _forever(task, config.batch_size, config.seed, device)
     total = config.every * config.growths + (config.final_steps or config.every)
     rows = [start_row(key, metric, started, model, task)]
-    for step in range(1, total + 1):
-        x, y = next(batches)
-        if opt is None:
-            model = best_update_step(model, (x, y), task.loss)
-        else:
-            opt.zero_grad(set_to_none=True)
-            loss_fn(model(x), y).backward()
-            opt.step()
-        if step % config.every == 0 or step == total:
-            rows.append(
-                make_row(
-                    key,
-                    metric,
-                    started,
-                    growth=step // config.every,
-                    step=step,
-                    event="end" if step == total else "train",
-                    parameters=params,
-                    **evaluate_all(model, task),
-                )
+    step = 0
+    while step < total:  # evaluated every config.every steps and at the end
+        chunk = min(config.every, total - step)
+        model, _ = train_steps(model, opt, batches, task.loss, chunk)
+        step += chunk
+        rows.append(
+            make_row(
+                key,
+                metric,
+                started,
+                growth=step // config.every,
+                step=step,
+                event="end" if step == total else "train",
+                parameters=params,
+                **evaluate_all(model, task),
             )
+        )
     return rows
 
 

@@ -213,6 +213,28 @@ def best_update_step(model: DagModel, batch, loss) -> DagModel:
     return model
 
 
+def train_steps(
+    model: DagModel, opt: torch.optim.Optimizer | None, batches: Iterator, loss, steps: int
+) -> tuple[DagModel, float]:
+    """``steps`` optimizer steps on the next ``batches`` (the seeds' best update when ``opt`` is
+    None, which replaces the model); returns the model and the mean training loss."""
+    loss_fn = loss_function(loss)
+    total = 0.0
+    for _ in range(steps):
+        x, y = next(batches)
+        if opt is None:
+            model = best_update_step(model, (x, y), loss)
+            with torch.no_grad():
+                total += float(loss_fn(model(x), y))
+        else:
+            opt.zero_grad(set_to_none=True)
+            value = loss_fn(model(x), y)
+            value.backward()
+            opt.step()
+            total += float(value.detach())
+    return model, total / max(steps, 1)
+
+
 @dataclass
 class GrowthResult:
     model: DagModel
@@ -267,21 +289,9 @@ def grow(
 
     def train(steps: int) -> float:
         nonlocal step, model
-        total = 0.0
-        for _ in range(steps):
-            x, y = next(batches)
-            if opt is None:
-                model = best_update_step(model, (x, y), task.loss)
-                with torch.no_grad():
-                    total += float(loss_fn(model(x), y))
-            else:
-                opt.zero_grad(set_to_none=True)
-                loss = loss_fn(model(x), y)
-                loss.backward()
-                opt.step()
-                total += float(loss.detach())
-            step += 1
-        return total / max(steps, 1)
+        model, mean = train_steps(model, opt, batches, task.loss, steps)
+        step += steps
+        return mean
 
     def candidate(new_actions: list[Action], batch) -> tuple[DagModel, float]:
         """The model after ``new_actions`` (recompiled from the new spec) and its loss on ``batch``."""
