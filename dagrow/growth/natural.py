@@ -100,14 +100,12 @@ class NodeFactors:
     node: str
     sources: tuple[str, ...]
     B: Tensor  # [n, d] features (bias column last)
-    g: Tensor  # [n, k] per-sample loss gradient n dL/da
     A_inv: Tensor  # [d, d] (S + lam_A I)^-1
     G_inv: Tensor  # [k, k] (G + lam_G I)^-1
     G: Tensor  # [k, k] damped G
     lam_A: float
     lam_G: float
-    M: Tensor  # [d, k]
-    eta: float
+    eta: float  # tr(M^T A^-1 M G^-1), M = B^T g / n
     vperp: Tensor  # [n, k]
 
 
@@ -236,7 +234,7 @@ def _node_factors(state: NaturalState, sg: SpecGraph, v: str, g: Tensor, gh: Ten
     AM = A_inv @ M
     eta = float((AM * (M @ G_inv)).sum())
     G = G_raw + lam_G * torch.eye(G_raw.shape[0], dtype=torch.float64)
-    return NodeFactors(v, sources, B, g, A_inv, G_inv, G, lam_A, lam_G, M, eta, g - B @ AM)
+    return NodeFactors(v, sources, B, A_inv, G_inv, G, lam_A, lam_G, eta, g - B @ AM)
 
 
 def delta_eta(state: NaturalState, targets: Iterable[str], F: Tensor) -> Tensor:
