@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,15 +163,18 @@ class GrownFamily:
 
     @property
     def model(self) -> DagModel:
-        """The grown architecture, compiled on first use (the line search runs :meth:`evaluator`)."""
+        """The grown architecture holding the gamma = 0 weights, compiled on first use (by the line
+        search's :meth:`evaluator` or a call)."""
         if self._model is None:
             ref = next(iter(self.w0.values()))
-            self._model = compile(self.spec, dtype=ref.dtype, device=ref.device)
+            self._model = compile(self.spec, self.w0, dtype=ref.dtype, device=ref.device)
         return self._model
 
-    def weights(self, gamma: float) -> dict[str, Tensor]:
+    def weights(self, gamma: float, keys: Iterable[str] | None = None) -> dict[str, Tensor]:
+        """``W0 + gamma dU + gamma^power dN`` for ``keys`` (default: every weight)."""
         r = max(gamma, 0.0) ** self.power
-        return {k: self.w0[k] + gamma * self.du[k] + r * self.dn[k] for k in self.w0}
+        keys = self.w0 if keys is None else keys
+        return {k: self.w0[k] + gamma * self.du[k] + r * self.dn[k] for k in keys}
 
     def __call__(self, gamma: float, *inputs: Tensor):
         return functional_call(self.model, self.weights(gamma), inputs)
@@ -181,7 +184,7 @@ class GrownFamily:
         searches: the part of the graph that no moving weight reaches is computed once, and
         each call runs only the rest (see :class:`_Evaluation`)."""
         if self._evaluation is None:
-            self._evaluation = _Evaluation(self.spec, self.w0, self.du, self.dn, self.power)
+            self._evaluation = _Evaluation(self)
         return self._evaluation.bind(inputs)
 
     def materialise(self, gamma: float) -> DagModel:
@@ -200,21 +203,17 @@ class _Evaluation:
     as a node of their own, change the losses by round-off, which moves gamma* and the runs after it.)
     """
 
-    def __init__(self, spec: GraphSpec, w0, du, dn, power: float) -> None:
-        self.w0, self.du, self.dn, self.power = w0, du, dn, power
-        self.moving = [k for k in w0 if bool(du[k].any()) or bool(dn[k].any())]
-        ref = next(iter(w0.values()))
-        model = compile(spec, w0, dtype=ref.dtype, device=ref.device)
-        self.prefix, self.suffix = _split_graph(model, self.moving)
+    def __init__(self, family: GrownFamily) -> None:
+        self.family = family
+        self.moving = [k for k in family.w0 if bool(family.du[k].any()) or bool(family.dn[k].any())]
+        self.prefix, self.suffix = _split_graph(family.model, self.moving)
 
     def bind(self, inputs: tuple[Tensor, ...]) -> Callable[[float], Any]:
         with torch.no_grad():
             cached = self.prefix(*inputs)
 
         def outputs(gamma: float):
-            r = max(gamma, 0.0) ** self.power
-            w = {k: self.w0[k] + gamma * self.du[k] + r * self.dn[k] for k in self.moving}
-            return functional_call(self.suffix, w, cached)
+            return functional_call(self.suffix, self.family.weights(gamma, self.moving), cached)
 
         return outputs
 
