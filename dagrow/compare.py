@@ -107,10 +107,6 @@ class RunKey:
         name = self.init if self.kind == "static" else f"{self.strategy}-{self.init}"
         return f"{self.kind}-{name}-s{self.seed}"
 
-    @property
-    def group(self) -> str:
-        return f"static {self.init}" if self.kind == "static" else f"{self.strategy} / {self.init}"
-
 
 Runner = Callable[["Experiment", RunKey], list[dict[str, Any]]]
 
@@ -320,10 +316,6 @@ def run_path(out: Path, key: RunKey) -> Path:
     return out / "runs" / f"{key.id}.json"
 
 
-def _worker_init() -> None:
-    torch.set_num_threads(1)
-
-
 def _run_and_save(exp: Experiment, key: RunKey, path: Path) -> tuple[RunKey, float]:
     started = time.perf_counter()
     threads = torch.get_num_threads()
@@ -374,7 +366,7 @@ def run_experiment(
                 on_done(k, seconds)
     else:
         with ProcessPoolExecutor(
-            min(jobs, len(todo)), mp_context=get_context("spawn"), initializer=_worker_init
+            min(jobs, len(todo)), mp_context=get_context("spawn")  # _run_and_save sets one thread
         ) as pool:
             futures = [pool.submit(_run_and_save, exp, k, run_path(out, k)) for k in todo]
             for fut in as_completed(futures):
@@ -428,13 +420,17 @@ def by_run(rows: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return runs
 
 
+def group_label(kind: str, strategy: str, init: str) -> str:
+    """``strategy / init`` for a growth run, ``static LABEL`` for a baseline."""
+    return f"static {init}" if kind == "static" else f"{strategy} / {init}"
+
+
 def groups(rows: Iterable[dict[str, Any]]) -> dict[str, list[list[dict[str, Any]]]]:
     """Runs (lists of rows) by group label (``strategy / init`` or ``static LABEL``), in first-seen order."""
     out: dict[str, list[list[dict[str, Any]]]] = {}
     for run in by_run(rows).values():
         r = run[0]
-        label = f"static {r['init']}" if r["kind"] == "static" else f"{r['strategy']} / {r['init']}"
-        out.setdefault(label, []).append(run)
+        out.setdefault(group_label(r["kind"], r["strategy"], r["init"]), []).append(run)
     return out
 
 
