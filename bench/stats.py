@@ -2,13 +2,18 @@
 
     python bench/stats.py [--batch 4096] [--repeat 15] [--warmup 3] [--threads N] [--device cpu]
 
-1. ``stats/train_step``: ``measure()`` of every supported site of an MLP 64 -> [64, 64, 64] -> 10
-   (float32 model, float64 accumulation, the default) over one batch, divided by one training step on
-   the same batch (forward, backward, SGD step). Target <= 1.5x. Also without the full output factors
-   G (``output_factors=False``: only their traces, all that the proposals use), and with
-   ``dtype=None`` (the statistics accumulated in the model's float32). ``floor`` is the ratio of
-   multiply-adds (statistics: forward, input gradients and one product per block; training step:
-   forward, input and weight gradients), the figure a perfectly efficient implementation would reach.
+1. The statistics of every supported site of an MLP 64 -> [64, 64, 64] -> 10 (float32 model, each
+   batch's products in float32, sums in float64: the defaults) on one batch, in training steps on
+   the same batch (forward, backward, SGD step):
+   - ``recorded``: gathered during a training step by :class:`dagrow.stats.Recorder` (what
+     ``GrowthConfig(statistics="training")`` does); the figure is the step's extra time,
+     (recorded step - step) / step. Target <= 1.5x.
+   - ``stats``: ``measure()``, a pass of its own (forward, backward to the pre-activations, the
+     products), with and without the full output factors G (``output_factors=False`` keeps their
+     traces, all that the proposals use), and with float64 products (``products=torch.float64``).
+   ``floor`` is the ratio of multiply-adds (a separate pass: forward, input gradients and one product
+   per block; recorded: the products a training step does not already make; a training step:
+   forward, input and weight gradients), what a perfectly efficient implementation would reach.
 2. ``proposals/train_step``: ``propose_all(..., "tiny")`` for every supported site (widen, node, edge)
    of a DAG with 6 hidden nodes (x[32], h1..h6 of width 16 with skip connections, out 10), from one
    statistics pass, divided by one training step of that DAG on the same batch. Target <= 5x. Also
@@ -32,7 +37,7 @@ import dagrow
 from dagrow.graph import analyze
 from dagrow.growth.proposals import propose_all
 from dagrow.sites import ONE, enumerate_sites
-from dagrow.stats import measure, requirements
+from dagrow.stats import Recorder, measure, requirements
 
 MLP = """
 version: 1
@@ -129,8 +134,9 @@ def line(name: str, cost: float, step: float, what: str, target: float | None = 
     return f"{name}: {ratio:.2f}x ({what} {cost * 1e3:.1f} ms, step {step * 1e3:.1f} ms){verdict}"
 
 
-def arithmetic_floor(spec, sites, output_factors: bool) -> float:
-    """Multiply-adds per sample of the statistics pass over those of a training step (linear edges)."""
+def arithmetic_floor(spec, sites, output_factors: bool, recorded: bool = False) -> float:
+    """Multiply-adds per sample of the statistics pass (``recorded``: of the products a training step
+    does not already make) over those of a training step (linear edges)."""
     sg = analyze(spec)
     width = {v: 1 if v == ONE else int(torch.tensor(s).prod()) for v, s in sg.shapes.items()}
     width[ONE] = 1
@@ -140,10 +146,28 @@ def arithmetic_floor(spec, sites, output_factors: bool) -> float:
     req = requirements(spec, sites, output_factors=output_factors)
     canonical = {tuple(sorted(p)) for p in req.pairs}
     blocks = sum(width[a] * width[b] for a, b in canonical if ONE not in (a, b))
-    blocks += sum(width[s] * width[w] for s, w in req.grads if s != ONE)
+    edges = {(e.source, e.target) for e in spec.edges}
+    free = edges if recorded else set()  # a recording step's weight gradients are these M blocks
+    blocks += sum(width[s] * width[w] for s, w in req.grads if s != ONE and (s, w) not in free)
     if output_factors:
         blocks += sum(width[w] ** 2 for w in req.targets)
+    if recorded:
+        return blocks / (3 * layers)
     return (layers + backward + blocks) / (3 * layers)
+
+
+def recorded_step_fn(model, x, y, sites, **options):
+    """A training step that also records the statistics (the recorder entered for this one step)."""
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    recorder = Recorder(model, sites=sites, **options)
+
+    def step():
+        with recorder:
+            opt.zero_grad(set_to_none=True)
+            recorder.backward(F.cross_entropy(model(x), y))
+            opt.step()
+
+    return step
 
 
 def main() -> None:
@@ -166,10 +190,12 @@ def main() -> None:
     t = median_times(
         {
             "step": train_step_fn(model, x, y),
+            "recorded": recorded_step_fn(model, x, y, sites),
+            "recorded_lean": recorded_step_fn(model, x, y, sites, output_factors=False),
             "stats": lambda: measure(model, batches, "cross_entropy", sites=sites),
             "lean": lambda: measure(model, batches, "cross_entropy", sites=sites, output_factors=False),
-            "lean32": lambda: measure(
-                model, batches, "cross_entropy", sites=sites, output_factors=False, dtype=None
+            "lean64": lambda: measure(
+                model, batches, "cross_entropy", sites=sites, output_factors=False, products=torch.float64
             ),
         },
         args.repeat,
@@ -177,12 +203,16 @@ def main() -> None:
         sync,
     )
     print(f"MLP 64 -> [64, 64, 64] -> 10, {len(sites)} sites: {', '.join(s.id for s in sites)}")
-    print(line("stats/train_step", t["stats"], t["step"], "stats", TARGETS["stats"]))
-    print(line("stats(output_factors=False)/train_step", t["lean"], t["step"], "stats", TARGETS["stats"]))
-    print(line("stats(output_factors=False, dtype=None)/train_step", t["lean32"], t["step"], "stats",
-               TARGETS["stats"]))
+    for key, label in (("recorded", "recorded"), ("recorded_lean", "recorded(output_factors=False)")):
+        extra = t[key] - t["step"]
+        print(line(f"{label}/train_step", extra, t["step"], "extra time of a recording step",
+                   TARGETS["stats"]))
+    print(line("stats/train_step", t["stats"], t["step"], "stats"))
+    print(line("stats(output_factors=False)/train_step", t["lean"], t["step"], "stats"))
+    print(line("stats(output_factors=False, products=float64)/train_step", t["lean64"], t["step"], "stats"))
     for factors in (True, False):
-        print(f"floor(output_factors={factors}) = {arithmetic_floor(spec, sites, factors):.2f}x "
+        separate, recorded = (arithmetic_floor(spec, sites, factors, r) for r in (False, True))
+        print(f"floor(output_factors={factors}) = {separate:.2f}x separate pass, {recorded:.2f}x recorded "
               "(multiply-adds of the statistics / of a training step)")
 
     spec, model, x, y = setting(DAG, args.batch, args.device)

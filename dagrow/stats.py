@@ -162,10 +162,21 @@ class Statistics:
 
 
 class _Accumulator:
-    def __init__(self, model: nn.Module, req: Requirements, dtype: torch.dtype | None) -> None:
+    """The sums of :class:`Statistics`, fed one batch at a time with the batch's post-activations and
+    pre-activation gradients (:meth:`accumulate`); :meth:`add` measures a batch by itself (one
+    forward and one ``autograd.grad`` to the pre-activations), :class:`Recorder` feeds it from
+    training steps."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        req: Requirements,
+        dtype: torch.dtype | None,
+        products: torch.dtype | None = None,
+    ) -> None:
         self.spec = spec_of(model)
         self.sg = analyze(self.spec)
-        self.model, self.req, self.dtype = model, req, dtype
+        self.model, self.req, self.dtype, self.products = model, req, dtype, products
         self.sources = sorted(
             {s for p in req.pairs for s in p} | {s for s, _ in req.grads} - {ONE},
             key=lambda v: self.sg.position.get(v, -1),
@@ -192,69 +203,102 @@ class _Accumulator:
         self.g_sums: dict[str, Tensor] = {}
         self.g_sq_sums: dict[str, Tensor] = {}
 
-    def add(self, inputs: tuple[Tensor, ...], target: Tensor, loss_fn: LossFn, index: int) -> None:
-        model, spec = self.model, self.spec
-        post: dict[str, Tensor] = dict(zip(spec.inputs, inputs, strict=True))
-        pre: dict[str, Tensor] = {}
-        handles = []
-        wanted_post = set(self.sources) - set(spec.inputs)
-        for v in wanted_post:
+    def hooks(self, post: dict[str, Tensor], pre: dict[str, Tensor], on_pre=None) -> list:
+        """Forward hooks that put the needed post-activations into ``post`` and the targets'
+        pre-activations into ``pre`` (and call ``on_pre(w, value)``)."""
+        model, handles = self.model, []
+        for v in set(self.sources) - set(self.spec.inputs):
             handles.append(
                 model.get_submodule(f"nodes.{v}.activation").register_forward_hook(
                     lambda m, i, o, v=v: post.__setitem__(v, o)
                 )
             )
+
+        def keep(w: str, o: Tensor) -> None:
+            pre[w] = o
+            if on_pre is not None:
+                on_pre(w, o)
+
         for w in self.targets:
             handles.append(
-                model.get_submodule(f"nodes.{w}").register_forward_hook(
-                    lambda m, i, o, w=w: pre.__setitem__(w, o)
-                )
+                model.get_submodule(f"nodes.{w}").register_forward_hook(lambda m, i, o, w=w: keep(w, o))
             )
+        return handles
+
+    def check_loss(self, loss: Tensor, inputs: Sequence[Tensor], index: int) -> None:
+        if loss.dim() != 0:
+            raise StatsError(f"the loss must be a scalar mean over samples, got shape {list(loss.shape)}")
+        if not torch.isfinite(loss):
+            # the inputs are checked only here (a full pass over them costs ~5% of a step);
+            # a non-finite input that does not reach the loss is caught by result()
+            for name, x in zip(self.spec.inputs, inputs, strict=True):
+                if not torch.isfinite(x).all():
+                    raise StatsError(f"batch {index}: input {name!r} contains NaN or infinite values")
+            raise StatsError(f"batch {index}: the loss is not finite ({float(loss.detach())})")
+
+    def add(self, inputs: tuple[Tensor, ...], target: Tensor, loss_fn: LossFn, index: int) -> None:
+        post: dict[str, Tensor] = dict(zip(self.spec.inputs, inputs, strict=True))
+        pre: dict[str, Tensor] = {}
+        handles = self.hooks(post, pre)
         try:
             with torch.enable_grad():
-                out = model(*inputs)
-                loss = loss_fn(out, target)
-                if loss.dim() != 0:
-                    raise StatsError(
-                        f"the loss must be a scalar mean over samples, got shape {list(loss.shape)}"
-                    )
-                if not torch.isfinite(loss):
-                    # the inputs are checked only here (a full pass over them costs ~5% of a step);
-                    # a non-finite input that does not reach the loss is caught by result()
-                    for name, x in zip(spec.inputs, inputs, strict=True):
-                        if not torch.isfinite(x).all():
-                            raise StatsError(f"batch {index}: input {name!r} contains NaN or infinite values")
-                    raise StatsError(f"batch {index}: the loss is not finite ({float(loss.detach())})")
+                loss = loss_fn(self.model(*inputs), target)
+                self.check_loss(loss, inputs, index)
                 grads = torch.autograd.grad(loss, [pre[w] for w in self.targets], allow_unused=True)
         finally:
             for h in handles:
                 h.remove()
-        n = inputs[0].shape[0]
-        dtype = self.dtype or inputs[0].dtype
+        self.accumulate(post, dict(zip(self.targets, grads, strict=True)), pre, float(loss.detach()))
+
+    def accumulate(
+        self,
+        post: dict[str, Tensor],
+        grads: dict[str, Tensor | None],
+        pre: dict[str, Tensor],
+        loss: float,
+        known: dict[tuple[str, str], Tensor] | None = None,
+    ) -> None:
+        """Add one batch: ``post`` the sources' values, ``grads`` dL/da of each target (None: no
+        path to the loss), ``pre`` the targets' pre-activations (for shapes), ``loss`` the batch's
+        mean loss, ``known`` blocks ``sum b_s g_w^T`` already computed (from weight gradients)."""
+        n = next(iter(post.values()), next(iter(pre.values()))).shape[0]
+        dtype = self.products or next(iter(post.values()), next(iter(pre.values()))).dtype
         z = {s: post[s].detach().flatten(1).to(dtype) for s in self.sources}
-        # g = n dL/da: the factor n is applied to the small products (alpha of addmm), not to g
+        # g = n dL/da: the factor n is applied to the small products (alpha), not to g
         g = {
-            w: (torch.zeros_like(pre[w]) if gr is None else gr.detach()).flatten(1).to(dtype)
-            for w, gr in zip(self.targets, grads, strict=True)
+            w: (torch.zeros_like(pre[w]) if grads.get(w) is None else grads[w].detach())  # type: ignore[union-attr]
+            .flatten(1)
+            .to(dtype)
+            for w in self.targets
         }
-        self._accumulate(z, g, n, dtype)
+        self._accumulate(z, g, n, dtype, known or {})
         self.n += n
-        self.loss_sum += float(loss.detach()) * n
+        self.loss_sum += loss * n
+
+    def _sum_dtype(self, value: Tensor) -> torch.dtype:
+        return self.dtype or value.dtype
 
     def _add(self, store: dict, key, value: Tensor) -> None:
+        value = value.to(self._sum_dtype(value))
         if key in store:
             store[key] += value
         else:
             store[key] = value.clone()
 
     def _add_mm(self, store: dict, key, a: Tensor, b: Tensor, alpha: float = 1.0) -> None:
-        """store[key] += alpha a^T b, in place after the first batch."""
-        if key in store:
+        """store[key] += alpha a^T b: the product in the dtype of a and b, the sum in ``dtype``
+        (in place after the first batch)."""
+        if key in store and store[key].dtype == a.dtype:
             store[key].addmm_(a.T, b, alpha=alpha)
-        else:
-            store[key] = a.T @ b if alpha == 1.0 else (a.T @ b).mul_(alpha)
+            return
+        product = a.T @ b
+        if alpha != 1.0:
+            product.mul_(alpha)
+        self._add(store, key, product)
 
-    def _accumulate(self, z: dict[str, Tensor], g: dict[str, Tensor], n: int, dtype) -> None:
+    def _accumulate(
+        self, z: dict[str, Tensor], g: dict[str, Tensor], n: int, dtype, known: dict[tuple[str, str], Tensor]
+    ) -> None:
         # one product per block: no concatenated copy of the features, and each accumulator is
         # updated in place (addmm_) after the first batch
         device = next(iter(z.values()), next(iter(g.values()))).device
@@ -268,7 +312,9 @@ class _Accumulator:
                 else:
                     self._add_mm(self.pair_sums, (s, p), z[s], z[p])
             for w in self.grad_targets[s]:
-                if s == ONE:
+                if (s, w) in known:
+                    self._add(self.grad_sums, (s, w), known[(s, w)])
+                elif s == ONE:
                     self._add(self.grad_sums, (s, w), g[w].sum(0, keepdim=True).mul_(n))
                 else:
                     self._add_mm(self.grad_sums, (s, w), z[s], g[w], alpha=n)
@@ -313,22 +359,131 @@ def measure(
     *,
     sites: Iterable[Site] | None = None,
     dtype: torch.dtype | None = torch.float64,
+    products: torch.dtype | None = None,
     all_nodes: bool = True,
     output_factors: bool = True,
 ) -> Statistics:
     """Accumulate the statistics of ``model`` over ``batches`` of ``(inputs, target)``.
 
-    ``inputs`` is a tensor (one model input) or a tuple in the spec's input order. ``dtype`` is the
-    accumulation dtype (float64 by default; ``None`` keeps the model's). Only the blocks the ``sites``
-    need (default: every supported site of the spec) are computed. ``output_factors=False`` keeps
-    only the trace of each G_w (the squared gradient norm, all the proposals use), which saves one
-    product per target; SENN's natural score needs the full G.
+    ``inputs`` is a tensor (one model input) or a tuple in the spec's input order. Each batch's
+    products are computed in ``products`` (default: the model's dtype, so a float32 model runs them at
+    float32 speed) and summed across batches in ``dtype`` (float64 by default; ``None`` keeps the
+    products' dtype). A float64 model therefore gets float64 throughout. Only the blocks the
+    ``sites`` need (default: every supported site of the spec) are computed. ``output_factors=False``
+    keeps only the trace of each G_w (the squared gradient norm, all the proposals use), which saves
+    one product per target; SENN's natural score needs the full G. To gather the same statistics
+    during training steps instead of a pass of their own, use :class:`Recorder`.
     """
     loss_fn = loss_function(loss)
     req = requirements(model, sites, all_nodes=all_nodes, output_factors=output_factors)
-    acc = _Accumulator(model, req, dtype)
+    acc = _Accumulator(model, req, dtype, products)
     n_inputs = len(acc.spec.inputs)
     for i, batch in enumerate(batches):
         xs, y = _split_batch(batch, n_inputs)
         acc.add(xs, y, loss_fn, i)
     return acc.result()
+
+
+class Recorder:
+    """The statistics of :func:`measure`, gathered from training steps instead of a pass of their own.
+
+    While the recorder is entered, hooks keep the values of the model's latest forward;
+    :meth:`backward` runs ``loss.backward()`` (so the optimizer gets its gradients as usual) and adds
+    the batch. The gradient of each existing linear edge's weight (and of each bias) is the M block
+    of that edge, ``n grad^T = sum_i b_s g_w^T``, so those blocks cost nothing; only S, P and the
+    cross M blocks of the sites are extra products. ``loss`` must be the mean of per-sample losses
+    over the batch of the latest forward; a penalty on the weights added to it would reach the
+    weight gradients, so pass ``weight_grads=False`` then (every M block is computed from the
+    pre-activation gradients). Statistics from several steps mix the weights of those steps::
+
+        with Recorder(model, sites=sites) as rec:
+            for x, y in batches:
+                opt.zero_grad()
+                rec.backward(F.cross_entropy(model(x), y))
+                opt.step()
+        stats = rec.result()
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        sites: Iterable[Site] | None = None,
+        dtype: torch.dtype | None = torch.float64,
+        products: torch.dtype | None = None,
+        all_nodes: bool = True,
+        output_factors: bool = True,
+        weight_grads: bool = True,
+    ) -> None:
+        req = requirements(model, sites, all_nodes=all_nodes, output_factors=output_factors)
+        self.acc = _Accumulator(model, req, dtype, products)
+        self.model, self.weight_grads = model, weight_grads
+        self.post: dict[str, Tensor] = {}
+        self.pre: dict[str, Tensor] = {}
+        self.grads: dict[str, Tensor] = {}
+        self.known: dict[tuple[str, str], Tensor] = {}
+        self.handles: list = []
+        self.batches = 0
+
+    def _edge_params(self) -> dict[tuple[str, str], Tensor]:
+        """The parameters whose gradient is an M block: linear edge weights and node biases."""
+        found: dict[tuple[str, str], Tensor] = {}
+        if not self.weight_grads or (self.acc.products not in (None, self._param_dtype())):
+            return found
+        sg, acc = self.acc.sg, self.acc
+        for s, w in self.acc.req.grads:
+            if s == ONE:
+                if sg.spec.nodes[w].bias:
+                    found[(s, w)] = self.model.get_parameter(f"nodes.{w}.bias")
+                continue
+            edge = next((e for e in sg.in_edges(w) if e.source == s and e.op.type == "linear"), None)
+            if edge is not None and s in acc.sources:
+                found[(s, w)] = self.model.get_parameter(f"edges.{edge.key}.weight")
+        return {k: p for k, p in found.items() if p.requires_grad}
+
+    def _param_dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def __enter__(self) -> Recorder:
+        inputs = self.acc.spec.inputs
+
+        def keep_inputs(module, args) -> None:
+            self.post.update(zip(inputs, args, strict=False))
+
+        def keep_grad(w: str, value: Tensor) -> None:
+            if value.requires_grad:
+                value.register_hook(lambda grad, w=w: self.grads.__setitem__(w, grad))
+
+        self.handles = [self.model.register_forward_pre_hook(keep_inputs)]
+        self.handles += self.acc.hooks(self.post, self.pre, keep_grad)
+        for key, param in self._edge_params().items():
+            self.handles.append(param.register_hook(lambda grad, key=key: self.known.__setitem__(key, grad)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+    def backward(self, loss: Tensor, **kwargs) -> None:
+        """``loss.backward(**kwargs)``, then add the batch of the latest forward to the statistics."""
+        if not self.handles:
+            raise RuntimeError("Recorder.backward needs the recorder entered (use it in a with block)")
+        inputs = [self.post[x] for x in self.acc.spec.inputs if x in self.post]
+        if len(inputs) != len(self.acc.spec.inputs) or any(w not in self.pre for w in self.acc.targets):
+            raise StatsError("no forward of the model was recorded before this backward")
+        if not all(self.pre[w].requires_grad for w in self.acc.targets):
+            raise StatsError("the latest forward ran without autograd: its statistics cannot be recorded")
+        self.acc.check_loss(loss, inputs, self.batches)
+        self.grads.clear()
+        self.known.clear()
+        loss.backward(**kwargs)
+        n = inputs[0].shape[0]
+        known = {}
+        for (s, w), grad in self.known.items():  # n grad^T = sum_i b_s g_w^T (g = n dL/da)
+            known[(s, w)] = grad.reshape(1, -1) * n if s == ONE else grad.T * n
+        self.acc.accumulate(self.post, dict(self.grads), self.pre, float(loss.detach()), known)
+        self.batches += 1
+
+    def result(self) -> Statistics:
+        return self.acc.result()

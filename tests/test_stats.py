@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import dagrow
 from dagrow.sites import enumerate_sites
-from dagrow.stats import StatsError, measure
+from dagrow.stats import Recorder, StatsError, measure
 
 TOL = dict(rtol=1e-10, atol=1e-12)
 
@@ -166,6 +166,86 @@ def test_accumulation_dtype():
     assert all(t.dtype == torch.float32 for t in s32.pair_sums.values())
     for k in s64.grad_sums:
         torch.testing.assert_close(s32.grad_sums[k].double(), s64.grad_sums[k], rtol=1e-4, atol=1e-5)
+
+
+def test_products_dtype():
+    """A float32 model's products run in float32 by default and are summed in float64; products=float64
+    computes them from float64 copies (the same sums to float32 round-off)."""
+    spec = dagrow.load_spec(HAND_WRITTEN["skip"])
+    model = dagrow.compile(spec, seed=0)
+    x, y = torch.randn(64, 4), torch.randn(64, 2)
+    fast = measure(model, [(x, y)] * 3)
+    exact = measure(model, [(x, y)] * 3, products=torch.float64)
+    model64 = dagrow.compile(spec, dict(model.state_dict()), dtype=torch.float64)
+    reference = measure(model64, [(x.double(), y.double())] * 3)
+    for store in ("pair_sums", "grad_sums", "g_sums"):
+        for k, want in getattr(reference, store).items():
+            got_fast, got_exact = getattr(fast, store)[k], getattr(exact, store)[k]
+            assert got_fast.dtype == got_exact.dtype == torch.float64
+            torch.testing.assert_close(got_exact, want, rtol=1e-6, atol=1e-6)  # float32 activations
+            torch.testing.assert_close(got_fast, want, rtol=1e-5, atol=1e-5)  # and float32 sums of 64
+
+
+# --------------------------------------------------------------------------------------------------
+# statistics recorded during training steps
+# --------------------------------------------------------------------------------------------------
+
+
+def _record(model, batches, loss=F.mse_loss, *, lr=0.0, **options):
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    with Recorder(model, **options) as recorder:
+        for xs, y in batches:
+            opt.zero_grad()
+            recorder.backward(loss(model(*xs), y))
+            opt.step()
+    return recorder.result()
+
+
+@pytest.mark.parametrize("weight_grads", [True, False])
+@pytest.mark.parametrize("name", sorted(HAND_WRITTEN))
+def test_recorded_statistics_equal_a_statistics_pass(name, weight_grads):
+    spec, model, xs, y = setup(HAND_WRITTEN[name], n=40, seed=5)
+    cuts = [0, 13, 14, 40]
+    parts = [(tuple(x[a:b] for x in xs), y[a:b]) for a, b in zip(cuts, cuts[1:], strict=False)]
+    measured = measure(model, parts)
+    recorded = _record(model, parts, weight_grads=weight_grads)
+    assert recorded.n == measured.n == 40
+    for store in ("pair_sums", "grad_sums", "g_sums", "g_sq_sums"):
+        assert getattr(recorded, store).keys() == getattr(measured, store).keys(), store
+    _assert_same_statistics(recorded, measured)
+
+
+def test_recorder_reads_the_weight_gradients_and_leaves_them_to_the_optimizer():
+    spec, model, xs, y = setup(HAND_WRITTEN["mlp"], n=20, seed=1)
+    plain = dagrow.compile(spec, dict(model.state_dict()), dtype=torch.float64)
+    F.mse_loss(plain(xs[0]), y).backward()
+    with Recorder(model) as recorder:
+        recorder.backward(F.mse_loss(model(xs[0]), y))
+    for name, p in model.named_parameters():
+        assert torch.equal(p.grad, plain.get_parameter(name).grad), name
+    # the M block of the edge x -> h1 is n times its weight gradient, transposed
+    stats = recorder.result()
+    w = model.get_parameter("edges.x__h1.weight")
+    torch.testing.assert_close(stats.grad_sums[("x", "h1")], 20 * w.grad.T, **TOL)
+
+
+def test_recorder_misuse_is_a_clear_error():
+    spec, model, xs, y = setup(HAND_WRITTEN["mlp"], n=8)
+    recorder = Recorder(model)
+    with pytest.raises(RuntimeError, match="with block"):
+        recorder.backward(F.mse_loss(model(xs[0]), y))
+    with recorder, pytest.raises(StatsError, match="no forward"):
+        recorder.backward(torch.zeros((), requires_grad=True))
+    with recorder:
+        with torch.no_grad():
+            model(xs[0])
+        with pytest.raises(StatsError, match="without autograd"):
+            recorder.backward(torch.zeros((), requires_grad=True))
+    with Recorder(model) as again, pytest.raises(StatsError, match="not finite"):
+        again.backward(F.mse_loss(model(xs[0]), y) * math.inf)
+    with pytest.raises(StatsError, match="no batch"):
+        Recorder(model).result()
+    assert not model._forward_pre_hooks and not model.get_submodule("nodes.h1")._forward_hooks
 
 
 @pytest.mark.parametrize("where", ["input", "second_input", "target"])
