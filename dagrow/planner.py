@@ -37,6 +37,7 @@ from .growth.natural import (
     score_sites,
 )
 from .growth.proposals import Proposal
+from .growth.shared_forward import SharedForward
 from .rewrite import Action
 from .sites import Site
 from .stats import LossFn
@@ -70,8 +71,10 @@ class Strategy(ABC):
     def _norm(self, p: Proposal, score: float) -> float:
         return score / max(p.params_added, 1) if self.normalize else score
 
-    def _search(self, model: nn.Module, p: Proposal, batch, loss) -> tuple[AmplitudeResult, GrownFamily]:
-        return amplitude_factor(model, p, batch, loss, update=self.update)
+    def _search(
+        self, model: nn.Module, p: Proposal, batch, loss, forward: SharedForward | None = None
+    ) -> tuple[AmplitudeResult, GrownFamily]:
+        return amplitude_factor(model, p, batch, loss, update=self.update, forward=forward)
 
     @abstractmethod
     def choose(
@@ -121,8 +124,10 @@ class AmplitudeFactor(Strategy):
             cands = cands[: self.max_candidates]
         best: Decision | None = None
         scores = {}
+        x = batch[0]
+        forward = SharedForward(model, tuple(x) if isinstance(x, tuple | list) else (x,))  # one for all
         for p in cands:
-            amp, fam = self._search(model, p, batch, loss)
+            amp, fam = self._search(model, p, batch, loss, forward)
             scores[p.site.id] = self._norm(p, amp.delta_l)
             if best is None or scores[p.site.id] > best.scores.get("_best", float("-inf")):
                 best = Decision(p, amp, fam, note=note)

@@ -1,0 +1,199 @@
+"""Line searches for many proposals from one forward pass of the current model.
+
+A proposal changes the network only through the pre-activations of its targets W: at amplitude gamma,
+
+    a_w(gamma) = a_w(0) + gamma * (E_w b_u  -  dW*_w B_w)  +  sqrt(gamma) * Omega_w sigma(sqrt(gamma) A^T B_U)
+
+(a new edge contributes the first term, the best update, when applied, the second, new neurons the
+last). :class:`SharedForward` runs the current model once on a batch and keeps every value;
+:func:`proposal_outputs` turns a proposal into ``gamma -> outputs`` that adds the change above to the
+cached ``a_w(0)`` and recomputes only what lies downstream of W. No grown model is built or compiled,
+and the candidates of one decision share the forward pass.
+
+The result equals the grown model of :class:`~dagrow.growth.amplitude.GrownFamily` up to the order of
+floating-point sums (the tests hold it to 1e-12 in float64); the amplitude that wins is applied
+through the rewrites, so round-off here never reaches the network.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, fx, nn
+
+from ..compile import spec_of
+from ..sites import ONE
+from .proposals import Proposal
+
+Outputs = Any  # a tensor, or a tuple of tensors for several outputs
+
+
+class SharedForward:
+    """Every fx value of ``model`` on ``inputs`` (computed once, without autograd), and the programs
+    that recompute what lies downstream of a set of targets."""
+
+    def __init__(self, model: fx.GraphModule, inputs: Sequence[Tensor]) -> None:
+        self.model = model
+        self.spec = spec_of(model)
+        interpreter = fx.Interpreter(model, garbage_collect_values=False)
+        with torch.no_grad():
+            interpreter.run(*inputs)
+        self.values: dict[fx.Node, Any] = interpreter.env
+        self.pre: dict[str, fx.Node] = {}
+        self.post: dict[str, fx.Node] = {}
+        for n in model.graph.nodes:
+            role = n.meta.get("dagrow", {})
+            if role.get("role") == "preactivation":
+                self.pre[role["id"]] = n
+            elif role.get("role") in ("activation", "input"):
+                self.post[role["id"]] = n
+        self.n = inputs[0].shape[0]
+        self.ref = next(iter(self.values.values()))
+        self._programs: dict[tuple[str, ...], _Downstream] = {}
+        self._features: dict[str, Tensor] = {}
+
+    def features(self, sources: Sequence[str]) -> Tensor:
+        """B for ``sources`` (post-activations flattened, ``"1"`` a column of ones): [n, dim]."""
+        blocks = []
+        for s in sources:
+            if s not in self._features:
+                if s == ONE:
+                    self._features[s] = torch.ones(self.n, 1, dtype=self.ref.dtype, device=self.ref.device)
+                else:
+                    self._features[s] = self.values[self.post[s]].flatten(1)
+            blocks.append(self._features[s])
+        return blocks[0] if len(blocks) == 1 else torch.cat(blocks, 1)
+
+    def downstream(self, targets: Sequence[str]) -> _Downstream:
+        key = tuple(sorted(targets))
+        if key not in self._programs:
+            self._programs[key] = _Downstream(self, key)
+        return self._programs[key]
+
+
+class _Downstream:
+    """The model's outputs as a function of additive changes to the pre-activations of ``targets``:
+    the fx nodes downstream of them run again on the cached values of everything else."""
+
+    def __init__(self, forward: SharedForward, targets: tuple[str, ...]) -> None:
+        graph, model = forward.model.graph, forward.model
+        roots = {forward.pre[w]: w for w in targets}
+        moving: set[fx.Node] = set()
+        self.steps: list[tuple[fx.Node, Callable | None, str | None]] = []
+        for n in graph.nodes:
+            if n.op == "output":
+                self.output = n
+                continue
+            if n in roots or any(a in moving for a in n.all_input_nodes):
+                moving.add(n)
+                recompute = n not in roots or any(a in moving for a in n.all_input_nodes)
+                fn: Callable | None = None
+                if recompute:
+                    fn = model.get_submodule(n.target) if n.op == "call_module" else n.target  # type: ignore[arg-type]
+                self.steps.append((n, fn, roots.get(n)))
+        self.forward, self.moving = forward, moving
+
+    def moves(self, source: str) -> bool:
+        """Whether the value of node ``source`` changes with the targets' pre-activations."""
+        return source in self.forward.post and self.forward.post[source] in self.moving
+
+    def __call__(
+        self, deltas: dict[str, Tensor], products: dict[str, list[tuple[str, Tensor]]] | None = None
+    ) -> Outputs:
+        """The outputs after adding, to each target's pre-activation, ``deltas[w]`` and, for each
+        ``(s, m)`` in ``products[w]``, the current value of node s (flattened) times ``m``."""
+        cached = self.forward.values
+        local: dict[fx.Node, Any] = {}
+
+        def value(a: fx.Node) -> Any:
+            return local[a] if a in local else cached[a]
+
+        for n, fn, target in self.steps:
+            if fn is None:
+                v = cached[n]
+            else:
+                args = fx.node.map_arg(n.args, value)
+                kwargs = fx.node.map_arg(n.kwargs, value)
+                v = fn(*args, **kwargs)
+            if target is not None:
+                if target in deltas:
+                    v = v + deltas[target].view_as(v)
+                for s, m in (products or {}).get(target, ()):
+                    v = v + (value(self.forward.post[s]).flatten(1) @ m).view_as(v)
+            local[n] = v
+        return fx.node.map_arg(self.output.args[0], value)
+
+
+def proposal_outputs(
+    forward: SharedForward, proposal: Proposal, *, update: bool = True
+) -> Callable[[float], Outputs]:
+    """``gamma -> outputs`` of the model grown by ``proposal`` at amplitude gamma (with the best update
+    dW* when ``update``), on the batch of ``forward``; see the module docstring."""
+    site, ref = proposal.site, forward.ref
+
+    def cast(t: Tensor) -> Tensor:
+        return t.to(dtype=ref.dtype, device=ref.device)
+
+    neurons = site.kind in ("widen", "node") and proposal.neurons > 0
+    edge = site.kind == "edge" and proposal.edge_weight is not None
+    targets = set(proposal.fan_out) if neurons else set()
+    targets |= {site.pair[1]} if edge else set()  # type: ignore[index]
+    targets |= set(proposal.updates) if update else set()
+    program = forward.downstream(sorted(targets))
+
+    # the change proportional to gamma: from the cached values, or (products) from the new value of
+    # a source that moves itself (dW* of a target that another target feeds)
+    linear: dict[str, list[Tensor]] = {w: [] for w in targets}
+    products: dict[str, list[tuple[str, Tensor]]] = {}
+    if edge:
+        u, w = site.pair  # type: ignore[misc]
+        linear[w].append(forward.features([u]) @ cast(proposal.edge_weight).T)  # type: ignore[union-attr]
+    for w, upd in proposal.updates.items() if update else ():
+        col, fixed = 0, []
+        for s in upd.sources:
+            width = 1 if s == ONE else forward.features([s]).shape[1]
+            block = -cast(upd.delta[:, col : col + width]).T  # [width_s, width_w]
+            col += width
+            if s != ONE and program.moves(s):
+                products.setdefault(w, []).append((s, block))
+            else:
+                fixed.append((s, block))
+        if fixed:
+            linear[w].append(forward.features([s for s, _ in fixed]) @ torch.cat([b for _, b in fixed]))
+    slope = {w: torch.stack(ts).sum(0) if len(ts) > 1 else ts[0] for w, ts in linear.items() if ts}
+
+    z: Tensor | None = None
+    fan_out: dict[str, Tensor] = {}
+    activation: nn.Module | None = None
+    if neurons:
+        z = forward.features(site.sources) @ cast(proposal.fan_in).T  # [n, K]
+        fan_out = {w: cast(t).T for w, t in proposal.fan_out.items()}  # [K, width_w]
+        if site.kind == "widen":
+            activation = forward.model.get_submodule(f"nodes.{site.node}.activation")
+        else:
+            activation = _build_activation(proposal.activation).to(dtype=ref.dtype, device=ref.device)
+
+    def outputs(gamma: float) -> Outputs:
+        gamma = max(gamma, 0.0)
+        deltas: dict[str, Tensor] = {w: gamma * t for w, t in slope.items()}
+        if z is not None and activation is not None:
+            root = math.sqrt(gamma)
+            hidden = activation(root * z)
+            for w, omega in fan_out.items():
+                term = root * (hidden @ omega)
+                deltas[w] = deltas[w] + term if w in deltas else term
+        return program(deltas, {w: [(s, gamma * m) for s, m in ps] for w, ps in products.items()})
+
+    return outputs
+
+
+def _build_activation(activation: Any) -> nn.Module:
+    from ..spec import NodeSpec
+
+    if hasattr(activation, "build"):
+        return activation.build()
+    node = NodeSpec.model_validate({"width": 1, "activation": activation})
+    return node.activation.build()  # type: ignore[attr-defined]
