@@ -138,6 +138,10 @@ def grow_command(
     growth_batch: Annotated[
         int, typer.Option(min=1, help="samples for statistics and amplitude")
     ] = DEFAULTS.growth_batch,
+    statistics: Annotated[
+        str, typer.Option(help="pass (a statistics pass on the growth batch) or training (recorded "
+                          "during each round's last steps, cheaper)")
+    ] = DEFAULTS.statistics,
     joint_update: Annotated[
         bool, typer.Option(help="apply gamma dW* together with the neurons")
     ] = DEFAULTS.joint_update,
@@ -197,6 +201,7 @@ def grow_command(
         growths = 10
     _check_choice(init, INITS, "init")
     _check_choice(optimizer, ("sgd", "adam", "best_update"), "optimizer")
+    _check_choice(statistics, ("pass", "training"), "statistics")
     previous: list[dict[str, Any]] = []
     if resume is not None:
         out_dir = out_dir or resume
@@ -211,7 +216,8 @@ def grow_command(
     the_task = _task(task, data, seed, source, spec)  # type: ignore[arg-type]
     config = GrowthConfig(strategy=strategy, init=init, growths=growths, max_params=max_params, every=every,
                           neurons=neurons, optimizer=optimizer, lr=lr, batch_size=batch_size,  # type: ignore[arg-type]
-                          growth_batch=growth_batch, joint_update=joint_update, normalize=normalize,
+                          growth_batch=growth_batch, statistics=statistics,  # type: ignore[arg-type]
+                          joint_update=joint_update, normalize=normalize,
                           seed=seed, device=device, tau=tau, alpha=alpha, damping=damping, fisher=fisher,
                           candidates=candidates, refine_steps=refine_steps, cooldown=cooldown,
                           depth_cost=depth_cost, construction=construction, patience=patience,

@@ -36,7 +36,7 @@ from .growth.proposals import ProposalSettings, propose_all, target_update
 from .planner import Natural, make_strategy
 from .rewrite import Action, UpdateWeights, replay
 from .sites import ONE, enumerate_sites
-from .stats import StatsError, loss_function, measure
+from .stats import Recorder, Statistics, StatsError, loss_function, measure
 from .tasks import Task, fit_task
 
 
@@ -54,6 +54,9 @@ class GrowthConfig:
     lr: float = 1e-2
     batch_size: int = 128
     growth_batch: int = 1024
+    # where the planned strategies' statistics come from: a pass of their own on a growth batch, or
+    # the last ceil(growth_batch / batch_size) training steps of each round (Recorder)
+    statistics: Literal["pass", "training"] = "pass"
     joint_update: bool = False
     normalize: bool = False
     max_candidates: int = 8
@@ -93,6 +96,13 @@ class GrowthConfig:
         for name in ("every", "neurons", "batch_size", "growth_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.statistics not in ("pass", "training"):
+            raise ValueError(f"unknown statistics {self.statistics!r}; expected pass or training")
+        if self.statistics == "training" and (self.optimizer == "best_update" or self.strategy == "natural"):
+            what = "the best_update optimizer" if self.optimizer == "best_update" else "the natural strategy"
+            raise ValueError(
+                f"statistics=training records the statistics during sgd or adam steps: not with {what}"
+            )
         if self.growths is None and self.strategy != "natural":
             raise ValueError(
                 f"strategy {self.strategy} needs a number of growths (only natural stops by itself)"
@@ -214,14 +224,25 @@ def best_update_step(model: DagModel, batch, loss) -> DagModel:
 
 
 def train_steps(
-    model: DagModel, opt: torch.optim.Optimizer | None, batches: Iterator, loss, steps: int
+    model: DagModel,
+    opt: torch.optim.Optimizer | None,
+    batches: Iterator,
+    loss,
+    steps: int,
+    *,
+    recorder: Recorder | None = None,
+    seen: list | None = None,
 ) -> tuple[DagModel, float]:
     """``steps`` optimizer steps on the next ``batches`` (the seeds' best update when ``opt`` is
-    None, which replaces the model); returns the model and the mean training loss."""
+    None, which replaces the model); returns the model and the mean training loss. With an entered
+    ``recorder`` each step's backward also adds its batch to the statistics; ``seen`` collects the
+    batches."""
     loss_fn = loss_function(loss)
     total = 0.0
     for _ in range(steps):
         x, y = next(batches)
+        if seen is not None:
+            seen.append((x, y))
         if opt is None:
             model = best_update_step(model, (x, y), loss)
             with torch.no_grad():
@@ -229,7 +250,7 @@ def train_steps(
         else:
             opt.zero_grad(set_to_none=True)
             value = loss_fn(model(x), y)
-            value.backward()
+            recorder.backward(value) if recorder is not None else value.backward()
             opt.step()
             total += float(value.detach())
     return model, total / max(steps, 1)
@@ -292,6 +313,20 @@ def grow(
         model, mean = train_steps(model, opt, batches, task.loss, steps)
         step += steps
         return mean
+
+    def train_recording(steps: int, sites) -> tuple[float, Statistics, tuple]:
+        """``steps`` training steps whose last ones (growth_batch samples) record the statistics;
+        returns the mean loss, the statistics and those steps' samples as the growth batch."""
+        nonlocal step, model
+        recorded = min(steps, -(-config.growth_batch // config.batch_size))
+        first = train(steps - recorded)
+        seen: list = []
+        with Recorder(model, sites=sites, output_factors=False) as recorder:
+            model, last = train_steps(model, opt, batches, task.loss, recorded, recorder=recorder, seen=seen)
+        step += recorded
+        mean = (first * (steps - recorded) + last * recorded) / steps
+        batch = (torch.cat([x for x, _ in seen]), torch.cat([y for _, y in seen]))
+        return mean, recorder.result(), batch
 
     def candidate(new_actions: list[Action], batch) -> tuple[DagModel, float]:
         """The model after ``new_actions`` (recompiled from the new spec) and its loss on ``batch``."""
@@ -407,9 +442,14 @@ def grow(
     for g in range(start_growth, config.growths + 1) if not isinstance(strategy, Natural) else ():
         assert config.growths is not None
         started = time.perf_counter()
-        train_loss = train(config.every if g < config.growths else (config.final_steps or config.every))
         if g == config.growths:
+            train(config.final_steps or config.every)
             break
+        sites = enumerate_sites(model.spec, include_unsupported=False)
+        if config.statistics == "training":
+            train_loss, stats, batch = train_recording(config.every, sites)
+        else:
+            train_loss = train(config.every)
         n_params = analyze(model.spec).num_params()
         if config.max_params is not None and n_params >= config.max_params:
             emit(
@@ -421,9 +461,9 @@ def grow(
                 }
             )
             break
-        batch = growth_batch()
-        sites = enumerate_sites(model.spec, include_unsupported=False)
-        stats = measure(model, [batch], task.loss, sites=sites, output_factors=False)
+        if config.statistics == "pass":
+            batch = growth_batch()
+            stats = measure(model, [batch], task.loss, sites=sites, output_factors=False)
         proposals = propose_all(
             stats,
             sites,

@@ -144,6 +144,30 @@ def test_history_replay_rebuilds_the_grown_model(tmp_path):
     assert torch.equal(again(x), result.model(x))
 
 
+def test_statistics_recorded_during_training_grow_the_network():
+    """statistics="training": each round's last ceil(growth_batch / batch_size) steps record the
+    statistics, and their samples are the growth batch of the amplitude search."""
+    task = make_task("regression1d", n=200)
+    spec = dagrow.load_spec(SPEC.replace("[6]", "[1]").replace("width: 2}", "width: 1}"))
+    config = GrowthConfig(growths=3, every=20, batch_size=32, growth_batch=80, statistics="training", seed=3)
+    result = grow(spec, task, config)
+    lines = [h for h in result.history if h["event"] in ("growth", "rollback")]
+    assert [h["step"] for h in lines] == [20, 40, 60]  # the recorded steps are training steps
+    applied = [h for h in lines if h["event"] == "growth" and h.get("gamma")]
+    assert applied, "the run grew nothing"
+    for h in applied:
+        assert h["realised_decrease"] > 0 and h["params"] > h["params_before"]
+    assert result.history[-1]["step"] == 80
+
+
+@pytest.mark.parametrize(
+    "options", [{"optimizer": "best_update"}, {"strategy": "natural"}, {"statistics": "x"}]
+)
+def test_recorded_statistics_need_gradient_steps(options):
+    with pytest.raises(ValueError, match="statistics"):
+        GrowthConfig(statistics=options.pop("statistics", "training"), **options).validate()
+
+
 @pytest.mark.slow
 def test_grow_sin50_beats_the_ungrown_network():
     """End to end (short version of the README quick start): growth beats no growth for the same steps."""

@@ -170,10 +170,11 @@ def test_accumulation_dtype():
 
 def test_products_dtype():
     """A float32 model's products run in float32 by default and are summed in float64; products=float64
-    computes them from float64 copies (the same sums to float32 round-off)."""
+    computes them from float64 copies. Both agree with a float64 model to float32 round-off."""
     spec = dagrow.load_spec(HAND_WRITTEN["skip"])
     model = dagrow.compile(spec, seed=0)
-    x, y = torch.randn(64, 4), torch.randn(64, 2)
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 4, generator=gen), torch.randn(64, 2, generator=gen)
     fast = measure(model, [(x, y)] * 3)
     exact = measure(model, [(x, y)] * 3, products=torch.float64)
     model64 = dagrow.compile(spec, dict(model.state_dict()), dtype=torch.float64)
@@ -182,8 +183,9 @@ def test_products_dtype():
         for k, want in getattr(reference, store).items():
             got_fast, got_exact = getattr(fast, store)[k], getattr(exact, store)[k]
             assert got_fast.dtype == got_exact.dtype == torch.float64
-            torch.testing.assert_close(got_exact, want, rtol=1e-6, atol=1e-6)  # float32 activations
-            torch.testing.assert_close(got_fast, want, rtol=1e-5, atol=1e-5)  # and float32 sums of 64
+            scale = float(want.abs().max())  # the activations themselves are float32: 1e-7 relative
+            torch.testing.assert_close(got_exact, want, rtol=1e-5, atol=1e-5 * scale)
+            torch.testing.assert_close(got_fast, want, rtol=1e-5, atol=1e-5 * scale)
 
 
 # --------------------------------------------------------------------------------------------------
