@@ -14,7 +14,9 @@ backward and an Adam step on the same batch.
 
 Every figure is the median of ``--repeat`` rounds; the decision and the step alternate in each round
 (see ``median_times`` in bench/stats.py) so that the ratios survive a machine whose load changes.
-Also printed: the parts of a decision (statistics, proposals, line searches) in training steps.
+Also printed: the parts of a decision (statistics, proposals, line searches) in training steps, and
+the decision with the statistics recorded during a training step (``GrowthConfig(statistics=
+"training")``): the recording step's extra time plus the proposals and the searches.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stats import MLP, median_times, setting, train_step_fn  # noqa: E402  (bench/stats.py)
+from stats import MLP, median_times, recorded_step_fn, setting, train_step_fn  # noqa: E402  (bench/stats.py)
 
 from dagrow.growth.proposals import ProposalSettings, propose_all  # noqa: E402
 from dagrow.loop import GrowthConfig  # noqa: E402
@@ -98,6 +100,9 @@ def run(name: str, text: str, args, sync) -> None:
     fns = {"step": train_step_fn(model, x, y, torch.optim.Adam), "decision": decide}
     if args.parts:
         fns |= parts
+        fns["recorded_step"] = recorded_step_fn(
+            model, x, y, sites, output_factors=False, optimizer=torch.optim.Adam
+        )
     t = median_times(fns, args.repeat, args.warmup, sync)
     kinds = sorted({s.kind for s in sites})
     print(f"{name}: {spec.name}, {len(sites)} sites ({', '.join(kinds)}), "
@@ -105,6 +110,9 @@ def run(name: str, text: str, args, sync) -> None:
           f"step {t['step'] * 1e3:.1f} ms, decision {t['decision'] * 1e3:.1f} ms")
     if args.parts:
         print("  parts: " + ", ".join(f"{k} {t[k] / t['step']:.2f}x" for k in parts))
+        recorded = t["recorded_step"] - t["step"] + t["proposals"] + t["searches"]
+        print(f"  with statistics recorded during a training step: {recorded / t['step']:.1f}x "
+              f"(extra time of the recording step {(t['recorded_step'] - t['step']) / t['step']:.2f}x)")
     ratio = t["decision"] / t["step"]
     target = TARGETS[name.split("/")[1]]
     verdict = "OK" if ratio <= target else "MISSED"

@@ -156,9 +156,9 @@ def arithmetic_floor(spec, sites, output_factors: bool, recorded: bool = False) 
     return (layers + backward + blocks) / (3 * layers)
 
 
-def recorded_step_fn(model, x, y, sites, **options):
+def recorded_step_fn(model, x, y, sites, optimizer=torch.optim.SGD, **options):
     """A training step that also records the statistics (the recorder entered for this one step)."""
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    opt = optimizer(model.parameters(), lr=1e-3)
     recorder = Recorder(model, sites=sites, **options)
 
     def step():
