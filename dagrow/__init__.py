@@ -20,7 +20,7 @@ from .loop import GrowthConfig, grow
 from .ops import list_activations, list_ops
 from .sites import enumerate_sites
 from .spec import Diagnostic, GraphSpec, SpecError, json_schema, load_spec
-from .stats import measure
+from .stats import Recorder, measure
 from .tasks import make_task
 
 __version__ = "0.1.0"
@@ -30,6 +30,7 @@ __all__ = [
     "Diagnostic",
     "GraphSpec",
     "GrowthConfig",
+    "Recorder",
     "SpecError",
     "analyze",
     "compile",
