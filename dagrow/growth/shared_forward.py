@@ -101,10 +101,13 @@ class _Downstream:
         return source in self.forward.post and self.forward.post[source] in self.moving
 
     def __call__(
-        self, deltas: dict[str, Tensor], products: dict[str, list[tuple[str, Tensor]]] | None = None
+        self,
+        scaled: dict[str, tuple[Tensor, float]],
+        products: dict[str, list[tuple[Tensor | str, Tensor]]],
     ) -> Outputs:
-        """The outputs after adding, to each target's pre-activation, ``deltas[w]`` and, for each
-        ``(s, m)`` in ``products[w]``, the current value of node s (flattened) times ``m``."""
+        """The outputs after adding to each target's pre-activation ``c * t`` for ``(t, c) =
+        scaled[w]`` and ``b @ m`` for each ``(b, m)`` in ``products[w]``, where ``b`` is a tensor or
+        the name of a node whose current value (flattened) is used. Targets are flat nodes."""
         cached = self.forward.values
         local: dict[fx.Node, Any] = {}
 
@@ -119,10 +122,12 @@ class _Downstream:
                 kwargs = fx.node.map_arg(n.kwargs, value)
                 v = fn(*args, **kwargs)
             if target is not None:
-                if target in deltas:
-                    v = v + deltas[target].view_as(v)
-                for s, m in (products or {}).get(target, ()):
-                    v = v + (value(self.forward.post[s]).flatten(1) @ m).view_as(v)
+                if target in scaled:
+                    t, c = scaled[target]
+                    v = torch.add(v, t, alpha=c)
+                for b, m in products.get(target, ()):
+                    b = value(self.forward.post[b]).flatten(1) if isinstance(b, str) else b
+                    v = torch.addmm(v, b, m)
             local[n] = v
         return fx.node.map_arg(self.output.args[0], value)
 
@@ -147,10 +152,10 @@ def proposal_outputs(
     # the change proportional to gamma: from the cached values, or (products) from the new value of
     # a source that moves itself (dW* of a target that another target feeds)
     linear: dict[str, list[Tensor]] = {w: [] for w in targets}
-    products: dict[str, list[tuple[str, Tensor]]] = {}
-    if edge:
+    products: dict[str, list[tuple[Tensor | str, Tensor]]] = {}
+    if edge and proposal.edge_weight is not None:
         u, w = site.pair  # type: ignore[misc]
-        linear[w].append(forward.features([u]) @ cast(proposal.edge_weight).T)  # type: ignore[union-attr]
+        linear[w].append(forward.features([u]) @ cast(proposal.edge_weight).T)
     for w, upd in proposal.updates.items() if update else ():
         col, fixed = 0, []
         for s in upd.sources:
@@ -178,14 +183,15 @@ def proposal_outputs(
 
     def outputs(gamma: float) -> Outputs:
         gamma = max(gamma, 0.0)
-        deltas: dict[str, Tensor] = {w: gamma * t for w, t in slope.items()}
+        terms: dict[str, list[tuple[Tensor | str, Tensor]]] = {
+            w: [(s, gamma * m) for s, m in ps] for w, ps in products.items()
+        }
         if z is not None and activation is not None:
             root = math.sqrt(gamma)
             hidden = activation(root * z)
             for w, omega in fan_out.items():
-                term = root * (hidden @ omega)
-                deltas[w] = deltas[w] + term if w in deltas else term
-        return program(deltas, {w: [(s, gamma * m) for s, m in ps] for w, ps in products.items()})
+                terms.setdefault(w, []).append((hidden, root * omega))
+        return program({w: (t, gamma) for w, t in slope.items()}, terms)
 
     return outputs
 
