@@ -23,6 +23,7 @@ reported with every proposal.
 
 from __future__ import annotations
 
+import bisect
 import math
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
@@ -127,9 +128,11 @@ class Proposal:
 
 @contextmanager
 def _single_threaded() -> Iterator[None]:
-    """Run LAPACK on one thread: the matrices here are small (the width of a site's features), where
-    threads gain nothing, and MKL's threaded eigh/svd can stall for milliseconds per call when the
-    cores are busy (seen: 10 ms instead of 0.1 ms for a 48 x 48 eigh with 2 threads under load)."""
+    """Run LAPACK (and, in :func:`propose` and :func:`propose_all`, every product) on one thread: the
+    matrices here are small (the width of a site's features), where threads gain nothing, and MKL's
+    threaded eigh/svd can stall for milliseconds per call when the cores are busy (seen: 10 ms instead
+    of 0.1 ms for a 48 x 48 eigh with 2 threads under load; likewise 4 ms instead of 15 us for a
+    49 x 49 product). With wide sites the single-threaded eighs and SVDs cost the most anyway."""
     threads = torch.get_num_threads()
     if threads == 1:
         yield
@@ -158,13 +161,26 @@ def _svd(A: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return torch.linalg.svd(A, full_matrices=False)
 
 
+def _eigh_sym(S: Tensor) -> tuple[Tensor, Tensor]:
+    """eigh of the symmetric part of S (or of each matrix of a stack)."""
+    with _single_threaded():
+        return torch.linalg.eigh((S + S.mT) / 2)
+
+
+def _keep(e: Tensor, Q: Tensor, rel: float) -> tuple[Tensor, Tensor]:
+    """The eigenpairs above ``rel * max eigenvalue``. eigh sorts the eigenvalues in ascending order, so
+    the kept ones are a suffix (found on a list, which costs less than a mask and a boolean index).
+    The eigenvectors come back in row-major order, as a boolean index returns them, so that the
+    products with them round alike."""
+    values = e.tolist()
+    top = values[-1] if values else 0.0
+    first = bisect.bisect_right(values, max(rel * top, 0.0)) if top > 0 else len(values)
+    return e[first:], Q[:, first:].contiguous()
+
+
 def _eig_parts(S: Tensor, rel: float) -> tuple[Tensor, Tensor]:
     """Eigenvalues and eigenvectors of a symmetric PSD matrix above ``rel * max eigenvalue``."""
-    with _single_threaded():
-        e, Q = torch.linalg.eigh((S + S.T) / 2)
-    top = float(e.max()) if e.numel() else 0.0
-    keep = e > max(rel * top, 0.0) if top > 0 else torch.zeros_like(e, dtype=torch.bool)
-    return e[keep], Q[:, keep]
+    return _keep(*_eigh_sym(S), rel)
 
 
 def pinv_psd(S: Tensor, rel: float) -> Tensor:
@@ -177,17 +193,204 @@ def inv_sqrt_psd(S: Tensor, rel: float) -> Tensor:
     return (Q * e.rsqrt()) @ Q.T
 
 
+def _batched(fn, inputs: dict[Any, Tensor]) -> dict[Any, tuple[Tensor, ...]]:
+    """``fn`` (a LAPACK routine returning a tensor or a tuple) of every input, one call per group of
+    inputs of the same shape: on the CPU the batched call loops over the same routine in C (the results
+    are the same) and saves each call's fixed cost, which dominates for matrices of a few dozen rows.
+    Elsewhere one call per input (a GPU may pick another algorithm for a batch, with other signs)."""
+    groups: dict[Any, list[Any]] = {}
+    for key, value in inputs.items():
+        group = tuple(value.shape) if value.device.type == "cpu" else key
+        groups.setdefault(group, []).append(key)
+    out: dict[Any, tuple[Tensor, ...]] = {}
+    for keys in groups.values():
+        if len(keys) == 1:
+            res = fn(inputs[keys[0]])
+            out[keys[0]] = res if isinstance(res, tuple) else (res,)
+            continue
+        res = fn(torch.stack([inputs[k] for k in keys]))
+        parts = [r.unbind(0) for r in (res if isinstance(res, tuple) else (res,))]
+        for i, key in enumerate(keys):
+            out[key] = tuple(p[i] for p in parts)
+    return out
+
+
+@dataclass
+class _Strip:
+    """Rows over ``sources`` of (1/n) sum B g_w^T (``G``) and of N's blocks ``-G + P dW*_w^T`` (``R``)."""
+
+    sources: tuple[str, ...]
+    rows: dict[str, tuple[int, int]]
+    G: Tensor
+    R: Tensor | None = None
+
+
+class _Shared:
+    """What the sites measured in the same statistics have in common, computed once (float64):
+
+    - per source set U, the eigendecomposition of S_U and from it S_U^{-1/2} and S_U^+ (a widened node's
+      sources are also the feature blocks B_w of that node as a target: one eigh serves both);
+    - per target w, one strip of rows over every source that some site reads for w: ``M_sw`` and
+      ``-M_sw + P_{s B_w} dW*_w^T = -(1/n) sum b_s Vperp_w^T`` (one product instead of one per site);
+      a site's M_Uw and N_Uw are rows of it;
+    - per (U, W) the SVD of S_U^{-1/2} N_UW (only its values for an edge).
+
+    :meth:`prepare` plans the strips for a list of sites and computes the eigendecompositions and SVDs
+    in batches of equal shapes. Each value is the one the per-site formulas give, up to round-off.
+    """
+
+    def __init__(self, stats: Statistics, settings: ProposalSettings) -> None:
+        self.stats, self.settings = stats, settings
+        self._eig: dict[tuple[str, ...], tuple[Tensor, Tensor, Tensor]] = {}
+        self._inv_sqrt: dict[tuple[str, ...], Tensor] = {}
+        self._pinv: dict[tuple[str, ...], Tensor] = {}
+        self._wanted: dict[str, dict[str, None]] = {}  # per target, the sources its strip covers
+        self._strips: dict[str, _Strip] = {}
+        self._index: dict[tuple[tuple[str, ...], tuple[str, ...]], Tensor] = {}
+        self._sites: dict[tuple[tuple[str, ...], tuple[str, ...]], tuple[Tensor, Tensor]] = {}
+        self._svd: dict[tuple[tuple[str, ...], tuple[str, ...], bool], tuple[Tensor, ...]] = {}
+        self.updates: dict[str, TargetUpdate] = {}
+        self.at_zero: dict[int, tuple[Any, tuple[float, float]]] = {}
+
+    def moment(self, xs: tuple[str, ...], ys: tuple[str, ...]) -> Tensor:
+        return self.stats.moment(xs, ys).double()
+
+    def eig(self, U: tuple[str, ...]) -> tuple[Tensor, Tensor, Tensor]:
+        """S_U and its kept eigenvalues and eigenvectors."""
+        if U not in self._eig:
+            S = self.moment(U, U)
+            self._eig[U] = (S, *_eig_parts(S, self.settings.numerical_threshold))
+        return self._eig[U]
+
+    def inv_sqrt(self, U: tuple[str, ...]) -> Tensor:
+        if U not in self._inv_sqrt:
+            _, e, Q = self.eig(U)
+            self._inv_sqrt[U] = (Q * e.rsqrt()) @ Q.T
+        return self._inv_sqrt[U]
+
+    def pinv(self, U: tuple[str, ...]) -> Tensor:
+        if U not in self._pinv:
+            _, e, Q = self.eig(U)
+            self._pinv[U] = (Q / e) @ Q.T
+        return self._pinv[U]
+
+    def _strip(self, w: str, U: tuple[str, ...]) -> _Strip:
+        """The strip of w, (re)built over the wanted sources and U when it does not cover U."""
+        strip = self._strips.get(w)
+        if strip is None or any(s not in strip.rows for s in U):
+            wanted = self._wanted.setdefault(w, {})
+            wanted.update(dict.fromkeys(U))
+            sources = tuple(wanted)
+            rows, start = {}, 0
+            for s in sources:
+                rows[s] = (start, start + self.stats.dim((s,)))
+                start = rows[s][1]
+            strip = self._strips[w] = _Strip(sources, rows, self.stats.grad_moment(sources, w).double())
+        return strip
+
+    def _take(self, strip: _Strip, t: Tensor, U: tuple[str, ...]) -> Tensor:
+        """The rows of U (in that order) of a strip's tensor: a slice when they are adjacent."""
+        spans = [strip.rows[s] for s in U]
+        if all(stop == start for (_, stop), (start, _) in zip(spans, spans[1:], strict=False)):
+            return t[spans[0][0] : spans[-1][1]]
+        key = (strip.sources, U)
+        index = self._index.get(key)
+        if index is None:
+            rows = [i for start, stop in spans for i in range(start, stop)]
+            index = self._index[key] = torch.tensor(rows, device=t.device)
+        return t.index_select(0, index)
+
+    def target_update(self, sg: SpecGraph, w: str) -> TargetUpdate:
+        if w not in self.updates:
+            bw = linear_sources(sg, w)
+            strip = self._strip(w, bw)
+            M = self._take(strip, strip.G, bw)
+            SpM = self.pinv(bw) @ M
+            d = float((M * SpM).sum())
+            self.updates[w] = TargetUpdate(w, bw, SpM.T.contiguous(), d, max(self.stats.grad_sq(w) - d, 0.0))
+        return self.updates[w]
+
+    def site(self, U: tuple[str, ...], updates: dict[str, TargetUpdate]) -> tuple[Tensor, Tensor]:
+        """M_UW and N_UW = [-M_Uw + P_Uw dW*_w^T ...] (columns over the targets)."""
+        key = (U, tuple(updates))
+        if key not in self._sites:
+            M, N = [], []
+            for w, update in updates.items():
+                strip = self._strip(w, U)
+                if strip.R is None:
+                    P = self.moment(strip.sources, update.sources)
+                    strip.R = -strip.G + P @ update.delta.T
+                M.append(self._take(strip, strip.G, U))
+                N.append(self._take(strip, strip.R, U))
+            self._sites[key] = (
+                M[0] if len(M) == 1 else torch.cat(M, 1),
+                N[0] if len(N) == 1 else torch.cat(N, 1),
+            )
+        return self._sites[key]
+
+    def svd(
+        self, U: tuple[str, ...], updates: dict[str, TargetUpdate], values_only: bool
+    ) -> tuple[Tensor, ...]:
+        """(U, lambda, V^T) of S_U^{-1/2} N_UW, or (lambda,) with ``values_only``."""
+        key = (U, tuple(updates), values_only)
+        if key not in self._svd:
+            A = self.inv_sqrt(U) @ self.site(U, updates)[1]
+            self._svd[key] = (torch.linalg.svdvals(A),) if values_only else _svd(A)
+        return self._svd[key]
+
+    def prepare(self, sg: SpecGraph, sites: list[Site]) -> None:
+        """dW* of every target and the SVD of every supported site, the eighs and SVDs batched by shape."""
+        sites = [s for s in sites if s.supported]
+        targets = dict.fromkeys(w for s in sites for w in s.targets)
+        sources = {w: linear_sources(sg, w) for w in targets}
+        for w in targets:  # each strip covers B_w (for dW*) and every site's sources
+            self._wanted.setdefault(w, {}).update(dict.fromkeys(sources[w]))
+        for s in sites:
+            for w in s.targets:
+                self._wanted[w].update(dict.fromkeys(s.sources))
+        rel = self.settings.numerical_threshold
+        sets = dict.fromkeys([*sources.values(), *(s.sources for s in sites)])
+        todo = {U: self.moment(U, U) for U in sets if U not in self._eig}
+        for U, (e, Q) in _batched(_eigh_sym, todo).items():
+            self._eig[U] = (todo[U], *_keep(e, Q, rel))
+        for w in targets:
+            self.target_update(sg, w)
+        inputs: dict[Any, Tensor] = {}
+        for s in sites:
+            updates = {w: self.updates[w] for w in s.targets}
+            key = (s.sources, s.targets, s.kind == "edge")  # an edge needs only the values
+            if key not in self._svd and key not in inputs:
+                inputs[key] = self.inv_sqrt(s.sources) @ self.site(s.sources, updates)[1]
+        with _single_threaded():
+            self._svd.update(_batched(torch.linalg.svdvals, {k: A for k, A in inputs.items() if k[2]}))
+            self._svd.update(_batched(_svd, {k: A for k, A in inputs.items() if not k[2]}))
+
+    def slope_and_value_at_zero(self, activation) -> tuple[float, float]:
+        """``_at_zero`` looked up once per activation object (its key, a JSON dump, costs more than the
+        lookup)."""
+        hit = self.at_zero.get(id(activation))
+        if hit is None:  # the object is kept with its values, so that its id is not reused meanwhile
+            hit = self.at_zero[id(activation)] = (activation, _at_zero(activation))
+        return hit[1]
+
+
+_SHARED = ("shared",)  # the cache key of the _Shared (node names are strings)
+
+
+def _shared(cache: dict[Any, Any], stats: Statistics, settings: ProposalSettings) -> _Shared:
+    sh = cache.get(_SHARED)
+    if not (isinstance(sh, _Shared) and sh.stats is stats and sh.settings == settings):
+        sh = cache[_SHARED] = _Shared(stats, settings)
+    return sh
+
+
 def target_update(
     stats: Statistics, spec: GraphSpec | SpecGraph, w: str, settings: ProposalSettings
 ) -> TargetUpdate:
     """dW*, d and the bottleneck Psi of one node."""
     sg = spec if isinstance(spec, SpecGraph) else analyze(spec)
-    bw = linear_sources(sg, w)
-    S = stats.moment(bw, bw).double()
-    M = stats.grad_moment(bw, w).double()
-    SpM = pinv_psd(S, settings.numerical_threshold) @ M
-    d = float((M * SpM).sum())
-    return TargetUpdate(w, bw, SpM.T.contiguous(), d, max(stats.grad_sq(w) - d, 0.0))
+    with _single_threaded():
+        return _Shared(stats, settings).target_update(sg, w)
 
 
 def _weights(weights: Mapping[str, Tensor] | None, name: str) -> Tensor | None:
@@ -267,17 +470,32 @@ def propose(
     ``weights`` (the model's state dict) is needed by ``north`` (existing fan-in) and ``gradmax``
     (the fan-out scale). Unsupported sites and sites with nothing to propose come back with
     ``skipped`` set to the reason, never with NaNs. ``cache``: a dict shared by calls with the same
-    statistics and settings keeps each target's dW* and each source set's S_U^{-1/2} (several sites
-    write into the same node or read the same sources).
+    statistics and settings keeps each target's dW*, each source set's eigendecomposition of S_U and
+    the rows of M and N per target (several sites write into the same node or read the same sources).
     """
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; expected one of {', '.join(INITS)}")
     if neurons < 1:
         raise ValueError("neurons must be at least 1")
     settings = settings or ProposalSettings()
+    if cache is None:
+        cache = {}
+    with _single_threaded():  # small matrices: threads only add synchronisation (see _single_threaded)
+        return _propose(stats, site, init, neurons, weights, settings, _shared(cache, stats, settings), cache)
+
+
+def _propose(
+    stats: Statistics,
+    site: Site,
+    init: str,
+    neurons: int,
+    weights: Mapping[str, Tensor] | None,
+    settings: ProposalSettings,
+    sh: _Shared,
+    cache: dict[Any, Any],
+) -> Proposal:
     spec: GraphSpec = stats.spec  # type: ignore[assignment]
     act = _activation_of(spec, site)
-    empty = torch.zeros(0, stats.dim(site.sources), dtype=torch.float64)
     base = dict(site=site, init=init, activation=act, thresholds=settings.report())
     if not site.supported:
         return Proposal(
@@ -287,7 +505,7 @@ def propose(
             d=0.0,
             bottleneck=0.0,
             lambdas=torch.zeros(0),
-            fan_in=empty,
+            fan_in=torch.zeros(0, stats.dim(site.sources), dtype=torch.float64),
             fan_out={},
             first_order_improvement=0.0,
             sum_lambda_sq=0.0,
@@ -296,36 +514,25 @@ def propose(
         )
     if site.kind == "widen":
         neurons = min(neurons, spec.growth.max_width - spec.nodes[site.node].size)
-    if cache is None:
-        cache = {}
+    sg = None
     for w in site.targets:
         if w not in cache:
-            cache[w] = target_update(stats, spec, w, settings)
+            sg = sg or analyze(spec)
+            cache[w] = sh.target_update(sg, w)
     updates = {w: cache[w] for w in site.targets}
     d = sum(u.d for u in updates.values())
     bottleneck = sum(u.bottleneck for u in updates.values())
     U = site.sources
-    if ("S_U", U) not in cache:
-        S = stats.moment(U, U).double()
-        e, Q = _eig_parts(S, settings.numerical_threshold)
-        cache[("S_U", U)] = (S, e, Q, (Q * e.rsqrt()) @ Q.T)
-    S_U, e_U, Q_U, S_is = cache[("S_U", U)]
-    M_UW = torch.cat([stats.grad_moment(U, w).double() for w in site.targets], 1)
-    N = torch.cat(
-        [
-            -stats.grad_moment(U, w).double()
-            + stats.moment(U, updates[w].sources).double() @ updates[w].delta.T
-            for w in site.targets
-        ],
-        1,
-    )
-    Uv, lam, Vh = _svd(S_is @ N)
-    kept = lam[lam.pow(2) > max(settings.statistical_threshold * bottleneck, 1e-300)]
+    M_UW, N = sh.site(U, updates)
+    S_is = sh.inv_sqrt(U)
+    threshold = max(settings.statistical_threshold * bottleneck, 1e-300)
     notes: list[str] = []
 
     if site.kind == "edge":
-        E = (((Q_U / e_U) @ Q_U.T) @ N).T  # S_U^+ N: least squares of -Vperp_w on b_u
-        gain = -float((E * M_UW.T).sum())
+        (lam,) = sh.svd(U, updates, values_only=True)  # an edge has no fan-in or fan-out
+        kept = lam[: _above(lam, threshold)]
+        SpN = sh.pinv(U) @ N  # S_U^+ N: least squares of -Vperp_w on b_u
+        gain = -float((SpN * M_UW).sum())
         return Proposal(
             **base,
             neurons=0,
@@ -333,27 +540,29 @@ def propose(
             d=d,
             bottleneck=bottleneck,
             lambdas=kept,
-            fan_in=empty,
+            fan_in=torch.zeros(0, stats.dim(U), dtype=torch.float64),
             fan_out={},
-            edge_weight=E.contiguous(),
+            edge_weight=SpN.T.contiguous(),
             first_order_improvement=d + gain,
-            sum_lambda_sq=float(kept.pow(2).sum()),
+            sum_lambda_sq=_sum_sq(kept),
             params_added=_params_added(site, 0, stats),
             skipped=None if kept.numel() else _no_direction(U, updates),
         )
 
-    slope, sigma0 = _at_zero(act)
-    gen = torch.Generator().manual_seed(settings.seed)
-    fan_out_zero = {w: torch.zeros(stats.widths[w], neurons, dtype=torch.float64) for w in site.targets}
+    Uv, lam, Vh = sh.svd(U, updates, values_only=False)
+    kept = lam[: _above(lam, threshold)]
+    slope, sigma0 = sh.slope_and_value_at_zero(act)
     init_score = None
     skipped = None
+    omega: Tensor | None = None  # the fan-out of every target stacked, [sum widths, K], when at hand
     if init == "tiny":
         K = min(neurons, kept.numel())
         if K < neurons:
             notes.append(f"only {K} of {neurons} eigenvalues pass the thresholds")
         root = lam[:K].sqrt()
         fan_in = (S_is @ Uv[:, :K] * root).T.contiguous()
-        fan_out = _split_rows(Vh[:K].T * root, site.targets, stats)
+        omega = Vh[:K].T * root
+        fan_out = _split_rows(omega, site.targets, stats)
         if K == 0:
             skipped = _no_direction(U, updates)
         if sigma0 != 0.0:
@@ -374,37 +583,44 @@ def propose(
                 f"gradmax needs sigma(0) = 0 and sigma'(0) != 0 but {act.name} has sigma'(0) = {slope:g}, "
                 f"sigma(0) = {sigma0:g}: zero fan-in neurons will not learn (use relu_grad1)"
             )
-            warnings.warn(msg, stacklevel=2)
+            warnings.warn(msg, stacklevel=3)
             notes.append(msg)
         neurons = K
     elif init == "north":
         existing = _existing_fan_in(spec, site.node, U, weights) if site.kind == "widen" else None
         if site.kind == "widen" and existing is None:
             raise ValueError("north needs the model's weights (pass weights=model.state_dict())")
-        fan_in = _north_fan_in(S_U, existing, neurons, gen, stats, U, settings)
+        gen = torch.Generator().manual_seed(settings.seed)
+        fan_in = _north_fan_in(sh.eig(U)[0], existing, neurons, gen, stats, U, settings)
         if fan_in.shape[0] < neurons:
             notes.append(f"only {fan_in.shape[0]} directions are orthogonal to the existing pre-activations")
             skipped = None if fan_in.shape[0] else "no direction orthogonal to the existing pre-activations"
         neurons = fan_in.shape[0]
-        fan_out = {w: t[:, :neurons] for w, t in fan_out_zero.items()}
+        fan_out = {w: torch.zeros(stats.widths[w], neurons, dtype=torch.float64) for w in site.targets}
     elif init == "random":
+        gen = torch.Generator().manual_seed(settings.seed)
         fan_in = _default_fan_in(neurons, U, stats, gen)
-        fan_out = fan_out_zero
+        fan_out = {w: torch.zeros(stats.widths[w], neurons, dtype=torch.float64) for w in site.targets}
     else:  # mirrored
+        gen = torch.Generator().manual_seed(settings.seed)
         if neurons % 2:
             notes.append(f"mirrored neurons come in pairs: {neurons} rounded up to {neurons + 1}")
             neurons += 1
         half = _default_fan_in(neurons // 2, U, stats, gen)
         fan_in = torch.cat([half, half])
         fan_out = {}
+        sg = analyze(spec)
         for w in site.targets:
-            fan_w = max(stats.dim([s for s in linear_sources(analyze(spec), w) if s != ONE]), 1)
+            fan_w = max(stats.dim([s for s in linear_sources(sg, w) if s != ONE]), 1)
             om = torch.rand(stats.widths[w], neurons // 2, generator=gen, dtype=torch.float64) * 2 - 1
             om = om / math.sqrt(fan_w)
             fan_out[w] = torch.cat([om, -om], 1)
 
-    C = {w: slope * fan_out[w] @ fan_in for w in site.targets}  # linearised effect per unit gamma
-    gain = -sum(float((C[w] * stats.grad_moment(U, w).double().T).sum()) for w in site.targets)
+    # the linearised effect per unit gamma is C_w = sigma'(0) Omega_w A^T, and the gain
+    # -sum_w tr(C_w M_Uw) = -sigma'(0) <A M_UW, Omega^T> (one product for all the targets)
+    if omega is None:
+        omega = torch.cat([fan_out[w] for w in site.targets], 0)
+    gain = -slope * float(((fan_in @ M_UW) * omega.T).sum())
     return Proposal(
         **base,
         neurons=neurons,
@@ -415,12 +631,26 @@ def propose(
         fan_in=fan_in,
         fan_out=fan_out,
         first_order_improvement=d + gain,
-        sum_lambda_sq=float(kept[:neurons].pow(2).sum()) if init == "tiny" else 0.0,
+        sum_lambda_sq=_sum_sq(kept[:neurons]) if init == "tiny" else 0.0,
         params_added=_params_added(site, neurons, stats),
         init_score=init_score,
         skipped=skipped,
         notes=notes,
     )
+
+
+def _above(lam: Tensor, threshold: float) -> int:
+    """How many of the singular values (sorted in descending order) have ``lambda^2 > threshold``."""
+    count = 0
+    for value in lam.tolist():
+        if not value * value > threshold:
+            break
+        count += 1
+    return count
+
+
+def _sum_sq(values: Tensor) -> float:
+    return math.fsum(v * v for v in values.tolist())
 
 
 def _north_fan_in(
@@ -471,10 +701,16 @@ def propose_all(
     weights: Mapping[str, Tensor] | None = None,
     settings: ProposalSettings | None = None,
 ) -> list[Proposal]:
-    """One proposal per site, from the same statistics (each target's dW* computed once)."""
+    """One proposal per site, from the same statistics: each target's dW*, each source set's
+    eigendecomposition and each target's rows of M and N are computed once, and the eighs and SVDs of
+    equal shapes in one batched call (see ``_Shared``)."""
     sites = list(sites)
     settings = settings or ProposalSettings()
     sg = analyze(stats.spec)  # type: ignore[arg-type]
-    targets = dict.fromkeys(w for s in sites if s.supported for w in s.targets)
-    cache = {w: target_update(stats, sg, w, settings) for w in targets}
-    return [propose(stats, s, init, neurons, weights=weights, settings=settings, cache=cache) for s in sites]
+    sh = _Shared(stats, settings)
+    with _single_threaded():  # once for all the sites (see _single_threaded)
+        sh.prepare(sg, sites)
+        cache: dict[Any, Any] = {_SHARED: sh, **sh.updates}
+        return [
+            propose(stats, s, init, neurons, weights=weights, settings=settings, cache=cache) for s in sites
+        ]
