@@ -167,12 +167,12 @@ def _eigh_sym(S: Tensor) -> tuple[Tensor, Tensor]:
         return torch.linalg.eigh((S + S.mT) / 2)
 
 
-def _keep(e: Tensor, Q: Tensor, rel: float) -> tuple[Tensor, Tensor]:
+def _keep(e: Tensor, Q: Tensor, rel: float, values: list[float] | None = None) -> tuple[Tensor, Tensor]:
     """The eigenpairs above ``rel * max eigenvalue``. eigh sorts the eigenvalues in ascending order, so
     the kept ones are a suffix (found on a list, which costs less than a mask and a boolean index).
     The eigenvectors come back in row-major order, as a boolean index returns them, so that the
     products with them round alike."""
-    values = e.tolist()
+    values = e.tolist() if values is None else values
     top = values[-1] if values else 0.0
     first = bisect.bisect_right(values, max(rel * top, 0.0)) if top > 0 else len(values)
     return e[first:], Q[:, first:].contiguous()
@@ -193,26 +193,16 @@ def inv_sqrt_psd(S: Tensor, rel: float) -> Tensor:
     return (Q * e.rsqrt()) @ Q.T
 
 
-def _batched(fn, inputs: dict[Any, Tensor]) -> dict[Any, tuple[Tensor, ...]]:
-    """``fn`` (a LAPACK routine returning a tensor or a tuple) of every input, one call per group of
-    inputs of the same shape: on the CPU the batched call loops over the same routine in C (the results
-    are the same) and saves each call's fixed cost, which dominates for matrices of a few dozen rows.
-    Elsewhere one call per input (a GPU may pick another algorithm for a batch, with other signs)."""
+def _groups(inputs: Mapping[Any, Tensor]) -> list[list[Any]]:
+    """The keys of ``inputs`` in groups of tensors of one shape, to stack for one batched LAPACK call:
+    on the CPU the batched call runs the same routine on each matrix (the results are the same) and
+    saves each call's fixed cost, which dominates for matrices of a few dozen rows. Elsewhere one
+    group per key (a GPU may pick another algorithm for a batch, with other signs)."""
     groups: dict[Any, list[Any]] = {}
     for key, value in inputs.items():
         group = tuple(value.shape) if value.device.type == "cpu" else key
         groups.setdefault(group, []).append(key)
-    out: dict[Any, tuple[Tensor, ...]] = {}
-    for keys in groups.values():
-        if len(keys) == 1:
-            res = fn(inputs[keys[0]])
-            out[keys[0]] = res if isinstance(res, tuple) else (res,)
-            continue
-        res = fn(torch.stack([inputs[k] for k in keys]))
-        parts = [r.unbind(0) for r in (res if isinstance(res, tuple) else (res,))]
-        for i, key in enumerate(keys):
-            out[key] = tuple(p[i] for p in parts)
-    return out
+    return list(groups.values())
 
 
 @dataclass
@@ -225,6 +215,22 @@ class _Strip:
     R: Tensor | None = None
 
 
+_SiteKey = tuple[tuple[str, ...], tuple[str, ...], bool]  # (sources, targets, edge)
+
+
+@dataclass
+class _Decomposition:
+    """The SVD of S_U^{-1/2} N_UW of a site: its values (as a tensor and as a list), and either the
+    singular vectors or, for an edge, the weight (S_U^+ N_UW)^T and the gain -<S_U^+ N_UW, M_UW>."""
+
+    lam: Tensor
+    values: list[float]
+    Uv: Tensor | None = None
+    Vh: Tensor | None = None
+    edge_weight: Tensor | None = None
+    gain: float = 0.0
+
+
 class _Shared:
     """What the sites measured in the same statistics have in common, computed once (float64):
 
@@ -233,7 +239,7 @@ class _Shared:
     - per target w, one strip of rows over every source that some site reads for w: ``M_sw`` and
       ``-M_sw + P_{s B_w} dW*_w^T = -(1/n) sum b_s Vperp_w^T`` (one product instead of one per site);
       a site's M_Uw and N_Uw are rows of it;
-    - per (U, W) the SVD of S_U^{-1/2} N_UW (only its values for an edge).
+    - per site (U, W), the SVD of S_U^{-1/2} N_UW (only its values for an edge, with the edge's weight).
 
     :meth:`prepare` plans the strips for a list of sites and computes the eigendecompositions and SVDs
     in batches of equal shapes. Each value is the one the per-site formulas give, up to round-off.
@@ -248,18 +254,26 @@ class _Shared:
         self._strips: dict[str, _Strip] = {}
         self._index: dict[tuple[tuple[str, ...], tuple[str, ...]], Tensor] = {}
         self._sites: dict[tuple[tuple[str, ...], tuple[str, ...]], tuple[Tensor, Tensor]] = {}
-        self._svd: dict[tuple[tuple[str, ...], tuple[str, ...], bool], tuple[Tensor, ...]] = {}
+        self._decompositions: dict[_SiteKey, _Decomposition] = {}
         self.updates: dict[str, TargetUpdate] = {}
         self.at_zero: dict[int, tuple[Any, tuple[float, float]]] = {}
 
     def moment(self, xs: tuple[str, ...], ys: tuple[str, ...]) -> Tensor:
         return self.stats.moment(xs, ys).double()
 
+    def _eigs(self, sets: Iterable[tuple[str, ...]]) -> None:
+        """Eigendecompositions of the S_U of ``sets``, batched by size."""
+        todo = {U: self.moment(U, U) for U in sets if U not in self._eig}
+        rel = self.settings.numerical_threshold
+        for keys in _groups(todo):
+            e, Q = _eigh_sym(torch.stack([todo[U] for U in keys]))
+            for U, e_U, Q_U, values in zip(keys, e, Q, e.tolist(), strict=True):
+                self._eig[U] = (todo[U], *_keep(e_U, Q_U, rel, values))
+
     def eig(self, U: tuple[str, ...]) -> tuple[Tensor, Tensor, Tensor]:
         """S_U and its kept eigenvalues and eigenvectors."""
         if U not in self._eig:
-            S = self.moment(U, U)
-            self._eig[U] = (S, *_eig_parts(S, self.settings.numerical_threshold))
+            self._eigs([U])
         return self._eig[U]
 
     def inv_sqrt(self, U: tuple[str, ...]) -> Tensor:
@@ -328,18 +342,38 @@ class _Shared:
             )
         return self._sites[key]
 
-    def svd(
-        self, U: tuple[str, ...], updates: dict[str, TargetUpdate], values_only: bool
-    ) -> tuple[Tensor, ...]:
-        """(U, lambda, V^T) of S_U^{-1/2} N_UW, or (lambda,) with ``values_only``."""
-        key = (U, tuple(updates), values_only)
-        if key not in self._svd:
-            A = self.inv_sqrt(U) @ self.site(U, updates)[1]
-            self._svd[key] = (torch.linalg.svdvals(A),) if values_only else _svd(A)
-        return self._svd[key]
+    def _decompose(self, todo: dict[_SiteKey, dict[str, TargetUpdate]]) -> None:
+        """The decompositions of the sites ``(U, W, edge) -> updates``, batched by shape."""
+        N = {key: self.site(key[0], updates)[1] for key, updates in todo.items()}
+        with _single_threaded():
+            for edge in (True, False):
+                for keys in _groups({k: v for k, v in N.items() if k[2] == edge}):
+                    Ns = torch.stack([N[k] for k in keys])
+                    A = torch.stack([self.inv_sqrt(k[0]) for k in keys]) @ Ns
+                    if not edge:
+                        Uv, lam, Vh = torch.linalg.svd(A, full_matrices=False)
+                        for k, U_k, lam_k, Vh_k, values in zip(keys, Uv, lam, Vh, lam.tolist(), strict=True):
+                            self._decompositions[k] = _Decomposition(lam_k, values, Uv=U_k, Vh=Vh_k)
+                        continue
+                    lam = torch.linalg.svdvals(A)  # an edge has no fan-in or fan-out: only the values
+                    # S_U^+ N: the least squares of -Vperp_w on b_u
+                    SpN = torch.stack([self.pinv(k[0]) for k in keys]) @ Ns
+                    M = torch.stack([self.site(k[0], todo[k])[0] for k in keys])
+                    gains = (SpN * M).sum((1, 2)).tolist()
+                    for k, lam_k, values, E, gain in zip(keys, lam, lam.tolist(), SpN.mT, gains, strict=True):
+                        self._decompositions[k] = _Decomposition(lam_k, values, edge_weight=E, gain=-gain)
+
+    def decomposition(
+        self, U: tuple[str, ...], updates: dict[str, TargetUpdate], edge: bool
+    ) -> _Decomposition:
+        key = (U, tuple(updates), edge)
+        if key not in self._decompositions:
+            self._decompose({key: updates})
+        return self._decompositions[key]
 
     def prepare(self, sg: SpecGraph, sites: list[Site]) -> None:
-        """dW* of every target and the SVD of every supported site, the eighs and SVDs batched by shape."""
+        """dW* of every target and the decomposition of every supported site, the eighs and SVDs
+        batched by shape."""
         sites = [s for s in sites if s.supported]
         targets = dict.fromkeys(w for s in sites for w in s.targets)
         sources = {w: linear_sources(sg, w) for w in targets}
@@ -348,22 +382,15 @@ class _Shared:
         for s in sites:
             for w in s.targets:
                 self._wanted[w].update(dict.fromkeys(s.sources))
-        rel = self.settings.numerical_threshold
-        sets = dict.fromkeys([*sources.values(), *(s.sources for s in sites)])
-        todo = {U: self.moment(U, U) for U in sets if U not in self._eig}
-        for U, (e, Q) in _batched(_eigh_sym, todo).items():
-            self._eig[U] = (todo[U], *_keep(e, Q, rel))
+        self._eigs(dict.fromkeys([*sources.values(), *(s.sources for s in sites)]))
         for w in targets:
             self.target_update(sg, w)
-        inputs: dict[Any, Tensor] = {}
+        todo = {}
         for s in sites:
-            updates = {w: self.updates[w] for w in s.targets}
-            key = (s.sources, s.targets, s.kind == "edge")  # an edge needs only the values
-            if key not in self._svd and key not in inputs:
-                inputs[key] = self.inv_sqrt(s.sources) @ self.site(s.sources, updates)[1]
-        with _single_threaded():
-            self._svd.update(_batched(torch.linalg.svdvals, {k: A for k, A in inputs.items() if k[2]}))
-            self._svd.update(_batched(_svd, {k: A for k, A in inputs.items() if not k[2]}))
+            key = (s.sources, s.targets, s.kind == "edge")
+            if key not in self._decompositions:
+                todo[key] = {w: self.updates[w] for w in s.targets}
+        self._decompose(todo)
 
     def slope_and_value_at_zero(self, activation) -> tuple[float, float]:
         """``_at_zero`` looked up once per activation object (its key, a JSON dump, costs more than the
@@ -523,16 +550,17 @@ def _propose(
     d = sum(u.d for u in updates.values())
     bottleneck = sum(u.bottleneck for u in updates.values())
     U = site.sources
-    M_UW, N = sh.site(U, updates)
+    M_UW = sh.site(U, updates)[0]
     S_is = sh.inv_sqrt(U)
     threshold = max(settings.statistical_threshold * bottleneck, 1e-300)
     notes: list[str] = []
 
+    dec = sh.decomposition(U, updates, edge=site.kind == "edge")
+    count = _above(dec.values, threshold)
+    kept = dec.lam[:count]
+
     if site.kind == "edge":
-        (lam,) = sh.svd(U, updates, values_only=True)  # an edge has no fan-in or fan-out
-        kept = lam[: _above(lam, threshold)]
-        SpN = sh.pinv(U) @ N  # S_U^+ N: least squares of -Vperp_w on b_u
-        gain = -float((SpN * M_UW).sum())
+        assert dec.edge_weight is not None
         return Proposal(
             **base,
             neurons=0,
@@ -542,26 +570,30 @@ def _propose(
             lambdas=kept,
             fan_in=torch.zeros(0, stats.dim(U), dtype=torch.float64),
             fan_out={},
-            edge_weight=SpN.T.contiguous(),
-            first_order_improvement=d + gain,
-            sum_lambda_sq=_sum_sq(kept),
+            edge_weight=dec.edge_weight.clone(memory_format=torch.contiguous_format),
+            first_order_improvement=d + dec.gain,
+            sum_lambda_sq=_sum_sq(dec.values[:count]),
             params_added=_params_added(site, 0, stats),
-            skipped=None if kept.numel() else _no_direction(U, updates),
+            skipped=None if count else _no_direction(U, updates),
         )
 
-    Uv, lam, Vh = sh.svd(U, updates, values_only=False)
-    kept = lam[: _above(lam, threshold)]
+    Uv, lam, Vh = dec.Uv, dec.lam, dec.Vh
+    assert Uv is not None and Vh is not None
     slope, sigma0 = sh.slope_and_value_at_zero(act)
     init_score = None
     skipped = None
     omega: Tensor | None = None  # the fan-out of every target stacked, [sum widths, K], when at hand
     if init == "tiny":
-        K = min(neurons, kept.numel())
+        K = min(neurons, count)
         if K < neurons:
             notes.append(f"only {K} of {neurons} eigenvalues pass the thresholds")
-        root = lam[:K].sqrt()
-        fan_in = (S_is @ Uv[:, :K] * root).T.contiguous()
-        omega = Vh[:K].T * root
+        if K:
+            root = lam[:K].sqrt()
+            fan_in = (S_is @ Uv[:, :K] * root).T.contiguous()
+            omega = Vh[:K].T * root
+        else:  # the same empty tensors without the products
+            fan_in = torch.zeros(0, Uv.shape[0], dtype=torch.float64, device=Uv.device)
+            omega = torch.zeros(Vh.shape[1], 0, dtype=torch.float64, device=Vh.device)
         fan_out = _split_rows(omega, site.targets, stats)
         if K == 0:
             skipped = _no_direction(U, updates)
@@ -620,7 +652,7 @@ def _propose(
     # -sum_w tr(C_w M_Uw) = -sigma'(0) <A M_UW, Omega^T> (one product for all the targets)
     if omega is None:
         omega = torch.cat([fan_out[w] for w in site.targets], 0)
-    gain = -slope * float(((fan_in @ M_UW) * omega.T).sum())
+    gain = -slope * (float(((fan_in @ M_UW) * omega.T).sum()) if omega.shape[1] else 0.0)
     return Proposal(
         **base,
         neurons=neurons,
@@ -631,7 +663,7 @@ def _propose(
         fan_in=fan_in,
         fan_out=fan_out,
         first_order_improvement=d + gain,
-        sum_lambda_sq=_sum_sq(kept[:neurons]) if init == "tiny" else 0.0,
+        sum_lambda_sq=_sum_sq(dec.values[:neurons]) if init == "tiny" else 0.0,
         params_added=_params_added(site, neurons, stats),
         init_score=init_score,
         skipped=skipped,
@@ -639,18 +671,18 @@ def _propose(
     )
 
 
-def _above(lam: Tensor, threshold: float) -> int:
+def _above(values: list[float], threshold: float) -> int:
     """How many of the singular values (sorted in descending order) have ``lambda^2 > threshold``."""
     count = 0
-    for value in lam.tolist():
+    for value in values:
         if not value * value > threshold:
             break
         count += 1
     return count
 
 
-def _sum_sq(values: Tensor) -> float:
-    return math.fsum(v * v for v in values.tolist())
+def _sum_sq(values: list[float]) -> float:
+    return math.fsum(v * v for v in values)
 
 
 def _north_fan_in(
