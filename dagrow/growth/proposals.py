@@ -557,7 +557,7 @@ def _propose(
 
     dec = sh.decomposition(U, updates, edge=site.kind == "edge")
     count = _above(dec.values, threshold)
-    kept = dec.lam[:count]
+    kept = dec.lam[:count].clone()  # its own storage, not a view of the batch
 
     if site.kind == "edge":
         assert dec.edge_weight is not None
