@@ -138,10 +138,25 @@ def test_line_search_returns_zero_when_nothing_helps():
 
 
 def test_line_search_stops_at_the_grid_end():
-    gamma, value, _ = line_search(lambda g: (g - 1000.0) ** 2)
+    gamma, value, evals = line_search(lambda g: (g - 1000.0) ** 2)
     assert gamma == 2.0**6 and value == (64 - 1000.0) ** 2
+    assert evals == 6  # 0, 1, 4, 16, 64 and one point just below 64: still falling, no refinement
     gamma, _, _ = line_search(lambda g: (g - 1000.0) ** 2, hi_exp=10)
     assert gamma == pytest.approx(1000.0, rel=1e-2)
+
+
+def test_line_search_uses_a_known_value_at_zero():
+    calls = []
+
+    def f(g):
+        calls.append(g)
+        return (g - 2.0) ** 2
+
+    gamma, value, evals = line_search(f, f0=4.0)
+    assert 0.0 not in calls and evals == len(calls)
+    assert gamma == pytest.approx(2.0, rel=1e-2)
+    gamma, value, _ = line_search(lambda g: g + 1.0, f0=0.5)  # the known f(0) is the best
+    assert gamma == 0.0 and value == 0.5
 
 
 def test_line_search_treats_non_finite_values_as_infinite():

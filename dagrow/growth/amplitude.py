@@ -112,23 +112,31 @@ def line_search(
     hi_exp: int = 6,
     step: int = 2,
     rtol: float = 1e-2,
+    f0: float | None = None,
 ) -> tuple[float, float, int]:
     """Minimise f on [0, 2^hi_exp]. On the grid 0, 2^lo_exp, 2^(lo_exp + step), ..., 2^hi_exp, walk
     from gamma = 1 (up while f falls, or down while it does not rise) to a grid point no worse than
     its neighbours, then refine in that bracket by Brent's method (scipy) to a relative tolerance of
-    ``rtol``. Returns (gamma*, f(gamma*), evaluations): about 10 to 15 when f is unimodal (the grid
-    walk assumes it). Non-finite values count as +inf; f is never evaluated twice at one gamma, and
+    ``rtol`` (at the end of the grid, only when f rises into it). Returns (gamma*, f(gamma*),
+    evaluations): about 10 to 15 when f is unimodal (the grid walk assumes it). ``f0`` is f(0) when
+    already known. Non-finite values count as +inf; f is never evaluated twice at one gamma, and
     gamma* is the best point evaluated."""
     from scipy.optimize import minimize_scalar
 
     seen: dict[float, float] = {}
+    calls = 0
 
     def value(g: float) -> float:
+        nonlocal calls
         g = float(g)
         if g not in seen:
             v = f(g)
+            calls += 1
             seen[g] = v if math.isfinite(v) else math.inf
         return seen[g]
+
+    if f0 is not None:
+        seen[0.0] = f0 if math.isfinite(f0) else math.inf
 
     grid = [0.0] + [2.0**k for k in range(lo_exp, hi_exp, step)] + [2.0**hi_exp]
     i = min(range(1, len(grid)), key=lambda j: abs(math.log2(grid[j])))  # the grid point nearest 1
@@ -140,13 +148,14 @@ def line_search(
             i -= 1
     if i > 0 and math.isfinite(value(grid[i])):
         with np.errstate(invalid="ignore"):  # an infinite value makes a parabolic step NaN: Brent bisects
-            if i == len(grid) - 1:  # the end of the grid: between its last two points
-                minimize_scalar(value, bounds=(grid[i - 1], grid[i]), method="bounded",
-                                options={"xatol": rtol * grid[i]})
+            if i == len(grid) - 1:  # the end of the grid: refine only when f rises into it
+                if value(grid[i] * (1 - rtol)) < value(grid[i]):
+                    minimize_scalar(value, bounds=(grid[i - 1], grid[i]), method="bounded",
+                                    options={"xatol": rtol * grid[i]})
             elif value(grid[i - 1]) > value(grid[i]) < value(grid[i + 1]):  # strict, as Brent needs
                 minimize_scalar(value, bracket=(grid[i - 1], grid[i], grid[i + 1]), method="brent", tol=rtol)
     best = min(seen, key=lambda g: (seen[g], g))  # ties: the smallest gamma (0 when nothing helps)
-    return best, seen[best], len(seen)
+    return best, seen[best], calls
 
 
 class GrownFamily:
@@ -234,11 +243,12 @@ def amplitude_factor(
     def f(gamma: float) -> float:
         return float(loss_fn(outputs(gamma), y))
 
-    before = f(0.0)  # the cached outputs of the model itself
-    gamma, after, evals = line_search(f, lo_exp=lo_exp, hi_exp=hi_exp)
+    with torch.no_grad():
+        before = float(loss_fn(forward.outputs(), y))  # the model's own outputs, from the cache
+    gamma, after, evals = line_search(f, lo_exp=lo_exp, hi_exp=hi_exp, f0=before)
     if after > before:  # numerical noise at gamma = 0: keep the network as it is
         gamma, after = 0.0, before
     res = AmplitudeResult(
-        gamma, before, after, evals + 1, gamma * proposal.first_order_improvement, time.perf_counter() - start
+        gamma, before, after, evals, gamma * proposal.first_order_improvement, time.perf_counter() - start
     )
     return res, GrownFamily(model, proposal, update=update)

@@ -67,6 +67,11 @@ class SharedForward:
             blocks.append(self._features[s])
         return blocks[0] if len(blocks) == 1 else torch.cat(blocks, 1)
 
+    def outputs(self) -> Outputs:
+        """The model's outputs on the batch (cached)."""
+        out = next(n for n in self.model.graph.nodes if n.op == "output")
+        return fx.node.map_arg(out.args[0], self.values.__getitem__)
+
     def downstream(self, targets: Sequence[str]) -> _Downstream:
         key = tuple(sorted(targets))
         if key not in self._programs:
