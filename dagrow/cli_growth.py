@@ -15,7 +15,7 @@ from .bundle import atomic_write_text, load_model_or_spec, save
 from .compile import compile
 from .graph import analyze
 from .growth.proposals import INITS, ProposalSettings, propose_all
-from .loop import GrowthConfig, grow, usable_device
+from .loop import STATISTICS, GrowthConfig, grow, usable_device
 from .planner import STRATEGIES
 from .sites import enumerate_sites
 from .stats import LOSSES, measure
@@ -201,7 +201,7 @@ def grow_command(
         growths = 10
     _check_choice(init, INITS, "init")
     _check_choice(optimizer, ("sgd", "adam", "best_update"), "optimizer")
-    _check_choice(statistics, ("pass", "training"), "statistics")
+    _check_choice(statistics, STATISTICS, "statistics")
     previous: list[dict[str, Any]] = []
     if resume is not None:
         out_dir = out_dir or resume

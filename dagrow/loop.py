@@ -39,6 +39,8 @@ from .sites import ONE, enumerate_sites
 from .stats import Recorder, Statistics, StatsError, loss_function, measure
 from .tasks import Task, fit_task
 
+STATISTICS = ("pass", "training")  # GrowthConfig.statistics: a pass of their own, or recorded in training
+
 
 @dataclass
 class GrowthConfig:
@@ -96,7 +98,7 @@ class GrowthConfig:
         for name in ("every", "neurons", "batch_size", "growth_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        if self.statistics not in ("pass", "training"):
+        if self.statistics not in STATISTICS:
             raise ValueError(f"unknown statistics {self.statistics!r}; expected pass or training")
         if self.statistics == "training" and (self.optimizer == "best_update" or self.strategy == "natural"):
             what = "the best_update optimizer" if self.optimizer == "best_update" else "the natural strategy"

@@ -124,8 +124,7 @@ class AmplitudeFactor(Strategy):
             cands = cands[: self.max_candidates]
         best: Decision | None = None
         scores = {}
-        x = batch[0]
-        forward = SharedForward(model, tuple(x) if isinstance(x, tuple | list) else (x,))  # one for all
+        forward = SharedForward(model, batch[0])  # one forward pass for every candidate
         for p in cands:
             amp, fam = self._search(model, p, batch, loss, forward)
             scores[p.site.id] = self._norm(p, amp.delta_l)

@@ -261,8 +261,8 @@ class _Accumulator:
         """Add one batch: ``post`` the sources' values, ``grads`` dL/da of each target (None: no
         path to the loss), ``pre`` the targets' pre-activations (for shapes), ``loss`` the batch's
         mean loss, ``known`` blocks ``sum b_s g_w^T`` already computed (from weight gradients)."""
-        n = next(iter(post.values()), next(iter(pre.values()))).shape[0]
-        dtype = self.products or next(iter(post.values()), next(iter(pre.values()))).dtype
+        first = next(iter(post.values()), next(iter(pre.values())))
+        n, dtype = first.shape[0], self.products or first.dtype
         z = {s: post[s].detach().flatten(1).to(dtype) for s in self.sources}
         # g = n dL/da: the factor n is applied to the small products (alpha), not to g
         g = {
@@ -275,15 +275,13 @@ class _Accumulator:
         self.n += n
         self.loss_sum += loss * n
 
-    def _sum_dtype(self, value: Tensor) -> torch.dtype:
-        return self.dtype or value.dtype
-
     def _add(self, store: dict, key, value: Tensor) -> None:
-        value = value.to(self._sum_dtype(value))
+        """store[key] += value, summed in ``dtype`` (the first value is copied, never aliased)."""
+        summed = value.to(self.dtype or value.dtype)
         if key in store:
-            store[key] += value
+            store[key] += summed
         else:
-            store[key] = value.clone()
+            store[key] = summed.clone() if summed is value else summed
 
     def _add_mm(self, store: dict, key, a: Tensor, b: Tensor, alpha: float = 1.0) -> None:
         """store[key] += alpha a^T b: the product in the dtype of a and b, the sum in ``dtype``

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -200,12 +200,11 @@ class GrownFamily:
             self._model = compile(self.spec, self.w0, dtype=ref.dtype, device=ref.device)
         return self._model
 
-    def weights(self, gamma: float, keys: Iterable[str] | None = None) -> dict[str, Tensor]:
-        """``W0 + gamma dU + gamma^power dN`` for ``keys`` (default: every weight)."""
+    def weights(self, gamma: float) -> dict[str, Tensor]:
+        """``W0 + gamma dU + gamma^power dN``."""
         _, w0, du, dn = self._grown
         r = max(gamma, 0.0) ** self.power
-        keys = w0 if keys is None else keys
-        return {k: w0[k] + gamma * du[k] + r * dn[k] for k in keys}
+        return {k: w0[k] + gamma * du[k] + r * dn[k] for k in w0}
 
     def __call__(self, gamma: float, *inputs: Tensor):
         return functional_call(self.model, self.weights(gamma), inputs)
@@ -235,8 +234,7 @@ def amplitude_factor(
     start = time.perf_counter()
     loss_fn = loss_function(loss)
     x, y = batch
-    xs = tuple(x) if isinstance(x, tuple | list) else (x,)
-    forward = forward or SharedForward(model, xs)  # type: ignore[arg-type]
+    forward = forward or SharedForward(model, x)  # type: ignore[arg-type]
     outputs = proposal_outputs(forward, proposal, update=update)
 
     @torch.no_grad()

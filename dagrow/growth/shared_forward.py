@@ -24,7 +24,6 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
-from ..compile import spec_of
 from ..sites import ONE
 from .proposals import Proposal
 
@@ -35,9 +34,10 @@ class SharedForward:
     """Every fx value of ``model`` on ``inputs`` (computed once, without autograd), and the programs
     that recompute what lies downstream of a set of targets."""
 
-    def __init__(self, model: fx.GraphModule, inputs: Sequence[Tensor]) -> None:
+    def __init__(self, model: fx.GraphModule, inputs: Tensor | Sequence[Tensor]) -> None:
+        """``inputs``: a tensor (one model input) or the inputs in the spec's order."""
+        inputs = tuple(inputs) if isinstance(inputs, tuple | list) else (inputs,)
         self.model = model
-        self.spec = spec_of(model)
         interpreter = fx.Interpreter(model, garbage_collect_values=False)
         with torch.no_grad():
             interpreter.run(*inputs)
@@ -184,7 +184,7 @@ def proposal_outputs(
         if site.kind == "widen":
             activation = forward.model.get_submodule(f"nodes.{site.node}.activation")
         else:
-            activation = _build_activation(proposal.activation).to(dtype=ref.dtype, device=ref.device)
+            activation = proposal.activation.build().to(dtype=ref.dtype, device=ref.device)
 
     def outputs(gamma: float) -> Outputs:
         gamma = max(gamma, 0.0)
@@ -199,12 +199,3 @@ def proposal_outputs(
         return program({w: (t, gamma) for w, t in slope.items()}, terms)
 
     return outputs
-
-
-def _build_activation(activation: Any) -> nn.Module:
-    from ..spec import NodeSpec
-
-    if hasattr(activation, "build"):
-        return activation.build()
-    node = NodeSpec.model_validate({"width": 1, "activation": activation})
-    return node.activation.build()  # type: ignore[attr-defined]
