@@ -36,8 +36,14 @@ def generate(n_nodes: int, seed: int = 0) -> str:
         edges += [{"from": u, "to": v} for u in sorted(sources, key=names.index)]
         names.append(v)
     read = {e["from"] for e in edges}
-    data = {"version": 1, "name": f"bench-{n_nodes}", "inputs": {"x": {"shape": [16]}}, "nodes": nodes,
-            "edges": edges, "outputs": [v for v in nodes if v not in read]}
+    data = {
+        "version": 1,
+        "name": f"bench-{n_nodes}",
+        "inputs": {"x": {"shape": [16]}},
+        "nodes": nodes,
+        "edges": edges,
+        "outputs": [v for v in nodes if v not in read],
+    }
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
 
 
@@ -58,8 +64,9 @@ def main() -> None:
     args = parser.parse_args()
 
     compile(load_spec(generate(5, args.seed)))  # warm up imports and torch
-    header = (f"{'nodes':>6} {'edges':>6} {'params':>9} {'validate s':>11} {'compile s':>10} {'total s':>8}"
-              "  target")
+    header = (
+        f"{'nodes':>6} {'edges':>6} {'params':>9} {'validate s':>11} {'compile s':>10} {'total s':>8}  target"
+    )
     print(header)
     print("-" * len(header))
     for n in args.sizes:
@@ -69,8 +76,10 @@ def main() -> None:
         total = t_validate + t_compile
         target = TARGET_SECONDS.get(n)
         verdict = f"{total / target:.2f} of {target:g} s" if target else ""
-        print(f"{n:>6} {len(spec.edges):>6} {num_params(spec):>9,} {t_validate:>11.3f} {t_compile:>10.3f} "
-              f"{total:>8.3f}  {verdict}")
+        print(
+            f"{n:>6} {len(spec.edges):>6} {num_params(spec):>9,} {t_validate:>11.3f} {t_compile:>10.3f} "
+            f"{total:>8.3f}  {verdict}"
+        )
 
 
 if __name__ == "__main__":

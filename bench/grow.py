@@ -49,26 +49,30 @@ def dag_spec(hidden: int = 6, width: int = 16, inputs: int = 32, outputs: int = 
     edges += [("x", f"h{i}") for i in range(3, hidden + 1, 2)]
     edges += [(f"h{i}", f"h{i + 2}") for i in range(1, hidden - 1)]
     edges += [(f"h{hidden - 1}", "out")]
-    return "\n".join([
-        "version: 1",
-        f"name: bench_dag_{hidden}",
-        f"inputs: {{x: {{shape: [{inputs}]}}}}",
-        "nodes:",
-        *nodes,
-        f"  out: {{width: {outputs}}}",
-        "edges:",
-        *(f"  - {{from: {u}, to: {v}}}" for u, v in edges),
-        "outputs: [out]",
-        "growth: {widen: all, new_nodes: edges, new_edges: all}",
-        "",
-    ])
+    return "\n".join(
+        [
+            "version: 1",
+            f"name: bench_dag_{hidden}",
+            f"inputs: {{x: {{shape: [{inputs}]}}}}",
+            "nodes:",
+            *nodes,
+            f"  out: {{width: {outputs}}}",
+            "edges:",
+            *(f"  - {{from: {u}, to: {v}}}" for u, v in edges),
+            "outputs: [out]",
+            "growth: {widen: all, new_nodes: edges, new_edges: all}",
+            "",
+        ]
+    )
 
 
 def decision_parts(model, x, y, config: GrowthConfig):
     """Functions for the three parts of a decision, and the whole, as the grow loop calls them."""
     sites = enumerate_sites(model.spec, include_unsupported=False)
     strategy = make_strategy(
-        config.strategy, normalize=config.normalize, max_candidates=config.max_candidates,
+        config.strategy,
+        normalize=config.normalize,
+        max_candidates=config.max_candidates,
         update=config.joint_update,
     )
     batch = (x, y)
@@ -105,14 +109,18 @@ def run(name: str, text: str, args, sync) -> None:
         )
     t = median_times(fns, args.repeat, args.warmup, sync)
     kinds = sorted({s.kind for s in sites})
-    print(f"{name}: {spec.name}, {len(sites)} sites ({', '.join(kinds)}), "
-          f"{len(decision.scores)} line searches, chose {decision.proposal.site.id}; "
-          f"step {t['step'] * 1e3:.1f} ms, decision {t['decision'] * 1e3:.1f} ms")
+    print(
+        f"{name}: {spec.name}, {len(sites)} sites ({', '.join(kinds)}), "
+        f"{len(decision.scores)} line searches, chose {decision.proposal.site.id}; "
+        f"step {t['step'] * 1e3:.1f} ms, decision {t['decision'] * 1e3:.1f} ms"
+    )
     if args.parts:
         print("  parts: " + ", ".join(f"{k} {t[k] / t['step']:.2f}x" for k in parts))
         recorded = t["recorded_step"] - t["step"] + t["proposals"] + t["searches"]
-        print(f"  with statistics recorded during a training step: {recorded / t['step']:.1f}x "
-              f"(extra time of the recording step {(t['recorded_step'] - t['step']) / t['step']:.2f}x)")
+        print(
+            f"  with statistics recorded during a training step: {recorded / t['step']:.1f}x "
+            f"(extra time of the recording step {(t['recorded_step'] - t['step']) / t['step']:.2f}x)"
+        )
     ratio = t["decision"] / t["step"]
     target = TARGETS[name.split("/")[1]]
     verdict = "OK" if ratio <= target else "MISSED"
@@ -126,14 +134,17 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--no-parts", dest="parts", action="store_false",
-                        help="time only the whole decision, not its parts")
+    parser.add_argument(
+        "--no-parts", dest="parts", action="store_false", help="time only the whole decision, not its parts"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
-    print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
-          f"batch {args.batch}")
+    print(
+        f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
+        f"batch {args.batch}"
+    )
     run("grow/mlp", MLP, args, sync)
     run("grow/dag", dag_spec(), args, sync)
 

@@ -205,15 +205,18 @@ def main() -> None:
     print(f"MLP 64 -> [64, 64, 64] -> 10, {len(sites)} sites: {', '.join(s.id for s in sites)}")
     for key, label in (("recorded", "recorded"), ("recorded_lean", "recorded(output_factors=False)")):
         extra = t[key] - t["step"]
-        print(line(f"{label}/train_step", extra, t["step"], "extra time of a recording step",
-                   TARGETS["stats"]))
+        print(
+            line(f"{label}/train_step", extra, t["step"], "extra time of a recording step", TARGETS["stats"])
+        )
     print(line("stats/train_step", t["stats"], t["step"], "stats"))
     print(line("stats(output_factors=False)/train_step", t["lean"], t["step"], "stats"))
     print(line("stats(output_factors=False, products=float64)/train_step", t["lean64"], t["step"], "stats"))
     for factors in (True, False):
         separate, recorded = (arithmetic_floor(spec, sites, factors, r) for r in (False, True))
-        print(f"floor(output_factors={factors}) = {separate:.2f}x separate pass, {recorded:.2f}x recorded "
-              "(multiply-adds of the statistics / of a training step)")
+        print(
+            f"floor(output_factors={factors}) = {separate:.2f}x separate pass, {recorded:.2f}x recorded "
+            "(multiply-adds of the statistics / of a training step)"
+        )
 
     spec, model, x, y = setting(DAG, args.batch, args.device)
     sites = enumerate_sites(spec, include_unsupported=False)

@@ -89,8 +89,9 @@ def read_bundle(path: str | Path) -> tuple[GraphSpec, dict[str, torch.Tensor]]:
     return spec, tensors
 
 
-def load(path: str | Path, *, device: torch.device | str | None = None,
-         dtype: torch.dtype | None = None) -> DagModel:
+def load(
+    path: str | Path, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> DagModel:
     """Load a bundle into a compiled model; every tensor name and shape is checked first."""
     spec, tensors = read_bundle(path)
     model = compile(spec, dtype=dtype or weights_dtype(tensors), device=device)

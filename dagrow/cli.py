@@ -106,8 +106,10 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def _summary(path: Path, spec: GraphSpec) -> str:
     n_params = analyze(spec).num_params()
-    return (f"{path}: ok: {spec.name}: {len(spec.inputs)} inputs, {len(spec.nodes)} nodes, "
-            f"{len(spec.edges)} edges, {n_params:,} parameters")
+    return (
+        f"{path}: ok: {spec.name}: {len(spec.inputs)} inputs, {len(spec.nodes)} nodes, "
+        f"{len(spec.edges)} edges, {n_params:,} parameters"
+    )
 
 
 @app.command()
@@ -169,9 +171,11 @@ class ExportFormat(StrEnum):
     onnx = "onnx"
 
 
-EXPORT_HELP = ("dot: Graphviz text; png: a drawing (needs matplotlib: the 'plot' extra); "
-               "yaml: canonical spec; pt2: torch.export program (torch.export.load); "
-               "onnx: ONNX model (needs the 'onnx' extra)")
+EXPORT_HELP = (
+    "dot: Graphviz text; png: a drawing (needs matplotlib: the 'plot' extra); "
+    "yaml: canonical spec; pt2: torch.export program (torch.export.load); "
+    "onnx: ONNX model (needs the 'onnx' extra)"
+)
 FILE_FORMATS = (ExportFormat.png, ExportFormat.pt2, ExportFormat.onnx)  # binary: they need -o FILE
 
 
@@ -213,8 +217,11 @@ def ops() -> None:
     table.add_column("what it does")
     for name in list_ops():
         info = op_info(name)
-        table.add_row(name, _fields(info.model, "type") + (" (learned weight)" if info.parametric else ""),
-                      Text(info.summary))
+        table.add_row(
+            name,
+            _fields(info.model, "type") + (" (learned weight)" if info.parametric else ""),
+            Text(info.summary),
+        )
     out.print(table)
     table = Table(title="activations (nodes: activation: NAME or {name: NAME, ...})")
     table.add_column("activation", no_wrap=True)

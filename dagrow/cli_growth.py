@@ -79,21 +79,39 @@ def sites_command(
     settings = ProposalSettings(seed=seed)
     proposals = propose_all(stats, all_sites, init, neurons, weights=model.state_dict(), settings=settings)
     if as_json:
-        doc = {"spec": spec.name, "task": the_task.name, "loss": stats.loss, "samples": stats.n, "init": init,
-               "neurons": neurons, "thresholds": settings.report(), "sites": [p.to_dict() for p in proposals]}
+        doc = {
+            "spec": spec.name,
+            "task": the_task.name,
+            "loss": stats.loss,
+            "samples": stats.n,
+            "init": init,
+            "neurons": neurons,
+            "thresholds": settings.report(),
+            "sites": [p.to_dict() for p in proposals],
+        }
         print(json.dumps(doc, indent=2))
         return
     title = f"{spec.name}: {len(supported)} growable sites, loss {stats.loss:.4g} on {stats.n} samples"
     table = Table(title=title)
     for col in ("site", "kind", "lambdas", "first-order", "bottleneck", "|dW*|", "params"):  # ids in full
-        table.add_column(col, justify="left" if col in ("site", "kind", "lambdas") else "right",
-                         no_wrap=col in ("site", "kind"))
+        table.add_column(
+            col,
+            justify="left" if col in ("site", "kind", "lambdas") else "right",
+            no_wrap=col in ("site", "kind"),
+        )
     for p in proposals:
         if not p.site.supported:
             continue
         lams = ", ".join(f"{float(v):.3g}" for v in p.lambdas[: max(neurons, 3)]) or "-"
-        table.add_row(p.site.id, p.site.kind, lams, f"{p.first_order_improvement:.4g}", f"{p.bottleneck:.4g}",
-                      f"{p.delta_w_norm:.3g}", str(p.params_added))
+        table.add_row(
+            p.site.id,
+            p.site.kind,
+            lams,
+            f"{p.first_order_improvement:.4g}",
+            f"{p.bottleneck:.4g}",
+            f"{p.delta_w_norm:.3g}",
+            str(p.params_added),
+        )
     out.print(table)
     for p in proposals:
         if not p.site.supported:
@@ -139,8 +157,11 @@ def grow_command(
         int, typer.Option(min=1, help="samples for statistics and amplitude")
     ] = DEFAULTS.growth_batch,
     statistics: Annotated[
-        str, typer.Option(help="pass (a statistics pass on the growth batch) or training (recorded "
-                          "during each round's last steps, cheaper)")
+        str,
+        typer.Option(
+            help="pass (a statistics pass on the growth batch) or training (recorded "
+            "during each round's last steps, cheaper)"
+        ),
     ] = DEFAULTS.statistics,
     joint_update: Annotated[
         bool, typer.Option(help="apply gamma dW* together with the neurons")
@@ -214,21 +235,49 @@ def grow_command(
         _fail("give a SPEC_OR_BUNDLE and --out DIR (or --resume DIR)")
     spec, loaded = load_model_or_spec(source)  # type: ignore[arg-type]
     the_task = _task(task, data, seed, source, spec)  # type: ignore[arg-type]
-    config = GrowthConfig(strategy=strategy, init=init, growths=growths, max_params=max_params, every=every,
-                          neurons=neurons, optimizer=optimizer, lr=lr, batch_size=batch_size,  # type: ignore[arg-type]
-                          growth_batch=growth_batch, statistics=statistics,  # type: ignore[arg-type]
-                          joint_update=joint_update, normalize=normalize,
-                          seed=seed, device=device, tau=tau, alpha=alpha, damping=damping, fisher=fisher,
-                          candidates=candidates, refine_steps=refine_steps, cooldown=cooldown,
-                          depth_cost=depth_cost, construction=construction, patience=patience,
-                          max_additions=max_additions, max_rounds=max_rounds)
+    config = GrowthConfig(
+        strategy=strategy,
+        init=init,
+        growths=growths,
+        max_params=max_params,
+        every=every,
+        neurons=neurons,
+        optimizer=optimizer,
+        lr=lr,
+        batch_size=batch_size,  # type: ignore[arg-type]
+        growth_batch=growth_batch,
+        statistics=statistics,  # type: ignore[arg-type]
+        joint_update=joint_update,
+        normalize=normalize,
+        seed=seed,
+        device=device,
+        tau=tau,
+        alpha=alpha,
+        damping=damping,
+        fisher=fisher,
+        candidates=candidates,
+        refine_steps=refine_steps,
+        cooldown=cooldown,
+        depth_cost=depth_cost,
+        construction=construction,
+        patience=patience,
+        max_additions=max_additions,
+        max_rounds=max_rounds,
+    )
     config.validate()
     done = sum(1 for h in previous if h.get("event") in ("growth", "rollback"))
     model = loaded or compile(spec, seed=seed)
     params_before = analyze(spec).num_params()
     history = [h for h in previous if h.get("event") != "end"]
-    progress = Progress(TextColumn("[bold]growing"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=err, disable=quiet)
+    progress = Progress(
+        TextColumn("[bold]growing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=err,
+        disable=quiet,
+    )
     with progress:
         bar = progress.add_task("grow", total=growths, completed=min(done, growths or done), status="")
 
@@ -240,21 +289,27 @@ def grow_command(
         def on_checkpoint(grown) -> None:  # after every growth: a killed run resumes from here
             _write_outputs(out_dir, grown, history, drawing=False)  # type: ignore[arg-type]
 
-        result = grow(model, the_task, config, on_event=on_event, on_checkpoint=on_checkpoint,
-                      start_growth=done)
+        result = grow(
+            model, the_task, config, on_event=on_event, on_checkpoint=on_checkpoint, start_growth=done
+        )
     _write_outputs(out_dir, result.model, history)
     end = history[-1]
     grown = [h["site"] for h in history if h.get("event") == "growth" and h.get("site") and "reason" not in h]
     metric = the_task.metric_name
     out.print(f"parameters: {params_before} -> {end['params']}", highlight=False, soft_wrap=True)
     out.print(f"sites grown: {', '.join(grown) or 'none'}", highlight=False, soft_wrap=True)
-    out.print(f"validation {metric}: {end[f'val_{metric}']:.4f}   test {metric}: {end[f'test_{metric}']:.4f}",
-              highlight=False, soft_wrap=True)
-    out.print(f"wrote {out_dir}/spec.yaml, model.safetensors, history.jsonl, architecture.dot/.png",
-              highlight=False, soft_wrap=True)
+    out.print(
+        f"validation {metric}: {end[f'val_{metric}']:.4f}   test {metric}: {end[f'test_{metric}']:.4f}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    out.print(
+        f"wrote {out_dir}/spec.yaml, model.safetensors, history.jsonl, architecture.dot/.png",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def register(app: typer.Typer) -> None:
     app.command("sites")(sites_command)
     app.command("grow")(grow_command)
-

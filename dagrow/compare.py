@@ -265,8 +265,18 @@ def growth_run(exp: Experiment, key: RunKey) -> list[dict[str, Any]]:
 
     result = grow(model, task, config, on_event=on_event, on_checkpoint=on_checkpoint)
     end = result.history[-1]
-    rows.append(make_row(key, metric, started, growth=rows[-1]["growth"], step=end["step"], event="end",
-                         parameters=end["params"], **evaluate_all(result.model, task)))
+    rows.append(
+        make_row(
+            key,
+            metric,
+            started,
+            growth=rows[-1]["growth"],
+            step=end["step"],
+            event="end",
+            parameters=end["params"],
+            **evaluate_all(result.model, task),
+        )
+    )
     return rows
 
 
@@ -366,7 +376,8 @@ def run_experiment(
                 on_done(k, seconds)
     else:
         with ProcessPoolExecutor(
-            min(jobs, len(todo)), mp_context=get_context("spawn")  # _run_and_save sets one thread
+            min(jobs, len(todo)),
+            mp_context=get_context("spawn"),  # _run_and_save sets one thread
         ) as pool:
             futures = [pool.submit(_run_and_save, exp, k, run_path(out, k)) for k in todo]
             for fut in as_completed(futures):

@@ -93,8 +93,11 @@ def build_graph(spec: GraphSpec) -> fx.Graph:
         for e in sg.in_edges(v):
             term = g.create_node("call_module", f"edges.{e.key}", (env[e.source],), name=e.key)
             term.meta["dagrow"] = {"role": "edge", "id": f"{e.source}->{e.target}", "op": e.op.type}
-            total = term if total is None else g.create_node(
-                "call_function", operator.add, (total, term), name=f"sum_{v}")
+            total = (
+                term
+                if total is None
+                else g.create_node("call_function", operator.add, (total, term), name=f"sum_{v}")
+            )
         a = g.create_node("call_module", f"nodes.{v}", (total,), name=f"a_{v}")
         a.meta["dagrow"] = {"role": "preactivation", "id": v}
         b = g.create_node("call_module", f"nodes.{v}.activation", (a,), name=v)
@@ -160,8 +163,9 @@ def weights_problems(model: nn.Module, weights: Mapping[str, torch.Tensor]) -> l
             problems.append(f"missing tensor {k!r} (shape {list(expected[k])})")
     for k, t in weights.items():
         if k not in expected:
-            problems.append(f"unexpected tensor {k!r} (shape {list(t.shape)}): the spec has no such "
-                            "parameter")
+            problems.append(
+                f"unexpected tensor {k!r} (shape {list(t.shape)}): the spec has no such parameter"
+            )
         elif tuple(t.shape) != expected[k]:
             problems.append(f"tensor {k!r} has shape {list(t.shape)} but the spec needs {list(expected[k])}")
     return problems

@@ -44,11 +44,17 @@ def to_dot(spec: GraphSpec) -> str:
     """DOT text: nodes show their size and activation, edges their op."""
     sg = analyze(spec)
     name = spec.name.replace("\\", "\\\\").replace('"', '\\"')
-    lines = [f'digraph "{name}" {{', "  rankdir=LR;", '  node [shape=box, style="rounded,filled", '
-             'fillcolor="#eef3fb", fontname="Helvetica"];']
+    lines = [
+        f'digraph "{name}" {{',
+        "  rankdir=LR;",
+        '  node [shape=box, style="rounded,filled", fillcolor="#eef3fb", fontname="Helvetica"];',
+    ]
     for v in sg.order:
-        extra = ', fillcolor="#fdf1d8"' if v in spec.inputs else (
-            ', fillcolor="#e3f4e1"' if v in spec.outputs else "")
+        extra = (
+            ', fillcolor="#fdf1d8"'
+            if v in spec.inputs
+            else (', fillcolor="#e3f4e1"' if v in spec.outputs else "")
+        )
         lines.append(f'  "{v}" [label="{_label(spec, v, sg.shapes[v])}"{extra}];')
     for e in spec.edges:
         lines.append(f'  "{e.source}" -> "{e.target}" [label="{_op_label(e.op)}"];')
@@ -84,10 +90,12 @@ def write_png(spec: GraphSpec, path: str | Path) -> Path:
     labels = {v: _label(spec, v, sg.shapes[v]).replace("\\n", "\n") for v in g}
     nx.draw_networkx_nodes(g, pos, ax=ax, node_color=colors, node_size=2600, edgecolors="#555555")
     nx.draw_networkx_labels(g, pos, labels, ax=ax, font_size=8)
-    nx.draw_networkx_edges(g, pos, ax=ax, arrows=True, arrowsize=14, node_size=2600,
-                           connectionstyle="arc3,rad=0.08")
-    nx.draw_networkx_edge_labels(g, pos, {(e.source, e.target): _op_label(e.op) for e in spec.edges}, ax=ax,
-                                 font_size=7, label_pos=0.5)
+    nx.draw_networkx_edges(
+        g, pos, ax=ax, arrows=True, arrowsize=14, node_size=2600, connectionstyle="arc3,rad=0.08"
+    )
+    nx.draw_networkx_edge_labels(
+        g, pos, {(e.source, e.target): _op_label(e.op) for e in spec.edges}, ax=ax, font_size=7, label_pos=0.5
+    )
     ax.set_title(f"{spec.name}: {sg.num_params():,} parameters")
     ax.axis("off")
     fig.tight_layout()

@@ -83,8 +83,11 @@ class SpecGraph:
         for e in self.spec.edges:
             if not op_info(e.op.type).parametric:
                 for v in (e.source, e.target):
-                    reasons.setdefault(v, f"joined to {e.source if v == e.target else e.target} by a "
-                                          f"parameter-free {e.op.type} edge (sizes are tied)")
+                    reasons.setdefault(
+                        v,
+                        f"joined to {e.source if v == e.target else e.target} by a "
+                        f"parameter-free {e.op.type} edge (sizes are tied)",
+                    )
         return reasons
 
     def num_params(self) -> int:
@@ -128,19 +131,27 @@ def check_spec(spec: GraphSpec) -> list[Problem]:
     for i, e in enumerate(spec.edges):
         ok = True
         if e.source not in nodes and e.source not in inputs:
-            problems.append(Problem(("edges", i, "from"), f"unknown source {e.source!r}"
-                                    + _hint(e.source, [*inputs, *nodes])))
+            problems.append(
+                Problem(
+                    ("edges", i, "from"), f"unknown source {e.source!r}" + _hint(e.source, [*inputs, *nodes])
+                )
+            )
             ok = False
         if e.target in inputs:
             problems.append(Problem(("edges", i, "to"), f"an edge cannot write into the input {e.target!r}"))
             ok = False
         elif e.target not in nodes:
-            problems.append(Problem(("edges", i, "to"),
-                                    f"unknown target {e.target!r}" + _hint(e.target, nodes)))
+            problems.append(
+                Problem(("edges", i, "to"), f"unknown target {e.target!r}" + _hint(e.target, nodes))
+            )
             ok = False
         if (e.source, e.target) in seen:
-            problems.append(Problem(("edges", i), f"duplicate edge {e.source}->{e.target} "
-                                                  f"(first as edges[{seen[(e.source, e.target)]}])"))
+            problems.append(
+                Problem(
+                    ("edges", i),
+                    f"duplicate edge {e.source}->{e.target} (first as edges[{seen[(e.source, e.target)]}])",
+                )
+            )
             ok = False
         seen.setdefault((e.source, e.target), i)
         if ok:
@@ -174,8 +185,9 @@ def check_spec(spec: GraphSpec) -> list[Problem]:
         if dag.in_degree(v) and v not in from_inputs:
             problems.append(Problem(("nodes", v), f"node {v!r} has no path from any input"))
         if v not in to_outputs:
-            problems.append(Problem(("nodes", v),
-                                    f"node {v!r} has no path to any output (it would be unused)"))
+            problems.append(
+                Problem(("nodes", v), f"node {v!r} has no path to any output (it would be unused)")
+            )
     for x in inputs:
         if x not in to_outputs:
             problems.append(Problem(("inputs", x), f"input {x!r} is not used by any output"))
@@ -187,8 +199,13 @@ def check_spec(spec: GraphSpec) -> list[Problem]:
         return shape_problems
     n_params = count_params(spec, shapes)
     if n_params > MAX_PARAMS:
-        problems.append(Problem(("nodes",), f"the model would have {n_params:,} parameters "
-                                            f"(more than the {MAX_PARAMS:,} dagrow allocates)"))
+        problems.append(
+            Problem(
+                ("nodes",),
+                f"the model would have {n_params:,} parameters "
+                f"(more than the {MAX_PARAMS:,} dagrow allocates)",
+            )
+        )
     return problems
 
 
@@ -206,16 +223,21 @@ def _check_growth(spec: GraphSpec) -> list[Problem]:
     if isinstance(g.widen, list):
         for i, v in enumerate(g.widen):
             if v not in spec.nodes:
-                problems.append(Problem(("growth", "widen", i), f"cannot widen unknown node {v!r}"
-                                        + _hint(v, spec.nodes)))
+                problems.append(
+                    Problem(("growth", "widen", i), f"cannot widen unknown node {v!r}" + _hint(v, spec.nodes))
+                )
     for key in ("new_nodes", "new_edges", "deepen"):
         pairs = getattr(g, key)
         if isinstance(pairs, list):
             for i, (u, w) in enumerate(pairs):
                 for end in (u, w):
                     if end not in known:
-                        problems.append(Problem(("growth", key, i), f"unknown node {end!r} in pair {u}->{w}"
-                                                + _hint(end, known)))
+                        problems.append(
+                            Problem(
+                                ("growth", key, i),
+                                f"unknown node {end!r} in pair {u}->{w}" + _hint(end, known),
+                            )
+                        )
     return problems
 
 
@@ -266,4 +288,3 @@ def analyze(spec: GraphSpec) -> SpecGraph:
 
 def num_params(spec: GraphSpec) -> int:
     return analyze(spec).num_params()
-

@@ -131,8 +131,9 @@ def usable_device(name: str | torch.device) -> torch.device:
         if not torch.cuda.is_available():
             raise ValueError(f"device {str(name)!r} is not available: this torch has no usable CUDA device")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {str(name)!r} is not available: {torch.cuda.device_count()} CUDA "
-                             "device(s) here")
+            raise ValueError(
+                f"device {str(name)!r} is not available: {torch.cuda.device_count()} CUDA device(s) here"
+            )
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device {str(name)!r} is not available here")
     return device

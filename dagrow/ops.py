@@ -167,8 +167,9 @@ class Flatten(nn.Module):
         return x.flatten(1)
 
 
-@register_op("linear", "dense map W b_u (weight [out, in], no bias)", parametric=True,
-             fan_in=lambda op, s: s[0])
+@register_op(
+    "linear", "dense map W b_u (weight [out, in], no bias)", parametric=True, fan_in=lambda op, s: s[0]
+)
 class LinearOp(SpecModel):
     type: Literal["linear"] = "linear"
 
@@ -180,8 +181,12 @@ class LinearOp(SpecModel):
         return LinearWeight(in_shape[0], out_shape[0])
 
 
-@register_op("conv2d", "2-D convolution (kernel, stride, padding; weight [out, in, k, k], no bias)",
-             parametric=True, fan_in=lambda op, s: s[0] * math.prod(_pair(op.kernel)))
+@register_op(
+    "conv2d",
+    "2-D convolution (kernel, stride, padding; weight [out, in, k, k], no bias)",
+    parametric=True,
+    fan_in=lambda op, s: s[0] * math.prod(_pair(op.kernel)),
+)
 class Conv2dOp(SpecModel):
     type: Literal["conv2d"] = "conv2d"
     kernel: PositiveInt | tuple[PositiveInt, PositiveInt] = 3
@@ -204,8 +209,9 @@ class FlattenOp(SpecModel):
         c, h, w = _need_image("flatten", in_shape)
         width = _need_width("flatten", target)
         if width != c * h * w:
-            raise ShapeError(f"flatten of {list(in_shape)} gives {c * h * w} features "
-                             f"but the target has width {width}")
+            raise ShapeError(
+                f"flatten of {list(in_shape)} gives {c * h * w} features but the target has width {width}"
+            )
         return (width,)
 
     def build(self, in_shape: Shape, out_shape: Shape) -> nn.Module:
@@ -220,11 +226,15 @@ class IdentityOp(SpecModel):
         width, channels = target
         if len(in_shape) == 1:
             if width != in_shape[0]:
-                raise ShapeError(f"identity from a source of width {in_shape[0]} into a node of "
-                                 f"{'width ' + str(width) if width else 'channels ' + str(channels)}")
+                raise ShapeError(
+                    f"identity from a source of width {in_shape[0]} into a node of "
+                    f"{'width ' + str(width) if width else 'channels ' + str(channels)}"
+                )
         elif channels != in_shape[0]:
-            raise ShapeError(f"identity from an image of {in_shape[0]} channels into a node of "
-                             f"{'channels ' + str(channels) if channels else 'width ' + str(width)}")
+            raise ShapeError(
+                f"identity from an image of {in_shape[0]} channels into a node of "
+                f"{'channels ' + str(channels) if channels else 'width ' + str(width)}"
+            )
         return in_shape
 
     def build(self, in_shape: Shape, out_shape: Shape) -> nn.Module:

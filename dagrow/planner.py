@@ -196,8 +196,7 @@ class Natural(Strategy):
             return None
         scores = {p.site.id: p.score for p in ev.proposals}
         note = (
-            f"Delta eta / eta = {ev.relative:.3g} > tau, "
-            f"Delta eta / E||dL/dy||^2 = {ev.absolute:.3g} > alpha"
+            f"Delta eta / eta = {ev.relative:.3g} > tau, Delta eta / E||dL/dy||^2 = {ev.absolute:.3g} > alpha"
         )
         return Decision(None, None, None, scores, note, actions=self.actions(ev))
 

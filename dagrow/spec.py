@@ -36,8 +36,9 @@ MAX_WIDTH = 1_000_000  # refuse absurd widths before allocating anything
 
 def _check_name(name: str) -> str:
     if not name.isidentifier() or keyword.iskeyword(name):
-        raise ValueError(f"{name!r} is not a Python identifier "
-                         "(letters, digits and _, not starting with a digit)")
+        raise ValueError(
+            f"{name!r} is not a Python identifier (letters, digits and _, not starting with a digit)"
+        )
     if "__" in name:
         raise ValueError(f"{name!r} contains '__', which dagrow reserves for edge names such as h1__h2")
     return name
@@ -335,7 +336,8 @@ def _pydantic_diagnostics(exc: ValidationError, smap: SourceMap) -> list[Diagnos
             choices = err.get("ctx", {}).get("expected_tags", "")
             hint = difflib.get_close_matches(str(tag), [c.strip(" '") for c in choices.split(",")], n=1)
             msg = f"{where}: unknown {loc_t[-1] if loc_t else 'value'} {tag!r}; expected one of {choices}" + (
-                f" (did you mean {hint[0]!r}?)" if hint else "")
+                f" (did you mean {hint[0]!r}?)" if hint else ""
+            )
         else:
             field = ".".join(str(p) for p in err["loc"])
             msg = f"{where}: {field}: {err['msg']}"
@@ -356,8 +358,9 @@ def parse_spec(data: Any, smap: SourceMap | None = None) -> GraphSpec:
         raise SpecError(_pydantic_diagnostics(exc, smap)) from None
     problems = check_spec(spec)
     if problems:
-        raise SpecError([smap.diagnostic(p.path, f"{element_name(data, p.path)}: {p.message}")
-                         for p in problems])
+        raise SpecError(
+            [smap.diagnostic(p.path, f"{element_name(data, p.path)}: {p.message}") for p in problems]
+        )
     return spec
 
 

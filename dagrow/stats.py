@@ -335,7 +335,13 @@ class _Accumulator:
                         )
         widths = {v: int(torch.tensor(s).prod()) for v, s in self.sg.shapes.items()}
         return Statistics(
-            self.n, self.pair_sums, self.grad_sums, self.g_sums, widths, self.loss_sum, self.spec,
+            self.n,
+            self.pair_sums,
+            self.grad_sums,
+            self.g_sums,
+            widths,
+            self.loss_sum,
+            self.spec,
             self.g_sq_sums,
         )
 

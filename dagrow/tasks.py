@@ -328,8 +328,10 @@ def fit_task(task: Task, spec) -> Task:
                 f"{where}: input {name!r} has shape {list(want)} but task {task.name!r} gives samples of "
                 f"shape {list(task.input_shape)}"
             )
-        splits = {k: Split(getattr(task, k).x.reshape(-1, *want), getattr(task, k).y)
-                  for k in ("train", "val", "test")}
+        splits = {
+            k: Split(getattr(task, k).x.reshape(-1, *want), getattr(task, k).y)
+            for k in ("train", "val", "test")
+        }
         task = replace(task, input_shape=want, **splits)
     width = math.prod(shapes[out])
     if width != task.output_dim:

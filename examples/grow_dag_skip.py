@@ -34,17 +34,25 @@ def main() -> None:
     task = dagrow.make_task("teacher_student", seed=args.seed, n=2000, in_dim=8, hidden=16, out_dim=2)
     sites = dagrow.enumerate_sites(spec, include_unsupported=False)
     print(f"{spec.name}: {len(sites)} growth sites: {', '.join(s.id for s in sites)}")
-    config = dagrow.GrowthConfig(strategy="amplitude_factor", init="tiny", growths=args.growths,
-                                 every=args.every, neurons=args.neurons, seed=args.seed)
+    config = dagrow.GrowthConfig(
+        strategy="amplitude_factor",
+        init="tiny",
+        growths=args.growths,
+        every=args.every,
+        neurons=args.neurons,
+        seed=args.seed,
+    )
     result = dagrow.grow(spec, task, config)
 
     for h in result.history:
         if h["event"] == "rollback" or (h["event"] == "growth" and "reason" in h):
             print(f"growth {h['growth']}: {h.get('site') or 'no site'}: {h['reason']}")
         elif h["event"] == "growth":
-            print(f"growth {h['growth']} at step {h['step']}: {h['site']} ({h['kind']}), "
-                  f"gamma* {h['gamma']:.3g}, loss {h['loss_before']:.4g} -> {h['loss_after']:.4g}, "
-                  f"{h['params']} parameters")
+            print(
+                f"growth {h['growth']} at step {h['step']}: {h['site']} ({h['kind']}), "
+                f"gamma* {h['gamma']:.3g}, loss {h['loss_before']:.4g} -> {h['loss_after']:.4g}, "
+                f"{h['params']} parameters"
+            )
     end = result.history[-1]
     grown = [h["site"] for h in result.history if h["event"] == "growth" and "reason" not in h]
     print(f"parameters: {dagrow.num_params(spec)} -> {dagrow.num_params(result.model.spec)}")

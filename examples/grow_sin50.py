@@ -33,8 +33,14 @@ def main() -> None:
 
     spec = dagrow.load_spec(ROOT / "specs" / "mlp_sin50.yaml")
     task = dagrow.make_task("sin50", seed=args.seed, n=args.n)
-    config = dagrow.GrowthConfig(strategy="amplitude_factor", init="tiny", growths=args.growths,
-                                 every=args.every, neurons=args.neurons, seed=args.seed)
+    config = dagrow.GrowthConfig(
+        strategy="amplitude_factor",
+        init="tiny",
+        growths=args.growths,
+        every=args.every,
+        neurons=args.neurons,
+        seed=args.seed,
+    )
     result = dagrow.grow(spec, task, config)
 
     end = result.history[-1]

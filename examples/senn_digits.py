@@ -44,17 +44,30 @@ def main() -> None:
     for n in sizes:
         for seed in range(args.seeds):
             task = dagrow.make_task("digits", n=n, seed=seed)
-            config = dagrow.GrowthConfig(strategy="natural", growths=None, every=100, lr=1e-2, batch_size=64,
-                                  max_rounds=40, seed=seed)
+            config = dagrow.GrowthConfig(
+                strategy="natural", growths=None, every=100, lr=1e-2, batch_size=64, max_rounds=40, seed=seed
+            )
             started = time.perf_counter()
             result = dagrow.grow(dagrow.load_spec(SPEC), task, config)
             end = result.history[-1]
             stop = next(h for h in result.history if h["event"] == "stop")
-            rows.append((n, len(task.train), seed, result.model.spec.nodes["h"].width, end["test_accuracy"],
-                         stop["step"], time.perf_counter() - started))
-            print(f"n={n:5d} (train {len(task.train):4d}) seed {seed}: width {rows[-1][3]:3d}, "
-                  f"test accuracy {end['test_accuracy']:.3f}, stopped growing at step {stop['step']} "
-                  f"({stop['reason']}), {rows[-1][-1]:.0f} s", flush=True)
+            rows.append(
+                (
+                    n,
+                    len(task.train),
+                    seed,
+                    result.model.spec.nodes["h"].width,
+                    end["test_accuracy"],
+                    stop["step"],
+                    time.perf_counter() - started,
+                )
+            )
+            print(
+                f"n={n:5d} (train {len(task.train):4d}) seed {seed}: width {rows[-1][3]:3d}, "
+                f"test accuracy {end['test_accuracy']:.3f}, stopped growing at step {stop['step']} "
+                f"({stop['reason']}), {rows[-1][-1]:.0f} s",
+                flush=True,
+            )
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     train = [r[1] for r in rows]
     axes[0].plot(train, [r[3] for r in rows], "o", color="C0")

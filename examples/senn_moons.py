@@ -52,9 +52,19 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/img/senn_moons.png"))
     args = parser.parse_args()
     task = dagrow.make_task("moons", n=200, noise=0.3, seed=args.seed)
-    config = dagrow.GrowthConfig(strategy="natural", growths=None, every=200, lr=1e-2, batch_size=64,
-                          max_rounds=30, depth_cost=args.depth_cost, tau=args.tau,
-                          alpha=args.alpha, final_steps=args.final_steps, seed=args.seed)
+    config = dagrow.GrowthConfig(
+        strategy="natural",
+        growths=None,
+        every=200,
+        lr=1e-2,
+        batch_size=64,
+        max_rounds=30,
+        depth_cost=args.depth_cost,
+        tau=args.tau,
+        alpha=args.alpha,
+        final_steps=args.final_steps,
+        seed=args.seed,
+    )
     started = time.perf_counter()
     result = dagrow.grow(dagrow.load_spec(SPEC), task, config)
     seconds = time.perf_counter() - started
@@ -66,17 +76,21 @@ def main() -> None:
     stop, end = next(h for h in hist if h["event"] == "stop"), hist[-1]
     spec = result.model.spec
     print(f"additions: {', '.join(h['site'] for h in grown)}")
-    print(f"depth 1 -> {depth(spec)}, hidden widths {[n.size for v, n in spec.nodes.items() if v != 'out']}, "
-          f"{end['params']} parameters; stopped at step {stop['step']}: {stop['reason']}")
+    print(
+        f"depth 1 -> {depth(spec)}, hidden widths {[n.size for v, n in spec.nodes.items() if v != 'out']}, "
+        f"{end['params']} parameters; stopped at step {stop['step']}: {stop['reason']}"
+    )
     fresh = dagrow.make_task("moons", n=5000, noise=0.3, seed=args.seed + 1000).train  # held out, large
 
     def accuracy(model) -> float:
         with torch.no_grad():
             return float((model(fresh.x).argmax(1) == fresh.y).double().mean())
 
-    print(f"test accuracy {end['test_accuracy']:.3f} (linear model, same steps: "
-          f"{linear.history[-1]['test_accuracy']:.3f}); on {len(fresh)} fresh points: "
-          f"{accuracy(result.model):.3f} (linear {accuracy(linear.model):.3f}); {seconds:.0f} s")
+    print(
+        f"test accuracy {end['test_accuracy']:.3f} (linear model, same steps: "
+        f"{linear.history[-1]['test_accuracy']:.3f}); on {len(fresh)} fresh points: "
+        f"{accuracy(result.model):.3f} (linear {accuracy(linear.model):.3f}); {seconds:.0f} s"
+    )
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     x, y = task.train.x, task.train.y

@@ -40,8 +40,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/img/senn_regression1d.png"))
     args = parser.parse_args()
     task = dagrow.make_task("regression1d", n=50, seed=args.seed)
-    config = dagrow.GrowthConfig(strategy="natural", growths=None, every=200, lr=1e-2, batch_size=64,
-                          max_rounds=60, seed=args.seed)
+    config = dagrow.GrowthConfig(
+        strategy="natural", growths=None, every=200, lr=1e-2, batch_size=64, max_rounds=60, seed=args.seed
+    )
     started = time.perf_counter()
     result = dagrow.grow(dagrow.load_spec(SPEC), task, config)
     seconds = time.perf_counter() - started
@@ -49,10 +50,14 @@ def main() -> None:
     evals = [h for h in hist if h["event"] in ("growth", "evaluation")]
     stop, end = next(h for h in hist if h["event"] == "stop"), hist[-1]
     width = result.model.spec.nodes["h"].width
-    print(f"width 1 -> {width} in {sum(h['event'] == 'growth' for h in hist)} additions; "
-          f"stopped at step {stop['step']} (round {stop['round']}): {stop['reason']}")
-    print(f"val mse {end['val_mse']:.4g}, test mse {end['test_mse']:.4g}, {end['params']} parameters, "
-          f"{seconds:.0f} s")
+    print(
+        f"width 1 -> {width} in {sum(h['event'] == 'growth' for h in hist)} additions; "
+        f"stopped at step {stop['step']} (round {stop['round']}): {stop['reason']}"
+    )
+    print(
+        f"val mse {end['val_mse']:.4g}, test mse {end['test_mse']:.4g}, {end['params']} parameters, "
+        f"{seconds:.0f} s"
+    )
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     x, y = task.train.x, task.train.y

@@ -220,12 +220,15 @@ def test_export_png_without_matplotlib_says_what_to_install(tmp_path, monkeypatc
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("args, says", [
-    (["export", "SPEC", "--to", "svg"], "'svg' is not one of 'dot', 'png', 'yaml', 'pt2', 'onnx'"),
-    (["export", "SPEC", "--bogus"], "No such option: --bogus"),
-    (["compile"], "Missing argument 'SPEC'"),
-    (["frobnicate"], "No such command 'frobnicate'"),
-])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["export", "SPEC", "--to", "svg"], "'svg' is not one of 'dot', 'png', 'yaml', 'pt2', 'onnx'"),
+        (["export", "SPEC", "--bogus"], "No such option: --bogus"),
+        (["compile"], "Missing argument 'SPEC'"),
+        (["frobnicate"], "No such command 'frobnicate'"),
+    ],
+)
 def test_bad_flags_and_values_exit_1(args, says):
     result = run(*[str(DAG) if a == "SPEC" else a for a in args], ok=False)
     assert says in " ".join(result.stderr.replace("│", " ").split())
@@ -233,8 +236,9 @@ def test_bad_flags_and_values_exit_1(args, says):
 
 def test_console_entry_point_in_a_subprocess(typo):
     """The real process: exit status 1, the diagnostic alone on stderr, nothing else."""
-    proc = subprocess.run([sys.executable, "-m", "dagrow", "validate", str(typo)], capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dagrow", "validate", str(typo)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 1
     assert proc.stdout == ""
     assert proc.stderr == f"{typo}:5:7: node 'h': unknown key 'widht' (did you mean 'width'?)\n"

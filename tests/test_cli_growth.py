@@ -43,8 +43,15 @@ def data(tmp_path_factory) -> Path:
 # sites
 # ---------------------------------------------------------------------------------------------
 
-JSON_KEYS = {"site", "kind", "lambdas", "first_order_improvement", "bottleneck", "delta_w_norm",
-             "params_added"}
+JSON_KEYS = {
+    "site",
+    "kind",
+    "lambdas",
+    "first_order_improvement",
+    "bottleneck",
+    "delta_w_norm",
+    "params_added",
+}
 
 
 def test_sites_json_lists_every_site_with_its_figures(data):
@@ -146,27 +153,51 @@ def test_a_killed_grow_resumes_from_its_last_growth(data, tmp_path, monkeypatch)
     assert len([h for h in resumed if h["event"] in ("growth", "rollback")]) == 3
 
 
-@pytest.mark.parametrize("args, says", [
-    (["grow", "SPEC", "--data", "DATA"], "give a SPEC_OR_BUNDLE and --out DIR"),
-    (["grow", "SPEC", "--data", "DATA", "--out", "OUT", "--strategy", "best"], "unknown strategy 'best'"),
-    (["grow", "SPEC", "--data", "DATA", "--out", "OUT", "--init", "tinny"], "unknown init 'tinny'"),
-    (["grow", "SPEC", "--data", "DATA", "--out", "OUT", "--optimizer", "lbfgs"], "unknown optimizer 'lbfgs'"),
-    (["grow", "SPEC", "--data", "DATA", "--out", "OUT", "--statistics", "all"], "unknown statistics 'all'"),
-    (["grow", "SPEC", "--data", "DATA", "--out", "OUT", "--statistics", "training", "--optimizer",
-      "best_update"], "statistics=training records the statistics during sgd or adam steps"),
-    (["grow", "--resume", "OUT", "--data", "DATA"], "nothing to resume"),
-    (["grow", "SPEC", "--task", "sin50", "--data", "DATA", "--out", "OUT"], "exactly one of --task"),
-    (["sites", "SPEC"], "give exactly one of --task NAME or --data FILE"),
-    (["sites", "SPEC", "--task", "sin5"], "unknown task 'sin5'"),
-    (["sites", "SPEC", "--data", "MISSING"], "no such file"),
-    (["sites", "SPEC", "--data", "DATA", "--loss", "hinge"], "unknown loss 'hinge'"),
-    (["grow", "SPEC", "--data", "DATA", "--out", "OUT", "--device", "tpu"], "unknown device 'tpu'"),
-    (["sites", "SPEC", "--data", "DATA", "--device", "gpu0"], "unknown device 'gpu0'"),
-    (["sites", "SPEC", "--task", "moons"],
-     "mlp_sin50.yaml: spec 'mlp-sin50': input 'x' has shape [50] but task 'moons' gives samples of "
-     "shape [2]"),
-    (["grow", "SPEC", "--task", "regression1d", "--out", "OUT"], "input 'x' has shape [50] but task"),
-])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["grow", "SPEC", "--data", "DATA"], "give a SPEC_OR_BUNDLE and --out DIR"),
+        (["grow", "SPEC", "--data", "DATA", "--out", "OUT", "--strategy", "best"], "unknown strategy 'best'"),
+        (["grow", "SPEC", "--data", "DATA", "--out", "OUT", "--init", "tinny"], "unknown init 'tinny'"),
+        (
+            ["grow", "SPEC", "--data", "DATA", "--out", "OUT", "--optimizer", "lbfgs"],
+            "unknown optimizer 'lbfgs'",
+        ),
+        (
+            ["grow", "SPEC", "--data", "DATA", "--out", "OUT", "--statistics", "all"],
+            "unknown statistics 'all'",
+        ),
+        (
+            [
+                "grow",
+                "SPEC",
+                "--data",
+                "DATA",
+                "--out",
+                "OUT",
+                "--statistics",
+                "training",
+                "--optimizer",
+                "best_update",
+            ],
+            "statistics=training records the statistics during sgd or adam steps",
+        ),
+        (["grow", "--resume", "OUT", "--data", "DATA"], "nothing to resume"),
+        (["grow", "SPEC", "--task", "sin50", "--data", "DATA", "--out", "OUT"], "exactly one of --task"),
+        (["sites", "SPEC"], "give exactly one of --task NAME or --data FILE"),
+        (["sites", "SPEC", "--task", "sin5"], "unknown task 'sin5'"),
+        (["sites", "SPEC", "--data", "MISSING"], "no such file"),
+        (["sites", "SPEC", "--data", "DATA", "--loss", "hinge"], "unknown loss 'hinge'"),
+        (["grow", "SPEC", "--data", "DATA", "--out", "OUT", "--device", "tpu"], "unknown device 'tpu'"),
+        (["sites", "SPEC", "--data", "DATA", "--device", "gpu0"], "unknown device 'gpu0'"),
+        (
+            ["sites", "SPEC", "--task", "moons"],
+            "mlp_sin50.yaml: spec 'mlp-sin50': input 'x' has shape [50] but task 'moons' gives samples of "
+            "shape [2]",
+        ),
+        (["grow", "SPEC", "--task", "regression1d", "--out", "OUT"], "input 'x' has shape [50] but task"),
+    ],
+)
 def test_bad_growth_flags_exit_1(args, says, data, tmp_path):
     subst = {"SPEC": MLP, "DATA": data, "OUT": tmp_path / "out", "MISSING": tmp_path / "none.npz"}
     result = run(*[subst.get(a, a) for a in args], ok=False)

@@ -44,11 +44,13 @@ def test_several_inputs_and_outputs_compute_the_spec():
     u, v = random_inputs(spec, dtype=torch.float64)
     head_a, head_b = model(u, v)
     w = dict(model.named_parameters())
-    trunk = torch.tanh(u @ w["edges.u__trunk.weight"].T + v @ w["edges.v__trunk.weight"].T
-                       + w["nodes.trunk.bias"])
+    trunk = torch.tanh(
+        u @ w["edges.u__trunk.weight"].T + v @ w["edges.v__trunk.weight"].T + w["nodes.trunk.bias"]
+    )
     expect_a = trunk @ w["edges.trunk__head_a.weight"].T + w["nodes.head_a.bias"]
-    expect_b = torch.sigmoid(trunk @ w["edges.trunk__head_b.weight"].T + v @ w["edges.v__head_b.weight"].T
-                             + w["nodes.head_b.bias"])
+    expect_b = torch.sigmoid(
+        trunk @ w["edges.trunk__head_b.weight"].T + v @ w["edges.v__head_b.weight"].T + w["nodes.head_b.bias"]
+    )
     torch.testing.assert_close(head_a, expect_a, rtol=0, atol=1e-12)
     torch.testing.assert_close(head_b, expect_b, rtol=0, atol=1e-12)
     assert head_a.shape == (5, 2) and head_b.shape == (5, 1)
@@ -97,8 +99,12 @@ def test_generated_code_is_readable():
     model = compile(SPECS["mlp_sin50"], seed=0)
     code = model.code
     assert "def forward(self, x):" in code
-    for line in ("x__h1 = self.edges.x__h1(x)", "a_h1 = self.nodes.h1(x__h1)",
-                 "h1 = self.nodes.h1.activation(a_h1)", "return out"):
+    for line in (
+        "x__h1 = self.edges.x__h1(x)",
+        "a_h1 = self.nodes.h1(x__h1)",
+        "h1 = self.nodes.h1.activation(a_h1)",
+        "return out",
+    ):
         assert line in code, code
     model = compile(SPECS["dag_skip"], seed=0)
     assert "sum_m = a__m + b__m" in model.code
@@ -141,8 +147,9 @@ def test_model_is_a_graph_module_that_knows_its_spec():
 def test_seed_makes_initialisation_reproducible_and_bounded():
     spec = load_spec(SPECS["dag_skip"])
     a, b, c = compile(spec, seed=1), compile(spec, seed=1), compile(spec, seed=2)
-    for (k, pa), pb, pc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values(),
-                               strict=True):
+    for (k, pa), pb, pc in zip(
+        a.state_dict().items(), b.state_dict().values(), c.state_dict().values(), strict=True
+    ):
         assert torch.equal(pa, pb), k
         assert not torch.equal(pa, pc), k
     # fan-in of node out sums both edges into it: m (4) and x (8)

@@ -102,11 +102,14 @@ def test_onnx_without_the_extra_says_what_to_install(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("name, atol", [
-    ("two_in_two_out.yaml", 1e-13),
-    # gelu: onnx's reference Erf is a float64 approximation good to ~1e-10, not exact
-    ("every_op.yaml", 1e-8),
-])
+@pytest.mark.parametrize(
+    "name, atol",
+    [
+        ("two_in_two_out.yaml", 1e-13),
+        # gelu: onnx's reference Erf is a float64 approximation good to ~1e-10, not exact
+        ("every_op.yaml", 1e-8),
+    ],
+)
 def test_onnx_runs_with_the_same_outputs(tmp_path, name, atol):
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxscript")

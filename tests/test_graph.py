@@ -63,8 +63,14 @@ def test_order_follows_declaration_among_ready_nodes():
 
 def test_shapes_of_the_conv_net():
     sg = analyze(load_spec(ROOT / "specs" / "conv_digits.yaml"))
-    assert sg.shapes == {"img": (1, 8, 8), "c1": (8, 8, 8), "p1": (8, 4, 4), "flat": (128,),
-                         "hidden": (16,), "out": (10,)}
+    assert sg.shapes == {
+        "img": (1, 8, 8),
+        "c1": (8, 8, 8),
+        "p1": (8, 4, 4),
+        "flat": (128,),
+        "hidden": (16,),
+        "out": (10,),
+    }
     assert [v for v in sg.order if sg.is_flat(v)] == ["flat", "hidden", "out"]
 
 
@@ -79,16 +85,27 @@ def test_tied_sizes_say_why():
 
 
 def test_check_spec_paths_point_into_the_data():
-    problems = check_spec(spec_of(chain(edges=[{"from": "x", "to": "h"}, {"from": "hh", "to": "out"},
-                                               {"from": "h", "to": "nowhere"}])))
+    problems = check_spec(
+        spec_of(
+            chain(
+                edges=[{"from": "x", "to": "h"}, {"from": "hh", "to": "out"}, {"from": "h", "to": "nowhere"}]
+            )
+        )
+    )
     assert [p.path for p in problems] == [("edges", 1, "from"), ("edges", 2, "to")]
     assert all(isinstance(p, Problem) for p in problems)
 
 
 def test_cycle_names_the_closing_edge():
-    data = chain(nodes={"a": {"width": 2}, "b": {"width": 2}, "out": {"width": 2}},
-                 edges=[{"from": "x", "to": "a"}, {"from": "a", "to": "b"}, {"from": "b", "to": "a"},
-                        {"from": "b", "to": "out"}])
+    data = chain(
+        nodes={"a": {"width": 2}, "b": {"width": 2}, "out": {"width": 2}},
+        edges=[
+            {"from": "x", "to": "a"},
+            {"from": "a", "to": "b"},
+            {"from": "b", "to": "a"},
+            {"from": "b", "to": "out"},
+        ],
+    )
     (problem,) = check_spec(spec_of(data))
     assert problem.path == ("edges", 2)
     assert problem.message in ("cycle: a -> b -> a", "cycle: b -> a -> b")
@@ -114,7 +131,11 @@ def test_analyze_refuses_a_shape_mismatch():
 
 
 def test_num_params_counts_bias_and_activation_parameters():
-    data = chain(nodes={"h": {"width": 3, "activation": "rational", "bias": False},
-                        "out": {"width": 2, "activation": "prelu"}})
+    data = chain(
+        nodes={
+            "h": {"width": 3, "activation": "rational", "bias": False},
+            "out": {"width": 2, "activation": "prelu"},
+        }
+    )
     # weights 4*3 + 3*2, biases 0 + 2, rational 3, prelu 1
     assert num_params(spec_of(data)) == 12 + 6 + 2 + 3 + 1

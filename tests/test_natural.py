@@ -272,12 +272,18 @@ def test_refined_candidates_beat_their_starting_point():
 
 CONSTRUCTIONS = [
     pytest.param("identity", act, id=f"identity-{name}")
-    for name, act in (("prelu", {"name": "prelu", "init": 1.0}), ("rational", {"name": "rational"}),
-                      ("identity", "identity"))
+    for name, act in (
+        ("prelu", {"name": "prelu", "init": 1.0}),
+        ("rational", {"name": "rational"}),
+        ("identity", "identity"),
+    )
 ] + [
     pytest.param("basis", act, id=f"basis-{name}")
-    for name, act in (("prelu", {"name": "prelu", "init": 1.0}), ("rational", {"name": "rational"}),
-                      ("identity", "identity"))
+    for name, act in (
+        ("prelu", {"name": "prelu", "init": 1.0}),
+        ("rational", {"name": "rational"}),
+        ("identity", "identity"),
+    )
 ]
 
 
@@ -311,8 +317,11 @@ def test_deepening_every_edge_keeps_the_outputs_and_the_new_layer_learns(source,
         out = out if isinstance(out, tuple) else (out,)
         assert max_diff(out, base) <= 1e-12, (u, w)
         sum((o - 0.3).pow(2).sum() for o in out).backward()
-        new = [k for k, _ in grown.named_parameters() if k.startswith(f"nodes.{m}.") or f"{m}__" in k
-               or f"__{m}." in k]
+        new = [
+            k
+            for k, _ in grown.named_parameters()
+            if k.startswith(f"nodes.{m}.") or f"{m}__" in k or f"__{m}." in k
+        ]
         assert {f"edges.{u}__{m}.weight", f"edges.{m}__{w}.weight", f"nodes.{m}.bias"} <= set(new)
         for name in new:
             g = grown.get_parameter(name).grad
@@ -352,8 +361,17 @@ def chain_spec(name: str, d_in: int, hidden: dict[str, dict], d_out: int, growth
     nodes = {**hidden, "out": {"width": d_out}}
     names = ["x", *hidden, "out"]
     edges = [{"from": a, "to": b} for a, b in zip(names, names[1:], strict=False)]
-    return parse_spec({"version": 1, "name": name, "inputs": {"x": {"shape": [d_in]}}, "nodes": nodes,
-                       "edges": edges, "outputs": ["out"], "growth": growth})
+    return parse_spec(
+        {
+            "version": 1,
+            "name": name,
+            "inputs": {"x": {"shape": [d_in]}},
+            "nodes": nodes,
+            "edges": edges,
+            "outputs": ["out"],
+            "growth": growth,
+        }
+    )
 
 
 ONE_TANH = {"h": {"width": 1, "activation": "tanh"}}
@@ -402,8 +420,9 @@ def test_moons_from_a_linear_model_inserts_depth():
 
 @pytest.mark.slow
 def test_digits_a_larger_training_set_grows_a_larger_network():
-    spec = chain_spec("digits", 64, {"h": {"width": 2, "activation": "tanh"}}, 10,
-                      {"widen": ["h"], "new_nodes": "none"})
+    spec = chain_spec(
+        "digits", 64, {"h": {"width": 2, "activation": "tanh"}}, 10, {"widen": ["h"], "new_nodes": "none"}
+    )
     widths = {}
     for n in (100, 1000):
         task = make_task("digits", n=n, seed=0)
@@ -417,18 +436,49 @@ def test_grow_cli_natural_needs_no_growth_count_and_reports_its_settings(tmp_pat
     path = tmp_path / "spec.yaml"
     path.write_text(spec.to_yaml())
     out = tmp_path / "run"
-    run_cli("grow", path, "--task", "regression1d", "--strategy", "natural", "--out", out, "--every", "20",
-            "--max-rounds", "2", "--candidates", "2", "--refine-steps", "2", "--tau", "0.1",
-            "--alpha", "0.02", "--cooldown", "0", "--depth-cost", "3", "--construction", "identity", "-q")
+    run_cli(
+        "grow",
+        path,
+        "--task",
+        "regression1d",
+        "--strategy",
+        "natural",
+        "--out",
+        out,
+        "--every",
+        "20",
+        "--max-rounds",
+        "2",
+        "--candidates",
+        "2",
+        "--refine-steps",
+        "2",
+        "--tau",
+        "0.1",
+        "--alpha",
+        "0.02",
+        "--cooldown",
+        "0",
+        "--depth-cost",
+        "3",
+        "--construction",
+        "identity",
+        "-q",
+    )
     lines = [json.loads(t) for t in (out / "history.jsonl").read_text().splitlines()]
     config = lines[-1]["config"]
     assert config["strategy"] == "natural" and config["growths"] is None
-    assert (config["tau"], config["alpha"], config["depth_cost"], config["construction"]) == (0.1, 0.02, 3.0,
-                                                                                              "identity")
+    assert (config["tau"], config["alpha"], config["depth_cost"], config["construction"]) == (
+        0.1,
+        0.02,
+        3.0,
+        "identity",
+    )
     assert {"damping", "fisher", "candidates", "refine_steps", "cooldown", "patience"} <= set(config)
     evaluated = [h for h in lines if h["event"] in ("growth", "evaluation")]
-    assert evaluated and all({"eta", "delta_eta", "ratio", "abs_ratio", "tau", "alpha"} <= set(h)
-                             for h in evaluated)
+    assert evaluated and all(
+        {"eta", "delta_eta", "ratio", "abs_ratio", "tau", "alpha"} <= set(h) for h in evaluated
+    )
 
 
 @pytest.mark.parametrize(
@@ -442,8 +492,18 @@ def test_grow_cli_natural_needs_no_growth_count_and_reports_its_settings(tmp_pat
 def test_grow_cli_rejects_bad_natural_settings(tmp_path, args, message):
     path = tmp_path / "spec.yaml"
     path.write_text(chain_spec("r1", 1, {"h": {"width": 1}}, 1, {}).to_yaml())
-    result = run_cli("grow", path, "--task", "regression1d", "--strategy", "natural", "--out", tmp_path / "o",
-                     *args, ok=False)
+    result = run_cli(
+        "grow",
+        path,
+        "--task",
+        "regression1d",
+        "--strategy",
+        "natural",
+        "--out",
+        tmp_path / "o",
+        *args,
+        ok=False,
+    )
     assert message in result.stderr
 
 
@@ -484,8 +544,9 @@ def test_a_proposal_is_scored_with_the_features_its_rewrite_really_adds():
     settings = NaturalSettings(damping=DAMPING, candidates=3, refine_steps=4)
     state = observe(model, (x, y), "mse", settings)
     for site_id in ("widen:h1", "deepen:h1->h2"):
-        site = find_site(spec.model_copy(update={"growth": spec.growth.model_copy(update={"deepen": "all"})}),
-                         site_id)
+        site = find_site(
+            spec.model_copy(update={"growth": spec.growth.model_copy(update={"deepen": "all"})}), site_id
+        )
         (p,) = score_sites(state, [site])
         spec2, w2 = replay(spec, model.state_dict(), natural_actions(p, spec, settings))
         grown = dagrow.compile(spec2, w2, dtype=torch.float64)

@@ -56,27 +56,33 @@ def test_registry_lists_every_strategy():
 
 def test_naive_is_round_robin(setting):
     model, batch, proposals = setting
-    growable = [p.site.id for p in proposals
-                if p.skipped is None and (p.neurons or p.edge_weight is not None)]
+    growable = [
+        p.site.id for p in proposals if p.skipped is None and (p.neurons or p.edge_weight is not None)
+    ]
     strategy = make_strategy("naive")
-    picked = [strategy.choose(model, proposals, batch, "mse", t).proposal.site.id
-              for t in range(len(growable) + 1)]
+    picked = [
+        strategy.choose(model, proposals, batch, "mse", t).proposal.site.id for t in range(len(growable) + 1)
+    ]
     assert picked == growable + growable[:1]
 
 
 def test_max_eigenvalue_picks_the_largest_lambda1(setting):
     model, batch, proposals = setting
     decision = make_strategy("max_eigenvalue").choose(model, proposals, batch, "mse", 0)
-    best = max((p for p in proposals if p.skipped is None and p.lambdas.numel()),
-               key=lambda p: float(p.lambdas[0]))
+    best = max(
+        (p for p in proposals if p.skipped is None and p.lambdas.numel()), key=lambda p: float(p.lambdas[0])
+    )
     assert decision.proposal.site.id == best.site.id
 
 
 def test_amplitude_factor_picks_the_largest_loss_decrease(setting):
     model, batch, proposals = setting
     decision = make_strategy("amplitude_factor", max_candidates=100).choose(model, proposals, batch, "mse", 0)
-    deltas = {p.site.id: amplitude_factor(model, p, batch, "mse", update=True)[0].delta_l
-              for p in proposals if p.skipped is None and (p.neurons or p.edge_weight is not None)}
+    deltas = {
+        p.site.id: amplitude_factor(model, p, batch, "mse", update=True)[0].delta_l
+        for p in proposals
+        if p.skipped is None and (p.neurons or p.edge_weight is not None)
+    }
     assert decision.proposal.site.id == max(deltas, key=deltas.get)
     assert decision.amplitude.delta_l == pytest.approx(max(deltas.values()))
 

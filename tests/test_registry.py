@@ -36,8 +36,10 @@ def op_spec(name: str) -> dict:
             except ShapeError:
                 continue
             nodes = {"s": {**source_node, "activation": "tanh"}, "t": {**target, "activation": "tanh"}}
-            edges = [{"from": inp, "to": "s", **({"op": first_op} if first_op else {})},
-                     {"from": "s", "to": "t", "op": name}]
+            edges = [
+                {"from": inp, "to": "s", **({"op": first_op} if first_op else {})},
+                {"from": "s", "to": "t", "op": name},
+            ]
             last = "t"
             if len(out) == 3:  # an image: flatten it before the linear read-out
                 nodes["f"] = {"width": math.prod(out), "bias": False}
@@ -45,16 +47,24 @@ def op_spec(name: str) -> dict:
                 last = "f"
             nodes["out"] = {"width": 3}
             edges.append({"from": last, "to": "out"})
-            return {"name": f"op-{name}", "inputs": {inp: inp_spec}, "nodes": nodes, "edges": edges,
-                    "outputs": ["out"]}
+            return {
+                "name": f"op-{name}",
+                "inputs": {inp: inp_spec},
+                "nodes": nodes,
+                "edges": edges,
+                "outputs": ["out"],
+            }
     raise AssertionError(f"no test source/target fits op {name!r}: extend SOURCES/TARGETS")
 
 
 def activation_spec(name: str) -> dict:
-    return {"name": f"act-{name}", "inputs": {"x": {"shape": [4]}},
-            "nodes": {"h": {"width": 6, "activation": name}, "out": {"width": 2, "activation": name}},
-            "edges": [{"from": "x", "to": "h"}, {"from": "h", "to": "out"}, {"from": "x", "to": "out"}],
-            "outputs": ["out"]}
+    return {
+        "name": f"act-{name}",
+        "inputs": {"x": {"shape": [4]}},
+        "nodes": {"h": {"width": 6, "activation": name}, "out": {"width": 2, "activation": name}},
+        "edges": [{"from": "x", "to": "h"}, {"from": "h", "to": "out"}, {"from": "x", "to": "out"}],
+        "outputs": ["out"],
+    }
 
 
 def check_forward_backward(data: dict, dtype: torch.dtype) -> None:

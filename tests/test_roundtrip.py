@@ -58,8 +58,10 @@ def test_round_trip_keeps_the_dtype(dtype, tmp_path):
     xs = [torch.randn(4, *s.shape, dtype=dtype) for s in model.spec.inputs.values()]
     for other in (loaded, recompiled):
         assert all(p.dtype == dtype for p in other.parameters())
-        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
-                                                      other.state_dict().values(), strict=True))
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(model.state_dict().values(), other.state_dict().values(), strict=True)
+        )
         assert torch.equal(model(*xs), other(*xs))
 
 
@@ -99,12 +101,20 @@ def dag_specs(draw) -> dict:
         if x not in read:  # every input must reach an output
             edges.append({"from": x, "to": draw(st.sampled_from(list(nodes)))})
     read = {e["from"] for e in edges}
-    data = {"name": "random", "inputs": inputs, "nodes": nodes, "edges": edges,
-            "outputs": [v for v in nodes if v not in read]}
+    data = {
+        "name": "random",
+        "inputs": inputs,
+        "nodes": nodes,
+        "edges": edges,
+        "outputs": [v for v in nodes if v not in read],
+    }
     if draw(st.booleans()):
         widen = draw(st.lists(st.sampled_from(list(nodes)), unique=True))
-        data["growth"] = {"widen": widen, "new_nodes": draw(st.sampled_from(["edges", "all", "none"])),
-                          "max_width": draw(st.integers(8, 64))}
+        data["growth"] = {
+            "widen": widen,
+            "new_nodes": draw(st.sampled_from(["edges", "all", "none"])),
+            "max_width": draw(st.integers(8, 64)),
+        }
     return data
 
 

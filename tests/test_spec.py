@@ -70,7 +70,8 @@ def test_loads_path_str_and_text(tmp_path):
 
 def test_shorthands_and_full_forms_are_the_same_spec():
     full = MLP.replace("activation: relu", "activation: {name: relu}").replace(
-        "{from: x, to: h}", "{from: x, to: h, op: {type: linear}}")
+        "{from: x, to: h}", "{from: x, to: h, op: {type: linear}}"
+    )
     assert load_spec(full) == load_spec(MLP)
 
 
@@ -135,13 +136,16 @@ def test_schema_rejects_a_misspelt_key():
 
 
 def test_yaml_syntax_error(tmp_path):
-    d = only(tmp_path, """
+    d = only(
+        tmp_path,
+        """
         version: 1
         inputs:
           x: {shape: [4]
         nodes:
           h: {width: 3}
-        """)
+        """,
+    )
     assert "YAML syntax error" in d.message
     assert d.line in (3, 4)  # the unclosed mapping; PyYAML notices it on the next line
 
@@ -168,7 +172,8 @@ def test_misspelt_key_inside_an_op_and_at_the_top(tmp_path):
 
 def test_unknown_op_and_activation_names(tmp_path):
     text = MLP.replace("activation: relu", "activation: rellu").replace(
-        "{from: x, to: h}", "{from: x, to: h, op: linaer}")
+        "{from: x, to: h}", "{from: x, to: h, op: linaer}"
+    )
     _, diags = diagnostics(tmp_path, text)
     by_line = {d.line: d.message for d in diags}
     assert by_line[5].startswith("node 'h': unknown activation 'rellu'")
@@ -215,7 +220,9 @@ def test_duplicate_edge(tmp_path):
 
 
 def test_cycle_is_printed(tmp_path):
-    d = only(tmp_path, """
+    d = only(
+        tmp_path,
+        """
         inputs:
           x: {shape: [4]}
         nodes:
@@ -228,20 +235,27 @@ def test_cycle_is_printed(tmp_path):
           - {from: b, to: c}
           - {from: c, to: a}
         outputs: [c]
-        """)
+        """,
+    )
     assert d.line == 11
     assert d.message == "edge c->a (edges[3]): cycle: a -> b -> c -> a"
 
 
 def test_node_without_path_to_an_output(tmp_path):
-    d = only(tmp_path, MLP.replace("  out: {width: 2}", "  out: {width: 2}\n  dead: {width: 2}").replace(
-        "  - {from: h, to: out}", "  - {from: h, to: out}\n  - {from: h, to: dead}"))
+    d = only(
+        tmp_path,
+        MLP.replace("  out: {width: 2}", "  out: {width: 2}\n  dead: {width: 2}").replace(
+            "  - {from: h, to: out}", "  - {from: h, to: out}\n  - {from: h, to: dead}"
+        ),
+    )
     assert d.line == 7
     assert d.message == "node 'dead': node 'dead' has no path to any output (it would be unused)"
 
 
 def test_node_without_path_from_an_input(tmp_path):
-    _, diags = diagnostics(tmp_path, """
+    _, diags = diagnostics(
+        tmp_path,
+        """
         inputs:
           x: {shape: [4]}
         nodes:
@@ -255,7 +269,8 @@ def test_node_without_path_from_an_input(tmp_path):
           - {from: child, to: out}
           - {from: a, to: out}
         outputs: [out]
-        """)
+        """,
+    )
     assert [(d.line, d.message) for d in diags] == [
         (5, "node 'orphan': node 'orphan' has no incoming edge"),
         (6, "node 'child': node 'child' has no path from any input"),
@@ -263,8 +278,12 @@ def test_node_without_path_from_an_input(tmp_path):
 
 
 def test_non_input_node_without_incoming_edge(tmp_path):
-    d = only(tmp_path, MLP.replace("  out: {width: 2}", "  out: {width: 2}\n  lonely: {width: 2}").replace(
-        "  - {from: h, to: out}", "  - {from: h, to: out}\n  - {from: lonely, to: out}"))
+    d = only(
+        tmp_path,
+        MLP.replace("  out: {width: 2}", "  out: {width: 2}\n  lonely: {width: 2}").replace(
+            "  - {from: h, to: out}", "  - {from: h, to: out}\n  - {from: lonely, to: out}"
+        ),
+    )
     assert (d.line, d.column) == (7, 3)
     assert d.message == "node 'lonely': node 'lonely' has no incoming edge"
 
@@ -276,7 +295,9 @@ def test_unused_input(tmp_path):
 
 
 def test_conv2d_on_a_flat_node(tmp_path):
-    d = only(tmp_path, """
+    d = only(
+        tmp_path,
+        """
         inputs:
           x: {shape: [16]}
         nodes:
@@ -284,14 +305,17 @@ def test_conv2d_on_a_flat_node(tmp_path):
         edges:
           - {from: x, to: c, op: conv2d}
         outputs: [c]
-        """)
+        """,
+    )
     assert d.line == 6
     assert d.message.startswith("edge x->c (edges[0]): conv2d needs an image input")
     assert "[16]" in d.message
 
 
 def test_linear_on_an_unflattened_image(tmp_path):
-    d = only(tmp_path, """
+    d = only(
+        tmp_path,
+        """
         inputs:
           img: {shape: [1, 8, 8]}
         nodes:
@@ -299,14 +323,19 @@ def test_linear_on_an_unflattened_image(tmp_path):
         edges:
           - {from: img, to: h}
         outputs: [h]
-        """)
+        """,
+    )
     assert d.line == 6
-    assert d.message == ("edge img->h (edges[0]): linear needs a flat input but its source has shape "
-                         "[1, 8, 8] (put a flatten edge before it)")
+    assert d.message == (
+        "edge img->h (edges[0]): linear needs a flat input but its source has shape "
+        "[1, 8, 8] (put a flatten edge before it)"
+    )
 
 
 def test_flatten_width_mismatch_and_image_op_into_flat_node(tmp_path):
-    _, diags = diagnostics(tmp_path, """
+    _, diags = diagnostics(
+        tmp_path,
+        """
         inputs:
           img: {shape: [2, 4, 4]}
         nodes:
@@ -317,15 +346,19 @@ def test_flatten_width_mismatch_and_image_op_into_flat_node(tmp_path):
           - {from: img, to: f, op: flatten}
           - {from: c, to: f}
         outputs: [f]
-        """)
+        """,
+    )
     by_line = {d.line: d.message for d in diags}
     assert "conv2d writes an image, so its target node needs 'channels'" in by_line[7]
-    assert by_line[8] == ("edge img->f (edges[1]): flatten of [2, 4, 4] gives 32 features "
-                          "but the target has width 31")
+    assert by_line[8] == (
+        "edge img->f (edges[1]): flatten of [2, 4, 4] gives 32 features but the target has width 31"
+    )
 
 
 def test_edges_summed_with_different_shapes(tmp_path):
-    d = only(tmp_path, """
+    d = only(
+        tmp_path,
+        """
         inputs:
           x: {shape: [4]}
           y: {shape: [3]}
@@ -335,7 +368,8 @@ def test_edges_summed_with_different_shapes(tmp_path):
           - {from: x, to: h, op: identity}
           - {from: y, to: h}
         outputs: [h]
-        """)
+        """,
+    )
     assert d.line == 7
     assert d.message == "edge x->h (edges[0]): identity from a source of width 4 into a node of width 3"
 
@@ -410,6 +444,12 @@ def test_all_problems_reported_at_once(tmp_path):
 
 def test_parse_spec_without_a_file():
     with pytest.raises(SpecError) as info:
-        parse_spec({"inputs": {"x": {"shape": [2]}}, "nodes": {"h": {"width": 1}},
-                    "edges": [{"from": "y", "to": "h"}], "outputs": ["h"]})
+        parse_spec(
+            {
+                "inputs": {"x": {"shape": [2]}},
+                "nodes": {"h": {"width": 1}},
+                "edges": [{"from": "y", "to": "h"}],
+                "outputs": ["h"],
+            }
+        )
     assert str(info.value).startswith("<spec>:1:1: edge y->h (edges[0]): unknown source 'y'")

@@ -448,12 +448,18 @@ def test_fit_task_reshapes_flat_digits_to_the_conv_spec_images():
     assert fit_task(same, load_spec(SPECS_DIR / "mlp_sin50.yaml")) is same
 
 
-@pytest.mark.parametrize("task, spec, says", [
-    ("regression1d", "mlp_sin50", "input 'x' has shape [50] but task 'regression1d' gives samples of "
-     "shape [1]"),
-    ("moons", "mlp_sin50", "input 'x' has shape [50] but task 'moons' gives samples of shape [2]"),
-    ("sin50", "two_in_two_out", "has 2 inputs and 2 outputs"),
-])
+@pytest.mark.parametrize(
+    "task, spec, says",
+    [
+        (
+            "regression1d",
+            "mlp_sin50",
+            "input 'x' has shape [50] but task 'regression1d' gives samples of shape [1]",
+        ),
+        ("moons", "mlp_sin50", "input 'x' has shape [50] but task 'moons' gives samples of shape [2]"),
+        ("sin50", "two_in_two_out", "has 2 inputs and 2 outputs"),
+    ],
+)
 def test_fit_task_names_the_mismatch(task, spec, says):
     from dagrow import load_spec
 

@@ -150,8 +150,12 @@ def line_search(
         with np.errstate(invalid="ignore"):  # an infinite value makes a parabolic step NaN: Brent bisects
             if i == len(grid) - 1:  # the end of the grid: refine only when f rises into it
                 if value(grid[i] * (1 - rtol)) < value(grid[i]):
-                    minimize_scalar(value, bounds=(grid[i - 1], grid[i]), method="bounded",
-                                    options={"xatol": rtol * grid[i]})
+                    minimize_scalar(
+                        value,
+                        bounds=(grid[i - 1], grid[i]),
+                        method="bounded",
+                        options={"xatol": rtol * grid[i]},
+                    )
             elif value(grid[i - 1]) > value(grid[i]) < value(grid[i + 1]):  # strict, as Brent needs
                 minimize_scalar(value, bracket=(grid[i - 1], grid[i], grid[i + 1]), method="brent", tol=rtol)
     best = min(seen, key=lambda g: (seen[g], g))  # ties: the smallest gamma (0 when nothing helps)

@@ -131,9 +131,7 @@ class NaturalState:
 
     def features(self, sources: Sequence[str]) -> Tensor:
         """B_U: [n, dim U] (the constant "1" as a column of ones)."""
-        cols = [
-            torch.ones(self.n, 1, dtype=torch.float64) if s == ONE else self.post[s] for s in sources
-        ]
+        cols = [torch.ones(self.n, 1, dtype=torch.float64) if s == ONE else self.post[s] for s in sources]
         return torch.cat(cols, 1)
 
 
@@ -214,7 +212,13 @@ def observe(
     # a widened node's new neurons use its activation as trained (prelu, rational have parameters)
     activations = {v: _frozen(model.get_submodule(f"nodes.{v}.activation")) for v in flat}
     state = NaturalState(
-        spec, n, float(L.detach()), float(gy.detach().double().pow(2).sum(1).mean()), post, {}, settings,
+        spec,
+        n,
+        float(L.detach()),
+        float(gy.detach().double().pow(2).sum(1).mean()),
+        post,
+        {},
+        settings,
         activations,
     )
     for v in nodes:
@@ -276,8 +280,12 @@ def linearised_score(state: NaturalState, sources, targets, alpha: Tensor) -> fl
     P = alpha @ B_U.T  # [K, n]
     C = [P @ state.factors[w].vperp / state.n for w in targets]
     D = P @ P.T / state.n
-    return float(sum((torch.linalg.solve(D, c @ state.factors[w].G_inv) * c).sum() for w, c in zip(
-        targets, C, strict=True)))
+    return float(
+        sum(
+            (torch.linalg.solve(D, c @ state.factors[w].G_inv) * c).sum()
+            for w, c in zip(targets, C, strict=True)
+        )
+    )
 
 
 def _rational_direction(x: Tensor) -> Tensor:
@@ -370,8 +378,14 @@ def propose_natural(state: NaturalState, site: Site) -> NaturalProposal | None:
     if not math.isfinite(value):
         return None
     return NaturalProposal(
-        site, value, value, 1.0, fan_in=theta[best : best + 1].detach().clone(), activation=act,
-        linearised=float(lin[0]) if lin.numel() else 0.0, origin=origins[best],
+        site,
+        value,
+        value,
+        1.0,
+        fan_in=theta[best : best + 1].detach().clone(),
+        activation=act,
+        linearised=float(lin[0]) if lin.numel() else 0.0,
+        origin=origins[best],
     )
 
 
@@ -403,8 +417,14 @@ def _propose_layer(state: NaturalState, site: Site, gen: torch.Generator) -> Nat
         return None
     basis = _invertible(Bm[best].detach())
     return NaturalProposal(
-        site, value, value / s.depth_cost, s.depth_cost, basis=basis, shift=c[best, 0].detach().clone(),
-        activation={"name": "rational"}, origin=f"random {best}",
+        site,
+        value,
+        value / s.depth_cost,
+        s.depth_cost,
+        basis=basis,
+        shift=c[best, 0].detach().clone(),
+        activation={"name": "rational"},
+        origin=f"random {best}",
     )
 
 

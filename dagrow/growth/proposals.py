@@ -476,9 +476,11 @@ def _no_direction(U, updates: dict[str, TargetUpdate]) -> str:
     new neurons would only see what already feeds every target (then Vperp is orthogonal to them)."""
     if all(set(U) <= set(u.sources) for u in updates.values()):
         feeds = ", ".join(sorted(set(U) - {ONE}))
-        return (f"no bottleneck direction: {feeds} already feed{'s' if len(set(U) - {ONE}) == 1 else ''} "
-                f"{', '.join(updates)} directly, so to first order new neurons fed by {feeds} only repeat "
-                "what dW* does (grow a pair that skips a node, or deepen the edge)")
+        return (
+            f"no bottleneck direction: {feeds} already feed{'s' if len(set(U) - {ONE}) == 1 else ''} "
+            f"{', '.join(updates)} directly, so to first order new neurons fed by {feeds} only repeat "
+            "what dW* does (grow a pair that skips a node, or deepen the edge)"
+        )
     return "no bottleneck direction above the thresholds"
 
 
