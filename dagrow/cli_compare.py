@@ -11,7 +11,7 @@ from rich.console import Console
 
 from .compare import Experiment, RunKey, TaskSource, run_experiment
 from .growth.proposals import INITS
-from .loop import GrowthConfig
+from .config import GrowthConfig, parse_config
 from .planner import STRATEGIES
 from .presets import PRESETS, make_preset
 from .spec import load_spec
@@ -104,15 +104,8 @@ def compare_command(
         exp.statics.update({p.stem: load_spec(p) for p in static or []})
     else:
         assert spec is not None
-        config = GrowthConfig(
-            growths=growths,
-            every=every,
-            neurons=neurons,
-            optimizer=optimizer,  # type: ignore[arg-type]
-            lr=lr,
-            batch_size=batch_size,
-        )
-        config.validate()
+        settings = dict(growths=growths, every=every, neurons=neurons, optimizer=optimizer, lr=lr)
+        config = parse_config({**settings, "batch_size": batch_size})
         exp = _spec_experiment(
             spec, task, data, wanted_strategies, wanted_inits, seeds, static or [], config, quick
         )

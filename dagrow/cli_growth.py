@@ -1,8 +1,15 @@
-"""`dagrow sites` and `dagrow grow`: the growth commands (registered on the app of dagrow.cli)."""
+"""`dagrow sites` and `dagrow grow`: the growth commands (registered on the app of dagrow.cli).
+
+The options of `dagrow grow` are generated from :class:`~dagrow.config.GrowthConfig` (names, help,
+defaults and choices): a flag overrides the run file given with ``--config``, which overrides the
+defaults. Resuming, checkpoints and the history live in :mod:`dagrow.loop` and :mod:`dagrow.checkpoint`.
+"""
 
 from __future__ import annotations
 
+import inspect
 import json
+import typing
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,14 +19,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .bundle import atomic_write_text, load_model_or_spec, save
+from .checkpoint import RunDirectory
 from .compile import compile
+from .config import GrowthConfig, NaturalConfig, load_config, parse_config
 from .graph import analyze
 from .growth.proposals import INITS, ProposalSettings, propose_all
-from .loop import STATISTICS, GrowthConfig, grow, usable_device
-from .planner import STRATEGIES
+from .loop import Run
+from .registry import unknown_name_message
 from .sites import enumerate_sites
+from .spec import parse_spec
 from .stats import LOSSES, measure
 from .tasks import DataError, Task, fit_task, list_tasks, load_data, make_task
+from .training import usable_device
 
 out = Console()
 err = Console(stderr=True)
@@ -43,13 +54,11 @@ def _task(task: str | None, data: Path | None, seed: int, source: Path, spec) ->
 
 def _check_choice(value: str, choices, what: str) -> str:
     if value not in choices:
-        _fail(f"unknown {what} {value!r}; expected one of {', '.join(choices)}")
+        _fail(unknown_name_message(what, value, choices))
     return value
 
 
-DEFAULTS = GrowthConfig()  # one place for the defaults of the CLI and the Python API
 TASK_HELP = "built-in task: " + ", ".join(list_tasks())
-INIT_HELP = "; ".join(f"{k}: {v.split(':', 1)[0]}" for k, v in INITS.items())
 
 
 def sites_command(
@@ -119,13 +128,68 @@ def sites_command(
     out.print(f"thresholds: {settings.report()}", highlight=False, soft_wrap=True)
 
 
-def _write_outputs(out_dir: Path, model, history: list[dict[str, Any]], *, drawing: bool = True) -> None:
-    """The bundle, the spec and the history (each file atomic; the history last, so that a run killed
-    in between resumes from a bundle at least as new as its history), then the drawings."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+# --------------------------------------------------------------------------------------------------
+# dagrow grow: options generated from the config models
+# --------------------------------------------------------------------------------------------------
+
+SENN_PANEL = "SENN (--strategy natural)"
+
+
+def _option_type(annotation: Any) -> type:
+    """The CLI type of a config field: its scalar type (Literal choices and registry names are str)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is typing.Literal:
+        return str
+    if args:
+        return _option_type(args[0])
+    return annotation if annotation in (int, float, bool) else str
+
+
+def _config_fields() -> list[tuple[str, Any, str | None]]:
+    """(name, pydantic field, help panel) of every setting, SENN's flattened."""
+    rows: list[tuple[str, Any, str | None]] = [
+        (n, f, None) for n, f in GrowthConfig.model_fields.items() if n != "natural"
+    ]
+    return rows + [(n, f, SENN_PANEL) for n, f in NaturalConfig.model_fields.items()]
+
+
+def _config_parameters() -> list[inspect.Parameter]:
+    params = []
+    for name, f, panel in _config_fields():
+        kind = _option_type(f.annotation)
+        choices = typing.get_args(f.annotation) if typing.get_origin(f.annotation) is typing.Literal else ()
+        text = f.description or ""
+        if choices and not text.startswith(tuple(choices)):
+            text += f" ({', '.join(choices)})"
+        default = f.get_default(call_default_factory=True)
+        flag = "--" + name.replace("_", "-")
+        decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
+        option = typer.Option(*decls, help=f"{text} (default: {default})" if "default" not in text else text, show_default=False, rich_help_panel=panel)
+        params.append(
+            inspect.Parameter(
+                name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[kind | None, option]
+            )
+        )
+    return params
+
+
+def _given(settings: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in settings.items() if v is not None}
+
+
+def _refuse_conflicts(saved: dict[str, Any], given: dict[str, Any], where: Path) -> None:
+    """Flags given with --resume must agree with the run's saved settings."""
+    flat = {**{k: v for k, v in saved.items() if k != "natural"}, **saved.get("natural", {})}
+    wrong = [k for k, v in given.items() if flat.get(k, v) != v]
+    if wrong:
+        listed = ", ".join(f"--{k.replace('_', '-')} {given[k]} (the run has {flat[k]})" for k in wrong)
+        _fail(f"{where} was started with other settings: {listed}; resume with --resume {where} alone")
+
+
+def _write_outputs(out_dir: Path, model, *, drawing: bool = True) -> None:
+    """The bundle and the spec (each file atomic), then the drawings."""
     save(model, out_dir / "model.safetensors")
     atomic_write_text(out_dir / "spec.yaml", model.spec.to_yaml())
-    atomic_write_text(out_dir / "history.jsonl", "".join(json.dumps(line) + "\n" for line in history))
     if not drawing:
         return
     try:
@@ -138,176 +202,121 @@ def _write_outputs(out_dir: Path, model, history: list[dict[str, Any]], *, drawi
 
 
 def grow_command(
-    source: Annotated[Path | None, typer.Argument(help="spec (.yaml) or bundle (.safetensors)")] = None,
-    task: Annotated[str | None, typer.Option(help=TASK_HELP)] = None,
-    data: Annotated[Path | None, typer.Option(help="user data: .npz with x and y, or .csv")] = None,
-    strategy: Annotated[str, typer.Option(help=", ".join(STRATEGIES))] = DEFAULTS.strategy,
-    init: Annotated[str, typer.Option(help=INIT_HELP)] = DEFAULTS.init,
-    growths: Annotated[
-        int | None,
-        typer.Option(min=0, help="number of growth steps (default 10; natural: a cap, default none)"),
-    ] = None,
-    max_params: Annotated[int | None, typer.Option(min=1, help="stop growing at this size")] = None,
-    every: Annotated[int, typer.Option(min=1, help="training steps between growths")] = DEFAULTS.every,
-    neurons: Annotated[int, typer.Option(min=1, help="neurons per growth")] = DEFAULTS.neurons,
-    optimizer: Annotated[str, typer.Option(help="sgd, adam or best_update")] = DEFAULTS.optimizer,
-    lr: Annotated[float, typer.Option(min=0.0, help="learning rate")] = DEFAULTS.lr,
-    batch_size: Annotated[int, typer.Option(min=1, help="training minibatch")] = DEFAULTS.batch_size,
-    growth_batch: Annotated[
-        int, typer.Option(min=1, help="samples for statistics and amplitude")
-    ] = DEFAULTS.growth_batch,
-    statistics: Annotated[
-        str,
-        typer.Option(
-            help="pass (a statistics pass on the growth batch) or training (recorded "
-            "during each round's last steps, cheaper)"
-        ),
-    ] = DEFAULTS.statistics,
-    joint_update: Annotated[
-        bool, typer.Option(help="apply gamma dW* together with the neurons")
-    ] = DEFAULTS.joint_update,
-    normalize: Annotated[
-        bool, typer.Option(help="divide site scores by the parameters they add")
-    ] = DEFAULTS.normalize,
-    device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = DEFAULTS.device,
-    seed: Annotated[int, typer.Option(help="seed of data, initialisation and training")] = DEFAULTS.seed,
-    out_dir: Annotated[Path | None, typer.Option("--out", help="output folder")] = None,
-    resume: Annotated[Path | None, typer.Option(help="continue the run saved in this folder")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
-    tau: Annotated[
-        float, typer.Option(min=0.0, help="natural: grow when Delta eta / eta > tau")
-    ] = DEFAULTS.tau,
-    alpha: Annotated[
-        float, typer.Option(min=0.0, help="natural: ... and Delta eta / E||dL/dy||^2 > alpha")
-    ] = DEFAULTS.alpha,
-    damping: Annotated[
-        float, typer.Option(min=0.0, help="natural: damping of A and G (relative)")
-    ] = DEFAULTS.damping,
-    fisher: Annotated[
-        str, typer.Option(help="natural: G from unit or empirical gradients")
-    ] = DEFAULTS.fisher,
-    candidates: Annotated[
-        int, typer.Option(min=0, help="natural: random candidates per site")
-    ] = DEFAULTS.candidates,
-    refine_steps: Annotated[
-        int, typer.Option(min=0, help="natural: Adam steps per candidate")
-    ] = DEFAULTS.refine_steps,
-    cooldown: Annotated[
-        int, typer.Option(min=0, help="natural: rounds without growth after one")
-    ] = DEFAULTS.cooldown,
-    depth_cost: Annotated[
-        float, typer.Option(min=0.0, help="natural: a deepen site's score is divided by this")
-    ] = DEFAULTS.depth_cost,
-    construction: Annotated[
-        str, typer.Option(help="natural: deepened edges as identity or SENN's basis")
-    ] = DEFAULTS.construction,
-    patience: Annotated[
-        int, typer.Option(min=1, help="natural: stop after this many evaluations without growth")
-    ] = DEFAULTS.patience,
-    max_additions: Annotated[
-        int, typer.Option(min=1, help="natural: additions per round at most")
-    ] = DEFAULTS.max_additions,
-    max_rounds: Annotated[
-        int, typer.Option(min=1, help="natural: training rounds at most")
-    ] = DEFAULTS.max_rounds,
+    source: Path | None,
+    task: str | None,
+    data: Path | None,
+    config: Path | None,
+    out_dir: Path | None,
+    resume: Path | None,
+    overwrite: bool,
+    quiet: bool,
+    **settings: Any,
 ) -> None:
     """Train and grow a network; write the grown spec, bundle, history and architecture drawing.
 
-    With --strategy natural (SENN) no growth count is needed: the network grows while the natural
-    expansion score says so (--tau, --alpha) and stops on its own."""
-    _check_choice(strategy, STRATEGIES, "strategy")
-    _check_choice(fisher, ("unit", "empirical"), "fisher")
-    _check_choice(construction, ("identity", "basis"), "construction")
-    if growths is None and strategy != "natural":
-        growths = 10
-    _check_choice(init, INITS, "init")
-    _check_choice(optimizer, ("sgd", "adam", "best_update"), "optimizer")
-    _check_choice(statistics, STATISTICS, "statistics")
-    previous: list[dict[str, Any]] = []
-    if resume is not None:
-        out_dir = out_dir or resume
-        hist_path = resume / "history.jsonl"
-        if not (resume / "model.safetensors").is_file() or not hist_path.is_file():
-            _fail(f"{resume}: nothing to resume (needs model.safetensors and history.jsonl)")
-        previous = [json.loads(line) for line in hist_path.read_text().splitlines() if line.strip()]
-        source = resume / "model.safetensors"
-    if source is None or out_dir is None:
-        _fail("give a SPEC_OR_BUNDLE and --out DIR (or --resume DIR)")
-    spec, loaded = load_model_or_spec(source)  # type: ignore[arg-type]
-    the_task = _task(task, data, seed, source, spec)  # type: ignore[arg-type]
-    config = GrowthConfig(
-        strategy=strategy,
-        init=init,
-        growths=growths,
-        max_params=max_params,
-        every=every,
-        neurons=neurons,
-        optimizer=optimizer,
-        lr=lr,
-        batch_size=batch_size,  # type: ignore[arg-type]
-        growth_batch=growth_batch,
-        statistics=statistics,  # type: ignore[arg-type]
-        joint_update=joint_update,
-        normalize=normalize,
-        seed=seed,
-        device=device,
-        tau=tau,
-        alpha=alpha,
-        damping=damping,
-        fisher=fisher,
-        candidates=candidates,
-        refine_steps=refine_steps,
-        cooldown=cooldown,
-        depth_cost=depth_cost,
-        construction=construction,
-        patience=patience,
-        max_additions=max_additions,
-        max_rounds=max_rounds,
-    )
-    config.validate()
-    done = sum(1 for h in previous if h.get("event") in ("growth", "rollback"))
-    model = loaded or compile(spec, seed=seed)
-    params_before = analyze(spec).num_params()
-    history = [h for h in previous if h.get("event") != "end"]
-    progress = Progress(
-        TextColumn("[bold]growing"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        console=err,
-        disable=quiet,
-    )
+    The run checkpoints in --out DIR after every round: a run stopped at any moment continues with
+    `dagrow grow --resume DIR`, exactly as it would have gone on. With --strategy natural (SENN) no
+    growth count is needed: the network grows while the natural expansion score says so and stops on
+    its own."""
+    given = _given(settings)
+    run_dir: Path
+    try:
+        if resume is not None:
+            if source is not None or task is not None or data is not None or config is not None:
+                _fail("--resume DIR continues the run saved there: give no SPEC, --task, --data or --config")
+            if out_dir is not None and out_dir != resume:
+                _fail("--resume DIR writes into DIR: give no other --out")
+            run_dir = resume
+            directory = RunDirectory(run_dir)
+            meta = directory.load().meta
+            _refuse_conflicts(meta["config"], given, run_dir)
+            src = meta.get("source", {})
+            the_task = _task(src.get("task"), Path(src["data"]) if src.get("data") else None,
+                             int(src.get("seed", 0)), run_dir, parse_spec(meta["spec"]))
+            run = Run.resume(directory, the_task)
+            if run.finished:
+                out.print(f"{run_dir}: the run is finished; nothing to resume", highlight=False)
+                return
+        else:
+            if source is None or out_dir is None:
+                _fail("give a SPEC_OR_BUNDLE and --out DIR (or --resume DIR)")
+            base = load_config(config) if config is not None else {}
+            growth_config = parse_config({**base, **given}, str(config) if config else "")
+            usable_device(growth_config.device)
+            directory = RunDirectory(out_dir)
+            directory.prepare(overwrite=overwrite)
+            run_dir = out_dir
+            spec, loaded = load_model_or_spec(source)  # type: ignore[arg-type]
+            the_task = _task(task, data, growth_config.seed, source, spec)  # type: ignore[arg-type]
+            origin = {"spec": str(source), "task": task, "data": str(data.resolve()) if data else None,
+                      "seed": growth_config.seed, "params": analyze(spec).num_params()}
+            model = loaded or compile(spec, seed=growth_config.seed)
+            run = Run.start(model, the_task, growth_config, source=origin, directory=directory)
+        _run_with_progress(run, quiet)
+    except KeyboardInterrupt:
+        err.print("interrupted", highlight=False)
+        where = locals().get("run_dir")
+        if where is not None and RunDirectory(where).checkpoint_path.is_file():
+            step = RunDirectory(where).load().meta["step"]
+            err.print(f"the run continues from step {step} with: dagrow grow --resume {where}", highlight=False,
+                      soft_wrap=True)
+        raise typer.Exit(130) from None
+    _write_outputs(run_dir, run.model)
+    _print_summary(run, run_dir)
+
+
+def _run_with_progress(run: Run, quiet: bool) -> None:
+    schedule = run.grower.schedule
+    total = schedule.growths
+    progress = Progress(TextColumn("[bold]growing"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=err, disable=quiet)
     with progress:
-        bar = progress.add_task("grow", total=growths, completed=min(done, growths or done), status="")
+        bar = progress.add_task("grow", total=total, completed=min(schedule.growth, total or schedule.growth),
+                                status="")
 
         def on_event(line: dict[str, Any]) -> None:
-            history.append(line)
             if line.get("event") in ("growth", "rollback"):
                 progress.update(bar, advance=1, status=f"{line.get('site')} params={line.get('params', '')}")
+            if line.get("event") in ("growth", "rollback", "evaluation") and run.directory is not None:
+                pass
 
-        def on_checkpoint(grown) -> None:  # after every growth: a killed run resumes from here
-            _write_outputs(out_dir, grown, history, drawing=False)  # type: ignore[arg-type]
+        run.on_event = on_event
+        run.run()
 
-        result = grow(
-            model, the_task, config, on_event=on_event, on_checkpoint=on_checkpoint, start_growth=done
-        )
-    _write_outputs(out_dir, result.model, history)
+
+def _print_summary(run: Run, out_dir: Path) -> None:
+    history = run.history
     end = history[-1]
     grown = [h["site"] for h in history if h.get("event") == "growth" and h.get("site") and "reason" not in h]
-    metric = the_task.metric_name
-    out.print(f"parameters: {params_before} -> {end['params']}", highlight=False, soft_wrap=True)
+    metric = run.task.metric_name
+    start = run.source.get("params", end["params"])
+    out.print(f"parameters: {start} -> {end['params']}", highlight=False, soft_wrap=True)
     out.print(f"sites grown: {', '.join(grown) or 'none'}", highlight=False, soft_wrap=True)
-    out.print(
-        f"validation {metric}: {end[f'val_{metric}']:.4f}   test {metric}: {end[f'test_{metric}']:.4f}",
-        highlight=False,
-        soft_wrap=True,
-    )
-    out.print(
-        f"wrote {out_dir}/spec.yaml, model.safetensors, history.jsonl, architecture.dot/.png",
-        highlight=False,
-        soft_wrap=True,
-    )
+    out.print(f"validation {metric}: {end[f'val_{metric}']:.4f}   test {metric}: {end[f'test_{metric}']:.4f}",
+              highlight=False, soft_wrap=True)
+    out.print(f"wrote {out_dir}/spec.yaml, model.safetensors, history.jsonl, architecture.dot/.png",
+              highlight=False, soft_wrap=True)
+
+
+_FIXED = [
+    inspect.Parameter("source", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=Annotated[
+        Path | None, typer.Argument(metavar="SPEC_OR_BUNDLE", help="spec (.yaml) or bundle (.safetensors)")]),
+    inspect.Parameter("task", inspect.Parameter.KEYWORD_ONLY, default=None,
+                      annotation=Annotated[str | None, typer.Option(help=TASK_HELP)]),
+    inspect.Parameter("data", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        Path | None, typer.Option(help="user data: .npz with x and y, or .csv")]),
+    inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        Path | None, typer.Option(help="run file (YAML) of settings; flags override it")]),
+    inspect.Parameter("out_dir", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        Path | None, typer.Option("--out", help="output folder (refused when it holds a run)")]),
+    inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        Path | None, typer.Option(help="continue the run saved in this folder (no other flag needed)")]),
+    inspect.Parameter("overwrite", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
+        bool, typer.Option("--overwrite", help="replace the run in --out")]),
+    inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
+        bool, typer.Option("--quiet", "-q", help="no progress bar")]),
+]
+grow_command.__signature__ = inspect.Signature(_FIXED + _config_parameters())  # type: ignore[attr-defined]
 
 
 def register(app: typer.Typer) -> None:

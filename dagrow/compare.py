@@ -25,7 +25,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from multiprocessing import get_context
 from pathlib import Path
@@ -37,7 +37,9 @@ from .bundle import atomic_write, atomic_write_text
 from .compile import DagModel, compile
 from .graph import num_params
 from .growth.proposals import INITS
-from .loop import GrowthConfig, _forever, evaluate, grow, make_optimizer, train_steps
+from .config import GrowthConfig
+from .loop import grow
+from .training import BatchStream, evaluate, make_optimizer, train_steps
 from .planner import STRATEGIES
 from .spec import GraphSpec, load_spec
 from .tasks import Task, fit_task, load_data, make_task
@@ -173,7 +175,7 @@ class Experiment:
         runner = self.runner or growth_run
         text = json.dumps(
             [
-                asdict(self.config),
+                self.config.to_dict(),
                 repr(self.settings),
                 repr(self.overrides.get(key.strategy)),
                 spec.to_yaml() if spec is not None else None,
@@ -229,6 +231,9 @@ def start_row(key: RunKey, metric: str, started: float, model: DagModel, task: T
     )
 
 
+EVAL = "eval_"  # prefix of the figures evaluate_all adds to a history line
+
+
 def growth_run(exp: Experiment, key: RunKey) -> list[dict[str, Any]]:
     """Rows of one run: ``static_run`` for a baseline, else :func:`dagrow.loop.grow` on the spec."""
     if key.kind == "static":
@@ -237,8 +242,8 @@ def growth_run(exp: Experiment, key: RunKey) -> list[dict[str, Any]]:
     started = time.perf_counter()
     task = exp.task.make()
     metric = exp.metric_name or task.metric_name
-    config = replace(exp.config, **exp.overrides.get(key.strategy, {}))
-    config = replace(config, strategy=key.strategy, init=key.init, seed=key.seed)
+    config = exp.config.replace(**exp.overrides.get(key.strategy, {}))
+    config = config.replace(strategy=key.strategy, init=key.init, seed=key.seed)
     model = compile(exp.spec, seed=key.seed)
     task = fit_task(task, model.spec)
     rows = [start_row(key, metric, started, model, task)]
@@ -259,11 +264,13 @@ def growth_run(exp: Experiment, key: RunKey) -> list[dict[str, Any]]:
             "loss_after": line.get("loss_after", ""),
         }
         rows.append(make_row(key, metric, started, **values))
+        # the figures of the model right after the growth (or rollback)
+        rows[-1].update({k[len(EVAL) :]: v for k, v in line.items() if k.startswith(EVAL)})
 
-    def on_checkpoint(grown: DagModel) -> None:  # right after each growth or rollback line
-        rows[-1].update(evaluate_all(grown, task))
+    def evaluate(grown: DagModel) -> dict[str, float]:
+        return {EVAL + k: v for k, v in evaluate_all(grown, task).items()}
 
-    result = grow(model, task, config, on_event=on_event, on_checkpoint=on_checkpoint)
+    result = grow(model, task, config, on_event=on_event, evaluate=evaluate)
     end = result.history[-1]
     rows.append(
         make_row(
@@ -286,21 +293,21 @@ def static_run(exp: Experiment, key: RunKey) -> list[dict[str, Any]]:
     started = time.perf_counter()
     task = exp.task.make()
     metric = exp.metric_name or task.metric_name
-    config = replace(exp.config, seed=key.seed)
+    config = exp.config.replace(seed=key.seed)
     spec = exp.statics[key.init]
     task = fit_task(task, spec)
     torch.manual_seed(config.seed)
     device = torch.device(config.device)
     model = compile(spec, seed=config.seed, device=device)
     params = num_params(spec)
-    opt = make_optimizer(model, config)
-    batches = _forever(task, config.batch_size, config.seed, device)
+    opt = make_optimizer(model.parameters(), config.optimizer, config.lr)
+    batches = BatchStream(task, config.batch_size, config.seed, device)
     total = config.every * config.growths + (config.final_steps or config.every)
     rows = [start_row(key, metric, started, model, task)]
     step = 0
     while step < total:  # evaluated every config.every steps and at the end
         chunk = min(config.every, total - step)
-        model, _ = train_steps(model, opt, batches, task.loss, chunk)
+        train_steps(model, opt, batches, task.loss, chunk)
         step += chunk
         rows.append(
             make_row(

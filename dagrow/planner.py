@@ -1,58 +1,59 @@
-"""Depth-selection strategies: reducers over the per-site proposals of one statistics pass.
+"""Depth-selection strategies: each turns the statistics of a network into a :class:`~dagrow.plan.Plan`.
 
-Every strategy has the same interface, :meth:`Strategy.choose`, and is picked by name from
-:data:`STRATEGIES` (the CLI help lists them from there):
+Every strategy has the same interface, :meth:`Strategy.plan`, and is picked by name from
+:data:`STRATEGIES` (the CLI help, the config schema and the contract tests list them from there):
 
 - ``naive``: round robin over the growable sites (seed 001, Algorithm 2), in enumeration order;
 - ``max_eigenvalue``: argmax of lambda_1 (the first-order information of the best neuron);
 - ``amplitude_factor``: argmax of Delta_l = L(0) - L(gamma*) after a line search per candidate. When
   there are more than ``max_candidates`` sites only the best ones by first-order improvement are
-  searched, and the decision says so;
+  searched, and the plan says so;
 - ``natural`` (SENN, :mod:`dagrow.growth.natural`): the site whose best candidate raises the natural
   expansion score eta the most (a deepen site's rise divided by the depth cost), and only when
-  ``Delta eta / eta > tau`` and ``Delta eta / E||dL/dy||^2 > alpha``; otherwise no decision. Its
-  decisions carry ready actions (new neurons with zero fan-out, or a function-preserving deepening).
+  ``Delta eta / eta > tau`` and ``Delta eta / E||dL/dy||^2 > alpha``; otherwise an empty plan. Its
+  actions are function-preserving (new neurons with zero fan-out, or a deepening).
 
-``normalize=True`` divides every score by the number of parameters the site adds. The chosen
-proposal always gets its own amplitude search, so every strategy reports gamma* and Delta_l.
+The first three score the proposals of one statistics pass (:class:`ProposalStrategy`); ``normalize``
+divides every score by the number of parameters the site adds. The chosen proposal always gets its own
+amplitude search, so each of them reports gamma* and Delta_l. Proposals become actions in one place,
+:mod:`dagrow.growth.actions`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
+from .graph import analyze
+from .growth.actions import proposal_actions
 from .growth.amplitude import AmplitudeResult, GrownFamily, amplitude_factor
-from .growth.natural import (
-    NaturalProposal,
-    NaturalSettings,
-    NaturalState,
-    natural_actions,
-    observe,
-    passes,
-    score_sites,
-)
-from .growth.proposals import Proposal
+from .growth.natural import NaturalProposal, NaturalSettings, NaturalState, observe, passes, score_sites
+from .growth.proposals import Proposal, ProposalSettings, propose_all
 from .growth.shared_forward import SharedForward
-from .rewrite import Action
+from .plan import Plan, SiteScore
+from .registry import Registry
+from .rewrite import replay
 from .sites import Site
-from .stats import LossFn
+from .stats import LossFn, Statistics, measure
+
+Batch = tuple[Any, Any]
 
 
 @dataclass
 class Decision:
-    """The site a strategy chose, with its amplitude and what was compared."""
+    """The proposal a proposal strategy chose, with its amplitude and what was compared."""
 
-    proposal: Proposal | None
-    amplitude: AmplitudeResult | None
-    family: GrownFamily | None
+    proposal: Proposal
+    amplitude: AmplitudeResult
+    family: GrownFamily
     scores: dict[str, float] = field(default_factory=dict)
     note: str = ""
-    actions: list[Action] | None = None  # ready rewrites (natural), instead of proposal + amplitude
 
 
 def growable(proposals: list[Proposal]) -> list[Proposal]:
@@ -60,12 +61,44 @@ def growable(proposals: list[Proposal]) -> list[Proposal]:
 
 
 class Strategy(ABC):
-    """Chooses one proposal among those of a statistics pass."""
+    """Turns a network, a growth batch and its growable sites into a :class:`Plan`."""
 
     name: str = ""
     summary: str = ""
+    needs_statistics: bool = True  # reads the statistics of dagrow.stats (measured or recorded)
+    preserving: bool = False  # its actions leave the function unchanged
 
-    def __init__(self, *, normalize: bool = False, max_candidates: int = 8, update: bool = True) -> None:
+    @abstractmethod
+    def plan(
+        self,
+        model: nn.Module,
+        batch: Batch,
+        loss: str | LossFn,
+        sites: Sequence[Site],
+        *,
+        statistics: Statistics | None = None,
+        growth: int = 0,
+        budget: int | None = None,
+    ) -> Plan:
+        """The plan for growth number ``growth``: ``statistics`` are those of ``model`` on ``batch``
+        (measured here when None); ``budget`` is how many parameters may still be added (None: no
+        limit)."""
+
+
+class ProposalStrategy(Strategy):
+    """Chooses one proposal among those of a statistics pass (TINY, GradMax, NORTH, random, mirrored)."""
+
+    def __init__(
+        self,
+        *,
+        init: str = "tiny",
+        neurons: int = 1,
+        normalize: bool = False,
+        max_candidates: int = 8,
+        update: bool = True,
+        seed: int = 0,
+    ) -> None:
+        self.init, self.neurons, self.seed = init, neurons, seed
         self.normalize, self.max_candidates, self.update = normalize, max_candidates, update
 
     def _norm(self, p: Proposal, score: float) -> float:
@@ -82,10 +115,61 @@ class Strategy(ABC):
     ) -> Decision | None:
         """The decision for growth number ``step`` (None when no site can grow)."""
 
+    def plan(self, model, batch, loss, sites, *, statistics=None, growth=0, budget=None) -> Plan:
+        sites = list(sites)
+        stats = statistics or measure(model, [batch], loss, sites=sites, output_factors=False)
+        settings = ProposalSettings(seed=self.seed + growth)
+        proposals = propose_all(
+            stats, sites, self.init, self.neurons, weights=model.state_dict(), settings=settings
+        )
+        if budget is not None:
+            over = f"adds more than the {budget} parameters left in the budget"
+            proposals = [
+                p if p.skipped or p.params_added <= budget else dataclasses.replace(p, skipped=over)
+                for p in proposals
+            ]
+        decision = self.choose(model, proposals, batch, loss, growth)
+        scored = [
+            SiteScore(
+                p.site.id,
+                p.site.kind,
+                decision.scores.get(p.site.id) if decision else None,
+                p.params_added,
+                p.skipped,
+            )
+            for p in proposals
+        ]
+        if decision is None:
+            return Plan(self.name, scores=scored, reason="no site can grow (all skipped or over budget)")
+        p, amp = decision.proposal, decision.amplitude
+        # a function-preserving init without the update: the loss does not depend on gamma
+        gamma = amp.gamma if self.init == "tiny" or self.update else 1.0
+        figures = {
+            "init": self.init,
+            "neurons": p.neurons,
+            "lambdas": [float(v) for v in p.lambdas[:8]],
+            "gamma": gamma,
+            "first_order_improvement": p.first_order_improvement,
+            "predicted_decrease": gamma * p.first_order_improvement,
+            "delta_l": amp.delta_l,
+            "params_added": p.params_added,
+            "candidates": len(decision.scores) or 1,
+            "note": decision.note,
+        }
+        common = dict(site=p.site.id, kind=p.site.kind, loss_before=amp.loss_before, scores=scored)
+        if gamma == 0.0:
+            why = "gamma* = 0: no amplitude lowers the loss on the growth batch"
+            return Plan(self.name, reason=why, figures=figures, **common)  # type: ignore[arg-type]
+        actions = proposal_actions(p, model.spec, gamma, update=self.update)  # type: ignore[arg-type]
+        return Plan(self.name, actions, reason=decision.note, figures=figures, **common)  # type: ignore[arg-type]
 
-class Naive(Strategy):
+
+STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
+
+
+@STRATEGIES.register("naive", "round robin over the growable sites (seed 001, Algorithm 2)")
+class Naive(ProposalStrategy):
     name = "naive"
-    summary = "round robin over the growable sites (seed 001, Algorithm 2)"
 
     def choose(self, model, proposals, batch, loss, step):
         cands = growable(proposals)
@@ -93,12 +177,13 @@ class Naive(Strategy):
             return None
         p = cands[step % len(cands)]
         amp, fam = self._search(model, p, batch, loss)
-        return Decision(p, amp, fam, note=f"round robin: site {step % len(cands) + 1} of {len(cands)}")
+        note = f"round robin: site {step % len(cands) + 1} of {len(cands)}"
+        return Decision(p, amp, fam, {p.site.id: float(step % len(cands))}, note=note)
 
 
-class MaxEigenvalue(Strategy):
+@STRATEGIES.register("max_eigenvalue", "argmax of the first bottleneck eigenvalue lambda_1")
+class MaxEigenvalue(ProposalStrategy):
     name = "max_eigenvalue"
-    summary = "argmax of the first bottleneck eigenvalue lambda_1"
 
     def choose(self, model, proposals, batch, loss, step):
         cands = [p for p in growable(proposals) if p.lambdas.numel()]
@@ -110,9 +195,11 @@ class MaxEigenvalue(Strategy):
         return Decision(p, amp, fam, scores)
 
 
-class AmplitudeFactor(Strategy):
+@STRATEGIES.register(
+    "amplitude_factor", "argmax of Delta_l = L(0) - L(gamma*) after a line search per candidate site"
+)
+class AmplitudeFactor(ProposalStrategy):
     name = "amplitude_factor"
-    summary = "argmax of Delta_l = L(0) - L(gamma*) after a line search per candidate site"
 
     def choose(self, model, proposals, batch, loss, step):
         cands = sorted(growable(proposals), key=lambda p: -self._norm(p, p.first_order_improvement))
@@ -123,14 +210,13 @@ class AmplitudeFactor(Strategy):
             note = f"searched the top {self.max_candidates} of {len(cands)} sites by first-order improvement"
             cands = cands[: self.max_candidates]
         best: Decision | None = None
-        scores = {}
+        scores: dict[str, float] = {}
         forward = SharedForward(model, batch[0])  # one forward pass for every candidate
         for p in cands:
             amp, fam = self._search(model, p, batch, loss, forward)
             scores[p.site.id] = self._norm(p, amp.delta_l)
-            if best is None or scores[p.site.id] > best.scores.get("_best", float("-inf")):
+            if best is None or scores[p.site.id] > scores[best.proposal.site.id]:
                 best = Decision(p, amp, fam, note=note)
-                best.scores["_best"] = scores[p.site.id]
         assert best is not None
         best.scores = scores
         return best
@@ -151,7 +237,7 @@ class NaturalEvaluation:
         return self.proposals[0] if self.proposals else None
 
     def report(self) -> dict[str, Any]:
-        """The history fields of this evaluation."""
+        """The figures of this evaluation."""
         best = self.best
         return {
             "eta": self.state.eta,
@@ -166,12 +252,15 @@ class NaturalEvaluation:
         }
 
 
+@STRATEGIES.register(
+    "natural", "SENN: grow where the natural expansion score rises by more than tau and alpha, and only then"
+)
 class Natural(Strategy):
     name = "natural"
-    summary = "SENN: grow where the natural expansion score rises by more than tau and alpha, and only then"
+    needs_statistics = False
+    preserving = True
 
-    def __init__(self, *, settings: NaturalSettings | None = None, **options) -> None:
-        super().__init__(**options)
+    def __init__(self, *, settings: NaturalSettings | None = None) -> None:
         self.settings = settings or NaturalSettings()
         self.settings.validate()
 
@@ -186,26 +275,56 @@ class Natural(Strategy):
         ok, rel, absolute = passes(state, found[0])
         return NaturalEvaluation(state, found, ok, rel, absolute)
 
-    def actions(self, evaluation: NaturalEvaluation) -> list[Action]:
-        assert evaluation.best is not None
-        return natural_actions(evaluation.best, evaluation.state.spec, self.settings)
+    def actions(self, best: NaturalProposal, model: nn.Module):
+        if self.settings.construction == "identity":
+            best = dataclasses.replace(best, basis=None, shift=None)
+        return proposal_actions(best, model.spec)  # type: ignore[arg-type]
 
-    def choose(self, model, proposals, batch, loss, step):
-        ev = self.evaluate(model, batch, loss, [p.site for p in proposals])
+    def plan(self, model, batch, loss, sites, *, statistics=None, growth=0, budget=None) -> Plan:
+        sites = list(sites)
+        if budget is not None and budget <= 0:
+            sites = []
+        ev = self.evaluate(model, batch, loss, sites)
+        best, s = ev.best, self.settings
+        scored = [SiteScore(p.site.id, p.site.kind, p.score, _params_added(p, model)) for p in ev.proposals]
+        figures = {**ev.report(), "tau": s.tau, "alpha": s.alpha}
+        common = dict(
+            site=best.site.id if best else None,
+            kind=best.site.kind if best else None,
+            loss_before=ev.state.loss,
+            preserving=True,
+            scores=scored,
+            figures=figures,
+        )
         if not ev.grow:
-            return None
-        scores = {p.site.id: p.score for p in ev.proposals}
+            why = (
+                "no site can grow"
+                if best is None
+                else f"below the thresholds (Delta eta / eta = {ev.relative:.3g}, tau = {s.tau}; "
+                f"Delta eta / E||dL/dy||^2 = {ev.absolute:.3g}, alpha = {s.alpha})"
+            )
+            return Plan(self.name, reason=why, **common)  # type: ignore[arg-type]
+        assert best is not None
         note = (
             f"Delta eta / eta = {ev.relative:.3g} > tau, Delta eta / E||dL/dy||^2 = {ev.absolute:.3g} > alpha"
         )
-        return Decision(None, None, None, scores, note, actions=self.actions(ev))
+        return Plan(self.name, self.actions(best, model), reason=note, **common)  # type: ignore[arg-type]
 
 
-STRATEGIES: dict[str, type[Strategy]] = {s.name: s for s in (Naive, MaxEigenvalue, AmplitudeFactor, Natural)}
+def _params_added(p: NaturalProposal, model: nn.Module) -> int:
+    """Parameters the candidate's rewrite adds: fan-in (with bias) and fan-out of new neurons, or for a
+    deepening the grown spec's count minus the current one."""
+    spec = model.spec  # type: ignore[attr-defined]
+    sg = analyze(spec)
+    if p.site.kind in ("widen", "node") and p.fan_in is not None:
+        K = p.fan_in.shape[0]
+        targets = p.site.targets if p.site.kind == "widen" else (p.site.pair[1],)  # type: ignore[index]
+        return p.fan_in.numel() + K * sum(math.prod(sg.shapes[w]) for w in targets)
+    weights = {k: v.detach() for k, v in model.state_dict().items()}
+    grown, _ = replay(spec, weights, Natural(settings=NaturalSettings()).actions(p, model))
+    return analyze(grown).num_params() - sg.num_params()
 
 
-def make_strategy(name: str, **options) -> Strategy:
-    try:
-        return STRATEGIES[name](**options)
-    except KeyError:
-        raise ValueError(f"unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}") from None
+def make_strategy(name: str, **options: Any) -> Strategy:
+    """The strategy registered as ``name``, built with ``options`` (its constructor's keywords)."""
+    return STRATEGIES.get(name)(**options)

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from bruteforce import HAND_WRITTEN, reference, setup, with_activation
 
-from dagrow.growth.amplitude import GrownFamily, amplitude_factor, line_search, proposal_actions
+from dagrow.growth.actions import proposal_actions
+from dagrow.growth.amplitude import GrownFamily, amplitude_factor, line_search
 from dagrow.growth.proposals import FUNCTION_PRESERVING, propose
 from dagrow.growth.shared_forward import SharedForward, proposal_outputs
 from dagrow.rewrite import replay

@@ -37,13 +37,12 @@ from dagrow.growth.natural import (
     delta_eta,
     linearised_candidates,
     linearised_score,
-    natural_actions,
     observe,
     score_sites,
 )
 from dagrow.growth.proposals import propose_all
 from dagrow.loop import GrowthConfig, grow
-from dagrow.planner import make_strategy
+from dagrow.planner import Natural, make_strategy
 from dagrow.rewrite import AddNeurons, AddNode, DeepenEdge, RewriteError, new_node_name, replay
 from dagrow.sites import ONE, enumerate_sites, find_site
 from dagrow.spec import parse_spec
@@ -468,13 +467,14 @@ def test_grow_cli_natural_needs_no_growth_count_and_reports_its_settings(tmp_pat
     lines = [json.loads(t) for t in (out / "history.jsonl").read_text().splitlines()]
     config = lines[-1]["config"]
     assert config["strategy"] == "natural" and config["growths"] is None
-    assert (config["tau"], config["alpha"], config["depth_cost"], config["construction"]) == (
+    natural = config["natural"]
+    assert (natural["tau"], natural["alpha"], natural["depth_cost"], natural["construction"]) == (
         0.1,
         0.02,
         3.0,
         "identity",
     )
-    assert {"damping", "fisher", "candidates", "refine_steps", "cooldown", "patience"} <= set(config)
+    assert {"damping", "fisher", "candidates", "refine_steps", "cooldown", "patience"} <= set(natural)
     evaluated = [h for h in lines if h["event"] in ("growth", "evaluation")]
     assert evaluated and all(
         {"eta", "delta_eta", "ratio", "abs_ratio", "tau", "alpha"} <= set(h) for h in evaluated
@@ -511,9 +511,9 @@ def test_natural_settings_are_checked():
     with pytest.raises(ValueError, match="tau must be a finite number"):
         NaturalSettings(tau=-1).validate()
     with pytest.raises(ValueError, match="needs a number of growths"):
-        GrowthConfig(strategy="amplitude_factor", growths=None).validate()
+        GrowthConfig(strategy="amplitude_factor", growths=None)
     with pytest.raises(ValueError, match="patience must be at least 1"):
-        GrowthConfig(strategy="natural", patience=0).validate()
+        GrowthConfig(strategy="natural", patience=0)
 
 
 def test_the_natural_strategy_decides_with_ready_actions_or_not_at_all():
@@ -522,14 +522,16 @@ def test_the_natural_strategy_decides_with_ready_actions_or_not_at_all():
     proposals = propose_all(measure(model, [(x, y)], "mse", sites=sites), sites)
     quick = {"candidates": 2, "refine_steps": 3}
     eager = make_strategy("natural", settings=NaturalSettings(tau=0.0, alpha=0.0, **quick))
-    decision = eager.choose(model, proposals, (x, y), "mse", 0)
-    assert decision is not None and decision.actions and decision.proposal is None
-    spec2, w2 = replay(spec, model.state_dict(), decision.actions)
+    plan = eager.plan(model, (x, y), "mse", sites)
+    assert plan.grows and plan.preserving and plan.site == plan.scores[0].site
+    assert [s.score for s in plan.scores] == sorted((s.score for s in plan.scores), reverse=True)
+    spec2, w2 = replay(spec, model.state_dict(), plan.actions)
     assert analyze(spec2).num_params() > analyze(spec).num_params()
     grown = dagrow.compile(spec2, w2, dtype=torch.float64)
     torch.testing.assert_close(grown(x), model(x), rtol=0, atol=1e-12)
     strict = make_strategy("natural", settings=NaturalSettings(tau=1e9, **quick))
-    assert strict.choose(model, proposals, (x, y), "mse", 0) is None
+    refused = strict.plan(model, (x, y), "mse", sites)
+    assert not refused.grows and "below the thresholds" in refused.reason and refused.scores
 
 
 def test_a_proposal_is_scored_with_the_features_its_rewrite_really_adds():
@@ -548,7 +550,7 @@ def test_a_proposal_is_scored_with_the_features_its_rewrite_really_adds():
             spec.model_copy(update={"growth": spec.growth.model_copy(update={"deepen": "all"})}), site_id
         )
         (p,) = score_sites(state, [site])
-        spec2, w2 = replay(spec, model.state_dict(), natural_actions(p, spec, settings))
+        spec2, w2 = replay(spec, model.state_dict(), Natural(settings=settings).actions(p, model))
         grown = dagrow.compile(spec2, w2, dtype=torch.float64)
         torch.testing.assert_close(grown(x), model(x), rtol=0, atol=1e-12)
         if site.kind == "widen":

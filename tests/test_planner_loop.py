@@ -9,9 +9,11 @@ import pytest
 import torch
 
 import dagrow
-from dagrow.growth.amplitude import amplitude_factor, proposal_actions
+from dagrow.growth.actions import proposal_actions
+from dagrow.growth.amplitude import amplitude_factor
 from dagrow.growth.proposals import propose_all
-from dagrow.loop import GrowthConfig, carry_optimizer_state, grow, make_optimizer, train_static
+from dagrow.loop import GrowthConfig, grow, train_static
+from dagrow.optim import adopt_parameters
 from dagrow.planner import STRATEGIES, make_strategy
 from dagrow.rewrite import action_from_dict, replay
 from dagrow.sites import enumerate_sites
@@ -100,8 +102,7 @@ def test_optimizer_state_is_carried_over():
     spec = dagrow.load_spec(SPEC)
     model = dagrow.compile(spec, seed=0)
     x, y = torch.randn(64, 6), torch.randn(64, 2)
-    config = GrowthConfig(optimizer="adam", lr=1e-2)
-    opt = make_optimizer(model, config)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(3):
         opt.zero_grad()
         torch.nn.functional.mse_loss(model(x), y).backward()
@@ -111,12 +112,13 @@ def test_optimizer_state_is_carried_over():
     (p,) = propose_all(stats, [site], "tiny", 2, weights=model.state_dict())
     spec2, w2 = replay(spec, model.state_dict(), proposal_actions(p, spec, 0.1, update=False))
     new = dagrow.compile(spec2, w2)
-    new_opt = make_optimizer(new, config)
-    carry_optimizer_state(model, opt, new, new_opt)
     old = dict(model.named_parameters())
+    old_state = {name: {k: v.clone() for k, v in opt.state[p].items()} for name, p in old.items()}
+    adopt_parameters(model, new, opt)
+    new_opt = opt  # updated in place
     for name, q in new.named_parameters():
         state = new_opt.state[q]
-        m_old = opt.state[old[name]]["exp_avg"]
+        m_old = old_state[name]["exp_avg"]
         old_slice = tuple(slice(0, s) for s in m_old.shape)
         assert torch.equal(state["exp_avg"][old_slice], m_old)
         grown = state["exp_avg"].clone()
@@ -171,7 +173,7 @@ def test_statistics_recorded_during_training_grow_the_network():
 )
 def test_recorded_statistics_need_gradient_steps(options):
     with pytest.raises(ValueError, match="statistics"):
-        GrowthConfig(statistics=options.pop("statistics", "training"), **options).validate()
+        GrowthConfig(statistics=options.pop("statistics", "training"), **options)
 
 
 @pytest.mark.slow

@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import dagrow
-from dagrow.growth.amplitude import GrownFamily, proposal_actions
+from dagrow.growth.actions import proposal_actions
+from dagrow.growth.amplitude import GrownFamily
 from dagrow.growth.proposals import INITS, ProposalSettings, propose
 from dagrow.rewrite import replay
 from dagrow.sites import enumerate_sites, find_site

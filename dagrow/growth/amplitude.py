@@ -25,68 +25,12 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ..compile import DagModel, compile, spec_of
-from ..graph import analyze
-from ..rewrite import Action, AddEdge, AddNeurons, AddNode, UpdateWeights, new_node_name, replay
-from ..sites import ONE
+from ..rewrite import replay
 from ..spec import GraphSpec
 from ..stats import LossFn, loss_function
+from .actions import proposal_actions
 from .proposals import Proposal
 from .shared_forward import SharedForward, proposal_outputs
-
-
-def update_action(proposal: Proposal, spec: GraphSpec, gamma: float = 1.0) -> UpdateWeights | None:
-    """The best update dW* of the proposal's targets as an :class:`UpdateWeights` action."""
-    shapes = analyze(spec).shapes
-    deltas: dict[str, Tensor] = {}
-    for w, upd in proposal.updates.items():
-        col = 0
-        for s in upd.sources:
-            width = 1 if s == ONE else math.prod(shapes[s])
-            block = upd.delta[:, col : col + width]
-            if s == ONE:
-                deltas[f"nodes.{w}.bias"] = block.reshape(-1)
-            else:
-                deltas[f"edges.{s}__{w}.weight"] = block
-            col += width
-    return UpdateWeights(deltas, gamma) if deltas else None
-
-
-def neuron_action(proposal: Proposal, spec: GraphSpec, gamma: float = 1.0) -> Action | None:
-    """The new neurons (or edge) of the proposal as an action at amplitude gamma."""
-    site = proposal.site
-    if site.kind == "edge":
-        u, w = site.pair  # type: ignore[misc]
-        return AddEdge(u, w, proposal.edge_weight, gamma) if proposal.edge_weight is not None else None
-    if proposal.neurons == 0:
-        return None
-    if site.kind == "widen":
-        return AddNeurons(site.node, site.sources, proposal.fan_in, proposal.fan_out, gamma)  # type: ignore[arg-type]
-    if site.kind == "node":
-        u, w = site.pair  # type: ignore[misc]
-        act = (
-            proposal.activation.model_dump()
-            if hasattr(proposal.activation, "model_dump")
-            else proposal.activation
-        )
-        return AddNode(u, w, new_node_name(spec, u, w), proposal.fan_in, proposal.fan_out[w], act, gamma)
-    raise ValueError(f"{site.kind} sites are applied by DeepenEdge, not by a neuron proposal")
-
-
-def proposal_actions(
-    proposal: Proposal,
-    spec: GraphSpec,
-    gamma: float,
-    *,
-    update: bool = True,
-    neuron_gamma: float | None = None,
-) -> list[Action]:
-    """Actions that apply the proposal: the best update at ``gamma`` (when ``update``), then the new
-    neurons at ``neuron_gamma`` (default: the same gamma)."""
-    acts = [
-        update_action(proposal, spec, gamma) if update else None,
-        neuron_action(proposal, spec, gamma if neuron_gamma is None else neuron_gamma),
-    ]
-    return [a for a in acts if a is not None]
 
 
 @dataclass

@@ -48,7 +48,6 @@ from torch import Tensor, nn
 from ..compile import spec_of
 from ..graph import SpecGraph, analyze
 from ..ops import op_info
-from ..rewrite import Action, AddNeurons, AddNode, DeepenEdge, new_node_name
 from ..sites import ONE, Site, linear_sources
 from ..spec import GraphSpec
 from ..stats import LossFn, StatsError, loss_function
@@ -447,23 +446,3 @@ def passes(state: NaturalState, p: NaturalProposal) -> tuple[bool, float, float]
     rel = p.score / state.eta if state.eta > 0 else math.inf
     absolute = p.score / state.grad_sq if state.grad_sq > 0 else 0.0
     return (rel > s.tau and absolute > s.alpha and p.score > 0), rel, absolute
-
-
-def natural_actions(p: NaturalProposal, spec: GraphSpec, settings: NaturalSettings) -> list[Action]:
-    """The rewrite of a proposal: new neurons with zero fan-out, or a function-preserving deepening."""
-    site = p.site
-    widths = {v: math.prod(sh) for v, sh in analyze(spec).shapes.items()}
-    if site.kind == "widen":
-        zeros = {w: torch.zeros(widths[w], p.fan_in.shape[0], dtype=torch.float64) for w in site.targets}
-        return [AddNeurons(site.node, site.sources, p.fan_in, zeros)]  # type: ignore[arg-type]
-    u, w = site.pair  # type: ignore[misc]
-    if site.kind == "node":
-        name = new_node_name(spec, u, w)
-        act = p.activation.model_dump() if hasattr(p.activation, "model_dump") else p.activation
-        zeros = torch.zeros(widths[w], p.fan_in.shape[0], dtype=torch.float64)
-        return [AddNode(u, w, name, p.fan_in, zeros, act)]
-    taken = set(spec.nodes) | set(spec.inputs)
-    name = next(f"layer{i}" for i in range(1, len(taken) + 2) if f"layer{i}" not in taken)
-    if settings.construction == "basis":
-        return [DeepenEdge(u, w, name, p.activation, basis=p.basis, shift=p.shift)]
-    return [DeepenEdge(u, w, name, p.activation)]

@@ -1,0 +1,214 @@
+"""Run directories: one consistent checkpoint, committed atomically, plus the files people read.
+
+A run directory holds:
+
+- ``checkpoint.safetensors``: everything a run needs to continue exactly (tensors: the weights
+  ``model/<name>``, the optimizer state ``optim/<index>/<key>``, the random states ``rng/...``;
+  metadata ``dagrow.run``: the spec, the settings, the data source, the step, the schedule, the data
+  order, the python and numpy random states, the optimizer's param groups with parameter names, and
+  how many history lines belong to it). It is written to a temporary file and renamed: a run killed
+  at any moment leaves either the previous checkpoint or the new one.
+- ``history.jsonl``: one JSON object per event, appended; lines beyond the checkpoint's count (written
+  by a run killed before its next checkpoint) are dropped when the run resumes, and written again.
+- ``spec.yaml``, ``model.safetensors`` (a bundle), ``architecture.dot/.png``: outputs, rewritten from
+  the checkpoint's state after each commit and at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from .bundle import atomic_write
+
+FORMAT = "dagrow-run/1"
+CHECKPOINT = "checkpoint.safetensors"
+HISTORY = "history.jsonl"
+OUTPUTS = ("spec.yaml", "model.safetensors", "architecture.dot", "architecture.png")
+# fault injection for the kill tests: "checkpoint:N" kills the process (SIGKILL) while the N-th
+# checkpoint of this process is written, after its temporary file and before the rename
+FAULT_ENV = "DAGROW_FAULT"
+
+
+class RunError(ValueError):
+    """A run directory that cannot be used as asked (the message names it)."""
+
+
+@dataclass
+class Checkpoint:
+    """The state of a run between two rounds."""
+
+    meta: dict[str, Any]  # JSON: spec, config, source, step, schedule, stream, rng, history_lines, ...
+    weights: dict[str, Tensor]
+    optimizer: dict[str, Any] | None = None  # torch's state_dict() of the optimizer
+    tensors: dict[str, Tensor] = field(default_factory=dict)  # random states
+
+
+def optimizer_names(opt: torch.optim.Optimizer, model: nn.Module) -> list[list[str]]:
+    """The parameter names of each param group, in the group's order."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    try:
+        return [[names[id(p)] for p in g["params"]] for g in opt.param_groups]
+    except KeyError:
+        raise RunError("the optimizer holds a parameter that is not the model's: cannot checkpoint it") from None
+
+
+def _flatten_optimizer(sd: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    tensors: dict[str, Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, state in sd["state"].items():
+        for key, value in state.items():
+            if isinstance(value, Tensor):
+                tensors[f"optim/{index}/{key}"] = value.detach().cpu().contiguous().clone()
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    groups = [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        _, index, key = name.split("/", 2)
+        state.setdefault(int(index), {})[key] = value
+    for index, values in meta["scalars"].items():
+        state.setdefault(int(index), {}).update(values)
+    groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def _fault(count: int) -> None:
+    if os.environ.get(FAULT_ENV) == f"checkpoint:{count}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class RunDirectory:
+    """A folder holding one run (module docstring)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.commits = 0  # checkpoints written by this process
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / CHECKPOINT
+
+    @property
+    def history_path(self) -> Path:
+        return self.path / HISTORY
+
+    def holds_run(self) -> bool:
+        return self.checkpoint_path.is_file() or self.history_path.is_file()
+
+    def prepare(self, *, overwrite: bool = False) -> None:
+        """Make the folder ready for a new run: refuse one that holds a run unless ``overwrite`` (then
+        its run files are removed; other files are left alone), and check that it can be written."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RunError(f"{self.path}: --out names an existing file, not a folder")
+        if self.holds_run() and not overwrite:
+            raise RunError(
+                f"{self.path} already holds a run: continue it with --resume {self.path}, or replace it "
+                "with --overwrite"
+            )
+        self.path.mkdir(parents=True, exist_ok=True)
+        for name in (CHECKPOINT, HISTORY, *OUTPUTS):
+            target = self.path / name
+            if target.is_dir():
+                raise RunError(f"{target}: is a folder; the run writes a file there")
+            if overwrite:
+                target.unlink(missing_ok=True)
+        probe = self.path / ".dagrow-write-test"
+        try:
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            raise RunError(f"{self.path}: cannot write there ({exc.strerror})") from None
+        self.clean()
+
+    def clean(self) -> list[Path]:
+        """Remove the temporary files of writes that a killed run left behind."""
+        leftovers = [p for p in self.path.glob(".*.tmp") if p.is_file()]
+        for p in leftovers:
+            p.unlink(missing_ok=True)
+        return leftovers
+
+    def append_history(self, lines: list[dict[str, Any]]) -> None:
+        if not lines:
+            return
+        with open(self.history_path, "a", encoding="utf-8") as f:
+            f.write("".join(json.dumps(line) + "\n" for line in lines))
+            f.flush()
+
+    def read_history(self, count: int | None = None) -> list[dict[str, Any]]:
+        """The first ``count`` history lines (all complete ones when None); the file is truncated to
+        them, so that lines written after the checkpoint are written again exactly once."""
+        if not self.history_path.is_file():
+            if count:
+                raise RunError(f"{self.history_path}: missing, but the checkpoint counts {count} lines")
+            return []
+        text = self.history_path.read_text(encoding="utf-8")
+        raw = text.split("\n")
+        complete = raw[:-1]  # the part after the last newline is an unfinished line
+        keep = complete if count is None else complete[:count]
+        if count is not None and len(keep) < count:
+            raise RunError(f"{self.history_path}: {len(keep)} lines, but the checkpoint counts {count}")
+        lines = []
+        for number, line in enumerate(keep, 1):
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise RunError(f"{self.history_path}:{number}: not JSON ({exc.msg})") from None
+            if not isinstance(value, dict):
+                raise RunError(f"{self.history_path}:{number}: a history line is a JSON object")
+            lines.append(value)
+        if len(keep) != len(raw) - 1 or raw[-1]:
+            atomic_write(self.history_path, lambda tmp: tmp.write_text("".join(k + "\n" for k in keep)))
+        return lines
+
+    def commit(self, ckpt: Checkpoint) -> None:
+        """Write the checkpoint atomically."""
+        tensors = {f"model/{k}": v.detach().cpu().contiguous().clone() for k, v in ckpt.weights.items()}
+        meta = dict(ckpt.meta)
+        if ckpt.optimizer is not None:
+            opt_tensors, meta["optimizer"] = _flatten_optimizer(ckpt.optimizer)
+            tensors.update(opt_tensors)
+        tensors.update({f"rng/{k}": v.contiguous() for k, v in ckpt.tensors.items()})
+        self.commits += 1
+        count = self.commits
+
+        def write(tmp: Path) -> None:
+            save_file(tensors, str(tmp), metadata={"format": FORMAT, "dagrow.run": json.dumps(meta)})
+            _fault(count)
+
+        atomic_write(self.checkpoint_path, write)
+
+    def load(self) -> Checkpoint:
+        path = self.checkpoint_path
+        if not path.is_file():
+            hint = " (the run was stopped before its first checkpoint: start it again)" if self.path.is_dir() else ""
+            raise RunError(f"{self.path}: nothing to resume, no {CHECKPOINT}{hint}")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                header = f.metadata() or {}
+                if header.get("format") != FORMAT:
+                    raise RunError(f"{path}: not a dagrow run checkpoint (format {header.get('format')!r})")
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iterator
+            meta = json.loads(header["dagrow.run"])
+        except (SafetensorError, OSError, json.JSONDecodeError, KeyError) as exc:
+            raise RunError(f"{path}: unreadable checkpoint ({exc})") from None
+        if not isinstance(meta, dict):
+            raise RunError(f"{path}: the checkpoint's metadata is not a JSON object")
+        weights = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
+        rng = {k[len("rng/") :]: v for k, v in tensors.items() if k.startswith("rng/")}
+        opt_tensors = {k: v for k, v in tensors.items() if k.startswith("optim/")}
+        optimizer = _unflatten_optimizer(opt_tensors, meta["optimizer"]) if "optimizer" in meta else None
+        return Checkpoint(meta, weights, optimizer, rng)

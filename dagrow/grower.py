@@ -1,0 +1,255 @@
+"""``dagrow.Grower``: grow a model from any PyTorch training loop.
+
+::
+
+    grower = dagrow.Grower("specs/mlp_sin50.yaml", strategy="amplitude_factor", loss="cross_entropy")
+    model = grower.model
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for epoch in range(10):
+        for x, y in loader:                                   # the user's own loop
+            opt.zero_grad(); F.cross_entropy(model(x), y).backward(); opt.step()
+        model = grower.step(model, opt, growth_batches).model  # measure, plan, apply
+
+One :meth:`Grower.step` is one growth step of the schedule: measure the statistics on ``batches`` (or
+take those a :class:`~dagrow.stats.Recorder` gathered during training), ask the strategy for a
+:class:`~dagrow.plan.Plan`, apply its rewrites to (spec, weights), recompile, keep the growth only when
+the loss on the batches did not rise (else it is rolled back and reported), and update the optimizer
+in place (:mod:`dagrow.optim`): old state kept exactly, zeros for new entries. A ``rounds`` schedule
+(SENN) may add several times in one step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .compile import DagModel, compile
+from .config import GrowthConfig
+from .graph import num_params
+from .optim import adopt_parameters, check_optimizer
+from .plan import Plan
+from .planner import Natural, Strategy, make_strategy
+from .rewrite import Action, replay
+from .schedule import Schedule
+from .sites import enumerate_sites
+from .spec import GraphSpec, load_spec
+from .stats import LossFn, Statistics, StatsError, loss_function
+
+Batch = tuple[Tensor, Tensor]
+
+
+@dataclass
+class GrowthStep:
+    """What one :meth:`Grower.step` did: the model to continue with, the actions applied (in order),
+    the plans made, and one history line per plan (``events``, JSON-ready)."""
+
+    model: DagModel
+    actions: list[Action] = field(default_factory=list)
+    plans: list[Plan] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def grew(self) -> bool:
+        return bool(self.actions)
+
+    @property
+    def report(self) -> dict[str, Any]:
+        """JSON-ready: every plan (with every site it scored) and every history line."""
+        return {"plans": [p.to_dict() for p in self.plans], "events": self.events}
+
+
+def _as_batches(batches: Iterable[Batch] | Batch) -> list[Batch]:
+    if isinstance(batches, tuple) and len(batches) == 2 and all(isinstance(t, Tensor) for t in batches):
+        return [batches]  # type: ignore[list-item]
+    out = []
+    for b in batches:  # type: ignore[union-attr]
+        if not (isinstance(b, tuple | list) and len(b) == 2):
+            raise TypeError("Grower.step: batches must be (inputs, targets) pairs, e.g. a DataLoader")
+        out.append((b[0], b[1]))
+    if not out:
+        raise ValueError("Grower.step: no batches given (the statistics and the line search need samples)")
+    return out
+
+
+class Grower:
+    """Grows one model; see the module docstring.
+
+    ``spec_or_model``: a spec (GraphSpec, YAML text or a path), or a compiled :class:`DagModel`.
+    ``loss``: a registered loss name (``mse``, ``cross_entropy``) or a callable ``(output, target) ->
+    mean loss``. ``config`` holds every setting (:class:`~dagrow.config.GrowthConfig`); keywords override
+    it (``strategy``, ``init``, ``neurons``, ``growths``, ...). ``group_of(name)`` picks the optimizer
+    param group of a new parameter (default: the first group holding the model's parameters)."""
+
+    def __init__(
+        self,
+        spec_or_model: GraphSpec | DagModel | str | Path,
+        *,
+        loss: str | LossFn = "mse",
+        config: GrowthConfig | None = None,
+        schedule: Schedule | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        group_of: Callable[[str], int] | None = None,
+        **settings: Any,
+    ) -> None:
+        config = config or GrowthConfig()
+        self.config = config.replace(**settings) if settings else config
+        loss_function(loss)  # a clear error now rather than at the first growth
+        self.loss = loss
+        if isinstance(spec_or_model, nn.Module):
+            if not isinstance(spec_or_model, DagModel):
+                raise TypeError("Grower needs a model compiled by dagrow (dagrow.compile) or a spec")
+            self.model = spec_or_model.to(device=device, dtype=dtype)
+        else:
+            spec = spec_or_model if isinstance(spec_or_model, GraphSpec) else load_spec(spec_or_model)
+            self.model = compile(spec, seed=self.config.seed, dtype=dtype, device=device)
+        self.schedule = schedule or self.config.make_schedule()
+        self.strategy = self._strategy()
+        self.group_of = group_of
+        self.actions: list[Action] = []  # every action applied, in order
+        self.diverged: str | None = None  # set when a statistics pass met a non-finite loss
+
+    def _strategy(self) -> Strategy:
+        c = self.config
+        if c.strategy == "natural":
+            return Natural(settings=c.natural_settings())
+        return make_strategy(
+            c.strategy,
+            init=c.init,
+            neurons=c.neurons,
+            normalize=c.normalize,
+            max_candidates=c.max_candidates,
+            update=c.joint_update,
+            seed=c.seed,
+        )
+
+    @property
+    def finished(self) -> bool:
+        """The schedule has ended (its ``reason`` says why)."""
+        return self.schedule.finished
+
+    def step(
+        self,
+        model: nn.Module | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        batches: Iterable[Batch] | Batch | None = None,
+        *,
+        statistics: Statistics | None = None,
+        evaluate: Callable[[DagModel], Mapping[str, Any]] | None = None,
+        info: Mapping[str, Any] | None = None,
+    ) -> GrowthStep:
+        """One growth step (module docstring). ``batches``: (inputs, targets) pairs (any iterable, a
+        DataLoader, or one pair), used for the statistics, the line search and the rollback check;
+        ``statistics``: those recorded during training (then ``batches`` serve the rest). ``evaluate``
+        adds its figures to the history line of every growth; ``info`` is copied into every line."""
+        model = self._current(model)
+        check_optimizer(optimizer, model)
+        started = time.perf_counter()
+        result = GrowthStep(model)
+        if not self.schedule.due():
+            return result
+        if batches is None:
+            raise ValueError("Grower.step needs batches: the samples to measure and to search the amplitude on")
+        ref = next(iter(model.parameters()))
+        xs, ys = zip(*_as_batches(batches), strict=True)
+        batch = torch.cat(xs).to(ref.device), torch.cat(ys).to(ref.device)
+        attempts = added = 0
+        for attempt in range(self.schedule.additions):
+            params = num_params(model.spec)
+            line: dict[str, Any] = {
+                "event": "growth",
+                **(info or {}),
+                "round": self.schedule.rounds,
+                "growth": self.schedule.growth + (attempts if self.schedule.idle_event == "growth" else added),
+                "strategy": self.config.strategy,
+                "init": self.config.init,
+            }
+            if self.schedule.over_budget(params):
+                result.events.append({**line, "event": "stop", "reason": self.schedule.reason})
+                break
+            sites = enumerate_sites(model.spec, include_unsupported=False)
+            try:
+                plan = self.strategy.plan(
+                    model,
+                    batch,
+                    self.loss,
+                    sites,
+                    statistics=statistics if attempt == 0 else None,
+                    growth=line["growth"],
+                    budget=self.schedule.budget(params),
+                )
+            except StatsError as exc:  # training diverged: stop growing and say why
+                self.diverged = self.schedule.reason = str(exc)
+                result.events.append({**line, "event": "stop", "reason": str(exc)})
+                break
+            attempts += 1
+            result.plans.append(plan)
+            line.update(site=plan.site, kind=plan.kind, loss_before=plan.loss_before, params_before=params)
+            line.update(widths_before={v: node.size for v, node in model.spec.nodes.items()}, **plan.figures)
+            if not plan.grows:
+                line.update(event=self.schedule.idle_event, reason=plan.reason)
+                result.events.append(line)
+                break
+            new_model, after = self._candidate(model, plan.actions, batch)
+            before = plan.loss_before if plan.loss_before is not None else after
+            line.update(actions=[a.describe() for a in plan.actions], loss_after=after)
+            line.update(realised_decrease=before - after, note=plan.reason)
+            tol = self.config.tolerance * abs(before)
+            if plan.preserving and abs(after - before) > tol + 1e-12:
+                line.update(event="rollback", params=params, reason=f"the loss moved to {after:.6g}")
+            elif not plan.preserving and after > before + tol:
+                line.update(event="rollback", params=params, reason=f"loss rose from {before:.6g} to {after:.6g}")
+            else:
+                adopt_parameters(model, new_model, optimizer, group_of=self.group_of)
+                model = new_model
+                added += 1
+                result.actions.extend(plan.actions)
+                line.update(params=num_params(model.spec))
+            if evaluate is not None:
+                line.update(evaluate(model))
+            line.update(seconds=time.perf_counter() - started)
+            result.events.append(line)
+            if line["event"] == "rollback" or plan.kind == "deepen":
+                break  # a new layer's score is realised only by training: one per round
+        self.schedule.done(attempts, added)
+        self.model = result.model = model
+        self.actions.extend(result.actions)
+        return result
+
+    def _current(self, model: nn.Module | None) -> DagModel:
+        if model is None:
+            return self.model
+        inner = getattr(model, "module", model)  # DistributedDataParallel and similar wrappers
+        if not isinstance(inner, DagModel):
+            raise TypeError("Grower.step: pass the model that Grower.model (or the last step) returned")
+        return inner
+
+    def _candidate(self, model: DagModel, actions: list[Action], batch: Batch) -> tuple[DagModel, float]:
+        """The model after ``actions`` (recompiled from the new spec) and its loss on ``batch``."""
+        spec, weights = replay(model.spec, model.state_dict(), actions)
+        ref = next(iter(model.parameters()))
+        new_model = compile(spec, weights, dtype=ref.dtype, device=ref.device)
+        with torch.no_grad():
+            return new_model, float(loss_function(self.loss)(new_model(batch[0]), batch[1]))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The grower's own state (JSON): settings, schedule, and the actions applied so far."""
+        return {
+            "config": self.config.to_dict(),
+            "schedule": self.schedule.state_dict(),
+            "diverged": self.diverged,
+            "actions": [a.to_dict() for a in self.actions],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        from .rewrite import action_from_dict
+
+        self.schedule.load_state_dict(dict(state["schedule"]))
+        self.diverged = state.get("diverged")
+        self.actions = [action_from_dict(a) for a in state.get("actions", [])]

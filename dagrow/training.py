@@ -1,0 +1,197 @@
+"""The built-in training loop: a resumable stream of minibatches, the optimizers of ``dagrow grow``,
+training steps (SGD, Adam, or the seeds' best update) and evaluation on a split.
+
+Everything here is state that a checkpoint can save and restore exactly: :class:`BatchStream` knows
+its epoch and its position in it, and the optimizers are plain ``torch.optim`` optimizers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from .compile import DagModel
+from .graph import analyze
+from .growth.actions import update_action
+from .growth.amplitude import line_search
+from .growth.proposals import ProposalSettings, target_update
+from .stats import LossFn, Recorder, loss_function, measure
+from .tasks import Task
+
+Batch = tuple[Tensor, Tensor]
+
+
+def usable_device(name: str | torch.device) -> torch.device:
+    """``name`` as a torch.device, or a ``ValueError`` saying why it cannot be used here."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"unknown device {str(name)!r}; expected cpu, cuda, cuda:N, mps, ...") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(name)!r} is not available: this torch has no usable CUDA device")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {str(name)!r} is not available: {torch.cuda.device_count()} CUDA device(s) here"
+            )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {str(name)!r} is not available here")
+    return device
+
+
+class BatchStream:
+    """Endless shuffled minibatches of a task's training split: epoch ``e`` is the permutation drawn
+    from ``seed * 100_003 + e``. ``state_dict()`` is (epoch, batches taken in it), so a stream restored
+    from it yields exactly the batches the original would have yielded next."""
+
+    def __init__(self, task: Task, batch_size: int, seed: int, device: torch.device | str) -> None:
+        self.task, self.batch_size, self.seed, self.device = task, batch_size, seed, device
+        self.epoch, self.position = 0, 0
+        self._it: Iterator[Batch] | None = None
+
+    def _open(self) -> Iterator[Batch]:
+        seed = self.seed * 100_003 + self.epoch
+        it = self.task.batches("train", self.batch_size, shuffle=True, seed=seed, device=self.device)
+        for _ in range(self.position):
+            next(it)
+        return it
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def __next__(self) -> Batch:
+        while True:
+            if self._it is None:
+                self._it = self._open()
+            try:
+                batch = next(self._it)
+            except StopIteration:
+                self.epoch, self.position, self._it = self.epoch + 1, 0, None
+                continue
+            self.position += 1
+            return batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position, self._it = int(state["epoch"]), int(state["position"]), None
+
+
+def make_optimizer(params, optimizer: str, lr: float) -> torch.optim.Optimizer | None:
+    """``adam``, ``sgd`` (momentum 0.9) over ``params`` (tensors, or param groups as dicts), or None for
+    ``best_update`` (no optimizer)."""
+    params = list(params)
+    if not (params and isinstance(params[0], dict)):
+        params = [p for p in params if p.requires_grad]
+    if optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    if optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+    if optimizer == "best_update":
+        return None
+    raise ValueError(f"unknown optimizer {optimizer!r}; expected adam, sgd or best_update")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, task: Task, split: str, device) -> tuple[float, float]:
+    """(loss, metric) of the model on a whole split."""
+    loss_fn = loss_function(task.loss)
+    x, y = next(task.batches(split, None, device=device))
+    out = model(x)
+    return float(loss_fn(out, y)), float(task.metric(out, y))
+
+
+def best_update_step(model: DagModel, batch: Batch, loss: str | LossFn) -> DagModel:
+    """The seeds' training phase: for each node in order, dW* with its own amplitude factor."""
+    loss_fn = loss_function(loss)
+    x, y = batch
+    settings = ProposalSettings()
+    for v in analyze(model.spec).hidden_and_outputs:
+        stats = measure(model, [batch], loss, sites=[], output_factors=False)
+        if v not in stats.g_sq_sums:
+            continue
+        action = update_action({v: target_update(stats, model.spec, v, settings)}, model.spec)
+        if action is None:
+            continue
+        base = {k: t.detach() for k, t in model.state_dict().items()}
+        deltas = {k: d.to(base[k]) for k, d in action.deltas.items()}
+
+        def f(g: float, base=base, deltas=deltas) -> float:
+            w = {k: (t - g * deltas[k]) if k in deltas else t for k, t in base.items()}
+            with torch.no_grad():
+                return float(loss_fn(functional_call(model, w, (x,)), y))
+
+        gamma, _, _ = line_search(f)
+        if gamma > 0:
+            with torch.no_grad():
+                for k, d in deltas.items():
+                    model.get_parameter(k).sub_(gamma * d)
+    return model
+
+
+def train_steps(
+    model: DagModel,
+    opt: torch.optim.Optimizer | None,
+    batches: Iterator[Batch],
+    loss: str | LossFn,
+    steps: int,
+    *,
+    recorder: Recorder | None = None,
+    seen: list[Batch] | None = None,
+) -> float:
+    """``steps`` optimizer steps on the next ``batches`` (the seeds' best update when ``opt`` is None);
+    returns the mean training loss. With an entered ``recorder`` each step's backward also adds its
+    batch to the statistics; ``seen`` collects the batches."""
+    loss_fn = loss_function(loss)
+    total = 0.0
+    for _ in range(steps):
+        x, y = next(batches)
+        if seen is not None:
+            seen.append((x, y))
+        if opt is None:
+            best_update_step(model, (x, y), loss)
+            with torch.no_grad():
+                total += float(loss_fn(model(x), y))
+        else:
+            opt.zero_grad(set_to_none=True)
+            value = loss_fn(model(x), y)
+            recorder.backward(value) if recorder is not None else value.backward()
+            opt.step()
+            total += float(value.detach())
+    return total / max(steps, 1)
+
+
+def concat(batches: list[Batch]) -> Batch:
+    """One batch of every sample of ``batches``."""
+    return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
+
+
+def rng_state() -> dict[str, Any]:
+    """The global random states of python, numpy and torch (JSON plus one tensor)."""
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()  # type: ignore[misc]
+    return {
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+        "torch": torch.get_rng_state(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, gauss_np = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss_np))
+    torch.set_rng_state(state["torch"])
