@@ -10,13 +10,19 @@ The small public API::
     stats = dagrow.measure(model, [(x, y)], "mse")     # statistics of every growth site
     p = dagrow.propose(stats, dagrow.enumerate_sites(spec)[0], init="tiny", neurons=2)
     result = dagrow.grow(spec, dagrow.make_task("sin50"), dagrow.GrowthConfig(growths=5))
+
+    grower = dagrow.Grower(spec, loss="mse", strategy="amplitude_factor")  # your own training loop
+    step = grower.step(model, optimizer, growth_batches)  # measure, plan, apply; optimizer updated in place
 """
 
 from .bundle import load, save
 from .compile import DagModel, compile, load_weights, spec_of
 from .graph import analyze, num_params
 from .growth.proposals import propose
-from .loop import GrowthConfig, grow
+from .config import GrowthConfig
+from .grower import Grower, GrowthStep
+from .loop import grow, resume
+from .plan import Plan
 from .ops import list_activations, list_ops
 from .sites import enumerate_sites
 from .spec import Diagnostic, GraphSpec, SpecError, json_schema, load_spec
@@ -30,6 +36,9 @@ __all__ = [
     "Diagnostic",
     "GraphSpec",
     "GrowthConfig",
+    "GrowthStep",
+    "Grower",
+    "Plan",
     "Recorder",
     "SpecError",
     "analyze",
@@ -46,6 +55,7 @@ __all__ = [
     "measure",
     "num_params",
     "propose",
+    "resume",
     "save",
     "spec_of",
 ]

@@ -260,8 +260,8 @@ def growth_run(exp: Experiment, key: RunKey) -> list[dict[str, Any]]:
             "event": event,
             "site": (line.get("site") if event == "growth" else line.get("reason")) or "",  # or why not
             "parameters": line.get("params", rows[-1]["parameters"]),
-            "loss_before": line.get("loss_before", ""),
-            "loss_after": line.get("loss_after", ""),
+            "loss_before": "" if line.get("loss_before") is None else line["loss_before"],
+            "loss_after": "" if line.get("loss_after") is None else line["loss_after"],
         }
         rows.append(make_row(key, metric, started, **values))
         # the figures of the model right after the growth (or rollback)
