@@ -49,7 +49,7 @@ def _check_choice(value: str, choices, what: str) -> str:
 
 DEFAULTS = GrowthConfig()  # one place for the defaults of the CLI and the Python API
 TASK_HELP = "built-in task: " + ", ".join(list_tasks())
-INIT_HELP = "; ".join(f"{k}: {v.split(':', 1)[0]}" for k, v in INITS.items())
+INIT_HELP = "; ".join(f"{k}: {v.split(':', 1)[0]}" for k, v in INITS.summaries().items())
 
 
 def sites_command(

@@ -52,7 +52,8 @@ from ..rewrite import Action, AddNeurons, AddNode, DeepenEdge, new_node_name
 from ..sites import ONE, Site, linear_sources
 from ..spec import GraphSpec
 from ..stats import LossFn, StatsError, loss_function
-from .proposals import _single_threaded, inv_sqrt_psd, pinv_psd
+from .linalg import inv_sqrt_psd, pinv_psd
+from .linalg import single_threaded as _single_threaded
 
 Fisher = Literal["unit", "empirical"]
 Construction = Literal["identity", "basis"]
