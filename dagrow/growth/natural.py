@@ -193,8 +193,8 @@ def observe(
             if L.dim() != 0 or not torch.isfinite(L):
                 raise StatsError(f"the loss must be a finite scalar mean, got {L.detach()}")
             wrt = list(outs) + [pre[v] for v in nodes]
-            grads = torch.autograd.grad(L, wrt, allow_unused=True)
-            grads = [torch.zeros_like(t) if gr is None else gr for t, gr in zip(wrt, grads, strict=True)]
+            raw = torch.autograd.grad(L, wrt, allow_unused=True)
+            grads = [torch.zeros_like(t) if gr is None else gr for t, gr in zip(wrt, raw, strict=True)]
             n = xs[0].shape[0]
             gy = torch.cat([gr.flatten(1) for gr in grads[: len(outs)]], 1) * n
             g = {v: gr.flatten(1).double() * n for v, gr in zip(nodes, grads[len(outs) :], strict=True)}
@@ -356,7 +356,7 @@ def propose_natural(state: NaturalState, site: Site) -> NaturalProposal | None:
         act, sigma = spec.nodes[site.node].activation, state.activations[site.node]  # type: ignore[index]
     else:
         act = spec.growth.new_node_activation
-        sigma = _frozen(act.build())
+        sigma = _frozen(act.build())  # type: ignore[attr-defined]
     B_U = state.features(site.sources)
     alpha_cf, lin = linearised_candidates(state, site.sources, site.targets)
     pool = [alpha_cf[:1]] if alpha_cf.shape[0] else []
@@ -455,14 +455,16 @@ def natural_actions(p: NaturalProposal, spec: GraphSpec, settings: NaturalSettin
     site = p.site
     widths = {v: math.prod(sh) for v, sh in analyze(spec).shapes.items()}
     if site.kind == "widen":
+        assert p.fan_in is not None
         zeros = {w: torch.zeros(widths[w], p.fan_in.shape[0], dtype=torch.float64) for w in site.targets}
         return [AddNeurons(site.node, site.sources, p.fan_in, zeros)]  # type: ignore[arg-type]
     u, w = site.pair  # type: ignore[misc]
     if site.kind == "node":
         name = new_node_name(spec, u, w)
         act = p.activation.model_dump() if hasattr(p.activation, "model_dump") else p.activation
-        zeros = torch.zeros(widths[w], p.fan_in.shape[0], dtype=torch.float64)
-        return [AddNode(u, w, name, p.fan_in, zeros, act)]
+        assert p.fan_in is not None
+        zero_fan_out = torch.zeros(widths[w], p.fan_in.shape[0], dtype=torch.float64)
+        return [AddNode(u, w, name, p.fan_in, zero_fan_out, act)]
     taken = set(spec.nodes) | set(spec.inputs)
     name = next(f"layer{i}" for i in range(1, len(taken) + 2) if f"layer{i}" not in taken)
     if settings.construction == "basis":
