@@ -17,13 +17,13 @@ The small public API::
 
 from .bundle import load, save
 from .compile import DagModel, compile, load_weights, spec_of
-from .graph import analyze, num_params
-from .growth.proposals import propose
 from .config import GrowthConfig
+from .graph import analyze, num_params
 from .grower import Grower, GrowthStep
+from .growth.proposals import propose
 from .loop import grow, resume
-from .plan import Plan
 from .ops import list_activations, list_ops
+from .plan import Plan
 from .sites import enumerate_sites
 from .spec import Diagnostic, GraphSpec, SpecError, json_schema, load_spec
 from .stats import Recorder, measure

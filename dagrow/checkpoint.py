@@ -59,7 +59,9 @@ def optimizer_names(opt: torch.optim.Optimizer, model: nn.Module) -> list[list[s
     try:
         return [[names[id(p)] for p in g["params"]] for g in opt.param_groups]
     except KeyError:
-        raise RunError("the optimizer holds a parameter that is not the model's: cannot checkpoint it") from None
+        raise RunError(
+            "the optimizer holds a parameter that is not the model's: cannot checkpoint it"
+        ) from None
 
 
 def _flatten_optimizer(sd: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -194,7 +196,11 @@ class RunDirectory:
     def load(self) -> Checkpoint:
         path = self.checkpoint_path
         if not path.is_file():
-            hint = " (the run was stopped before its first checkpoint: start it again)" if self.path.is_dir() else ""
+            hint = (
+                " (the run was stopped before its first checkpoint: start it again)"
+                if self.path.is_dir()
+                else ""
+            )
             raise RunError(f"{self.path}: nothing to resume, no {CHECKPOINT}{hint}")
         try:
             with safe_open(str(path), framework="pt") as f:

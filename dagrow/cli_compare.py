@@ -10,8 +10,8 @@ import typer
 from rich.console import Console
 
 from .compare import Experiment, RunKey, TaskSource, run_experiment
-from .growth.proposals import INITS
 from .config import GrowthConfig, parse_config
+from .growth.proposals import INITS
 from .planner import STRATEGIES
 from .presets import PRESETS, make_preset
 from .spec import load_spec

@@ -164,7 +164,12 @@ def _config_parameters() -> list[inspect.Parameter]:
         default = f.get_default(call_default_factory=True)
         flag = "--" + name.replace("_", "-")
         decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
-        option = typer.Option(*decls, help=f"{text} (default: {default})" if "default" not in text else text, show_default=False, rich_help_panel=panel)
+        option = typer.Option(
+            *decls,
+            help=f"{text} (default: {default})" if "default" not in text else text,
+            show_default=False,
+            rich_help_panel=panel,
+        )
         params.append(
             inspect.Parameter(
                 name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[kind | None, option]
@@ -231,8 +236,13 @@ def grow_command(
             meta = directory.load().meta
             _refuse_conflicts(meta["config"], given, run_dir)
             src = meta.get("source", {})
-            the_task = _task(src.get("task"), Path(src["data"]) if src.get("data") else None,
-                             int(src.get("seed", 0)), run_dir, parse_spec(meta["spec"]))
+            the_task = _task(
+                src.get("task"),
+                Path(src["data"]) if src.get("data") else None,
+                int(src.get("seed", 0)),
+                run_dir,
+                parse_spec(meta["spec"]),
+            )
             run = Run.resume(directory, the_task)
             if run.finished:
                 out.print(f"{run_dir}: the run is finished; nothing to resume", highlight=False)
@@ -248,8 +258,13 @@ def grow_command(
             run_dir = out_dir
             spec, loaded = load_model_or_spec(source)  # type: ignore[arg-type]
             the_task = _task(task, data, growth_config.seed, source, spec)  # type: ignore[arg-type]
-            origin = {"spec": str(source), "task": task, "data": str(data.resolve()) if data else None,
-                      "seed": growth_config.seed, "params": analyze(spec).num_params()}
+            origin = {
+                "spec": str(source),
+                "task": task,
+                "data": str(data.resolve()) if data else None,
+                "seed": growth_config.seed,
+                "params": analyze(spec).num_params(),
+            }
             model = loaded or compile(spec, seed=growth_config.seed)
             run = Run.start(model, the_task, growth_config, source=origin, directory=directory)
         _run_with_progress(run, quiet)
@@ -258,8 +273,11 @@ def grow_command(
         where = locals().get("run_dir")
         if where is not None and RunDirectory(where).checkpoint_path.is_file():
             step = RunDirectory(where).load().meta["step"]
-            err.print(f"the run continues from step {step} with: dagrow grow --resume {where}", highlight=False,
-                      soft_wrap=True)
+            err.print(
+                f"the run continues from step {step} with: dagrow grow --resume {where}",
+                highlight=False,
+                soft_wrap=True,
+            )
         raise typer.Exit(130) from None
     _write_outputs(run_dir, run.model)
     _print_summary(run, run_dir)
@@ -268,11 +286,19 @@ def grow_command(
 def _run_with_progress(run: Run, quiet: bool) -> None:
     schedule = run.grower.schedule
     total = schedule.growths
-    progress = Progress(TextColumn("[bold]growing"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=err, disable=quiet)
+    progress = Progress(
+        TextColumn("[bold]growing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=err,
+        disable=quiet,
+    )
     with progress:
-        bar = progress.add_task("grow", total=total, completed=min(schedule.growth, total or schedule.growth),
-                                status="")
+        bar = progress.add_task(
+            "grow", total=total, completed=min(schedule.growth, total or schedule.growth), status=""
+        )
 
         def on_event(line: dict[str, Any]) -> None:
             if line.get("event") in ("growth", "rollback"):
@@ -292,29 +318,76 @@ def _print_summary(run: Run, out_dir: Path) -> None:
     start = run.source.get("params", end["params"])
     out.print(f"parameters: {start} -> {end['params']}", highlight=False, soft_wrap=True)
     out.print(f"sites grown: {', '.join(grown) or 'none'}", highlight=False, soft_wrap=True)
-    out.print(f"validation {metric}: {end[f'val_{metric}']:.4f}   test {metric}: {end[f'test_{metric}']:.4f}",
-              highlight=False, soft_wrap=True)
-    out.print(f"wrote {out_dir}/spec.yaml, model.safetensors, history.jsonl, architecture.dot/.png",
-              highlight=False, soft_wrap=True)
+    out.print(
+        f"validation {metric}: {end[f'val_{metric}']:.4f}   test {metric}: {end[f'test_{metric}']:.4f}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    out.print(
+        f"wrote {out_dir}/spec.yaml, model.safetensors, history.jsonl, architecture.dot/.png",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 _FIXED = [
-    inspect.Parameter("source", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=Annotated[
-        Path | None, typer.Argument(metavar="SPEC_OR_BUNDLE", help="spec (.yaml) or bundle (.safetensors)")]),
-    inspect.Parameter("task", inspect.Parameter.KEYWORD_ONLY, default=None,
-                      annotation=Annotated[str | None, typer.Option(help=TASK_HELP)]),
-    inspect.Parameter("data", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
-        Path | None, typer.Option(help="user data: .npz with x and y, or .csv")]),
-    inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
-        Path | None, typer.Option(help="run file (YAML) of settings; flags override it")]),
-    inspect.Parameter("out_dir", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
-        Path | None, typer.Option("--out", help="output folder (refused when it holds a run)")]),
-    inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
-        Path | None, typer.Option(help="continue the run saved in this folder (no other flag needed)")]),
-    inspect.Parameter("overwrite", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
-        bool, typer.Option("--overwrite", help="replace the run in --out")]),
-    inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
-        bool, typer.Option("--quiet", "-q", help="no progress bar")]),
+    inspect.Parameter(
+        "source",
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        default=None,
+        annotation=Annotated[
+            Path | None,
+            typer.Argument(metavar="SPEC_OR_BUNDLE", help="spec (.yaml) or bundle (.safetensors)"),
+        ],
+    ),
+    inspect.Parameter(
+        "task",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[str | None, typer.Option(help=TASK_HELP)],
+    ),
+    inspect.Parameter(
+        "data",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[Path | None, typer.Option(help="user data: .npz with x and y, or .csv")],
+    ),
+    inspect.Parameter(
+        "config",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[
+            Path | None, typer.Option(help="run file (YAML) of settings; flags override it")
+        ],
+    ),
+    inspect.Parameter(
+        "out_dir",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[
+            Path | None, typer.Option("--out", help="output folder (refused when it holds a run)")
+        ],
+    ),
+    inspect.Parameter(
+        "resume",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[
+            Path | None, typer.Option(help="continue the run saved in this folder (no other flag needed)")
+        ],
+    ),
+    inspect.Parameter(
+        "overwrite",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=False,
+        annotation=Annotated[bool, typer.Option("--overwrite", help="replace the run in --out")],
+    ),
+    inspect.Parameter(
+        "quiet",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=False,
+        annotation=Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")],
+    ),
 ]
 grow_command.__signature__ = inspect.Signature(_FIXED + _config_parameters())  # type: ignore[attr-defined]
 

@@ -35,14 +35,14 @@ import torch
 
 from .bundle import atomic_write, atomic_write_text
 from .compile import DagModel, compile
+from .config import GrowthConfig
 from .graph import num_params
 from .growth.proposals import INITS
-from .config import GrowthConfig
 from .loop import grow
-from .training import BatchStream, evaluate, make_optimizer, train_steps
 from .planner import STRATEGIES
 from .spec import GraphSpec, load_spec
 from .tasks import Task, fit_task, load_data, make_task
+from .training import BatchStream, evaluate, make_optimizer, train_steps
 
 COLUMNS = [
     "run",

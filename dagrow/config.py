@@ -25,8 +25,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .growth.inits import INITS
 from .growth.natural import NaturalSettings
-from .growth.proposals import INITS
 from .planner import STRATEGIES
 from .registry import unknown_name_message
 from .schedule import SCHEDULES, Fixed, Rounds, Schedule
@@ -105,7 +105,8 @@ class GrowthConfig(_Model):
     strategy: str = Field("amplitude_factor", description="where to grow: " + ", ".join(STRATEGIES))
     init: str = Field("tiny", description="initialisation of new neurons: " + ", ".join(INITS))
     schedule: str | None = Field(
-        None, description="when to grow: " + ", ".join(SCHEDULES) + " (default: rounds for natural, else fixed)"
+        None,
+        description="when to grow: " + ", ".join(SCHEDULES) + " (default: rounds for natural, else fixed)",
     )
     growths: int | None = Field(
         10, description="growth steps (default 10; natural: a cap on additions, default none)"
@@ -155,9 +156,7 @@ class GrowthConfig(_Model):
     @field_validator("init")
     @classmethod
     def _init(cls, v: str) -> str:
-        if v not in INITS:
-            raise ValueError(unknown_name_message("init", v, INITS))
-        return v
+        return INITS.check(v)
 
     @field_validator("schedule")
     @classmethod
@@ -248,7 +247,9 @@ def config_errors(exc: ValidationError, source: str = "") -> str:
             msg = unknown_name_message(str(e["loc"][-1]), e["input"], _choices(e["loc"]))
         elif e["type"] == "extra_forbidden":
             known = list(GrowthConfig.model_fields) + list(NATURAL_KEYS)
-            msg = unknown_name_message("setting", str(e["loc"][-1]), known).replace("unknown setting", "unknown key")
+            msg = unknown_name_message("setting", str(e["loc"][-1]), known).replace(
+                "unknown setting", "unknown key"
+            )
         lines.append(f"{source + ': ' if source else ''}{where}: {msg}")
     return "\n".join(lines)
 

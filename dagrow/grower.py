@@ -155,7 +155,9 @@ class Grower:
         if not self.schedule.due():
             return result
         if batches is None:
-            raise ValueError("Grower.step needs batches: the samples to measure and to search the amplitude on")
+            raise ValueError(
+                "Grower.step needs batches: the samples to measure and to search the amplitude on"
+            )
         ref = next(iter(model.parameters()))
         xs, ys = zip(*_as_batches(batches), strict=True)
         batch = torch.cat(xs).to(ref.device), torch.cat(ys).to(ref.device)
@@ -166,7 +168,8 @@ class Grower:
                 "event": "growth",
                 **(info or {}),
                 "round": self.schedule.rounds,
-                "growth": self.schedule.growth + (attempts if self.schedule.idle_event == "growth" else added),
+                "growth": self.schedule.growth
+                + (attempts if self.schedule.idle_event == "growth" else added),
                 "strategy": self.config.strategy,
                 "init": self.config.init,
             }
@@ -204,7 +207,9 @@ class Grower:
             if plan.preserving and abs(after - before) > tol + 1e-12:
                 line.update(event="rollback", params=params, reason=f"the loss moved to {after:.6g}")
             elif not plan.preserving and after > before + tol:
-                line.update(event="rollback", params=params, reason=f"loss rose from {before:.6g} to {after:.6g}")
+                line.update(
+                    event="rollback", params=params, reason=f"loss rose from {before:.6g} to {after:.6g}"
+                )
             else:
                 adopt_parameters(model, new_model, optimizer, group_of=self.group_of)
                 model = new_model

@@ -107,9 +107,23 @@ class Run:
             self.model, self.opt, batches, statistics=stats, evaluate=self.evaluate, info=info
         )
         self.emit(result.events)
-        if self.grower.finished and self.grower.schedule.idle_event == "evaluation" and not self.grower.diverged:
+        if (
+            self.grower.finished
+            and self.grower.schedule.idle_event == "evaluation"
+            and not self.grower.diverged
+        ):
             s = self.grower.schedule
-            self.emit([{"event": "stop", "step": self.step, "growth": s.growth, "round": s.rounds, "reason": s.reason}])
+            self.emit(
+                [
+                    {
+                        "event": "stop",
+                        "step": self.step,
+                        "growth": s.growth,
+                        "round": s.rounds,
+                        "reason": s.reason,
+                    }
+                ]
+            )
         self.commit()
 
     def end(self) -> None:
@@ -120,7 +134,9 @@ class Run:
         val = self.validation(self.model)
         name = self.task.metric_name
         line = {"event": "end", "step": self.step, "params": num_params(self.model.spec), **val}
-        self.emit([{**line, "test_loss": test_loss, f"test_{name}": test_metric, "config": self.config.to_dict()}])
+        self.emit(
+            [{**line, "test_loss": test_loss, f"test_{name}": test_metric, "config": self.config.to_dict()}]
+        )
         self.finished = True
         self.commit()
 

@@ -86,7 +86,7 @@ def _pairs(spec: GraphSpec, setting, sg: SpecGraph, existing: bool) -> list[tupl
     if setting == "none":
         return []
     if setting == "edges":
-        return [(e.source, e.target) for e in spec.edges if e.op.type == "linear"]
+        return [(e.source, e.target) for e in spec.edges if e.op.type == "linear"]  # type: ignore[attr-defined]
     if setting == "all":
         names = [v for v in sg.order]
         return [
@@ -144,7 +144,9 @@ def enumerate_sites(spec: GraphSpec | SpecGraph, *, include_unsupported: bool = 
                 reason = f"{u}->{w} involves an image node (conv growth comes in a later issue)"
             elif kind == "edge" and sg.dag.has_edge(u, w):
                 reason = f"{u}->{w} already exists"
-            elif kind == "deepen" and not (sg.dag.has_edge(u, w) and spec.edge(u, w).op.type == "linear"):
+            elif kind == "deepen" and not (
+                sg.dag.has_edge(u, w) and spec.edge(u, w).op.type == "linear"  # type: ignore[attr-defined]
+            ):
                 reason = f"deepen needs an existing linear edge {u}->{w}"
             else:
                 reason = _measurable_target(sg, w)

@@ -16,35 +16,21 @@ Only the blocks the sites need are computed, one matrix product per block.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .compile import spec_of
 from .graph import analyze
+from .losses import LOSSES as LOSSES  # re-exported: dagrow.stats.LOSSES
+from .losses import LossFn, loss_function
 from .sites import ONE, Site, enumerate_sites, linear_sources
-
-LossFn = Callable[[Tensor, Tensor], Tensor]
-LOSSES: dict[str, LossFn] = {"mse": F.mse_loss, "cross_entropy": F.cross_entropy}
 
 
 class StatsError(ValueError):
     """The statistics cannot be measured (non-finite data or loss, empty stream, bad batch)."""
-
-
-def loss_function(loss: str | LossFn) -> LossFn:
-    """``"mse"``, ``"cross_entropy"`` or a callable ``(output, target) -> mean loss``."""
-    if callable(loss):
-        return loss
-    try:
-        return LOSSES[loss]
-    except KeyError:
-        raise ValueError(
-            f"unknown loss {loss!r}; expected one of {', '.join(LOSSES)} or a callable"
-        ) from None
 
 
 @dataclass

@@ -62,7 +62,10 @@ def main() -> None:
         model = step.model
         for line in step.events:
             print(f" -> {line.get('params', dagrow.num_params(model.spec))}", end="")
-            print(f"\nepoch {epoch}: {line['event']} {line.get('site')} ({line.get('reason') or 'grown'})", end="")
+            print(
+                f"\nepoch {epoch}: {line['event']} {line.get('site')} ({line.get('reason') or 'grown'})",
+                end="",
+            )
         print(f", lr {sched.get_last_lr()[0]:.4g}", end="")
     print()
     with torch.no_grad():

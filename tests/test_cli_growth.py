@@ -101,7 +101,13 @@ def test_grow_writes_the_grown_model(data, tmp_path):
     out = tmp_path / "run"
     result = run("grow", MLP, "--data", data, "--growths", "2", *GROW, "--out", out)
     assert "parameters: 274 ->" in result.stdout
-    for name in ("spec.yaml", "model.safetensors", "history.jsonl", "architecture.dot", "checkpoint.safetensors"):
+    for name in (
+        "spec.yaml",
+        "model.safetensors",
+        "history.jsonl",
+        "architecture.dot",
+        "checkpoint.safetensors",
+    ):
         assert (out / name).is_file(), name
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     growths = [h for h in history if h["event"] in ("growth", "rollback")]

@@ -40,13 +40,11 @@ from dagrow.growth.natural import (
     observe,
     score_sites,
 )
-from dagrow.growth.proposals import propose_all
 from dagrow.loop import GrowthConfig, grow
 from dagrow.planner import Natural, make_strategy
 from dagrow.rewrite import AddNeurons, AddNode, DeepenEdge, RewriteError, new_node_name, replay
 from dagrow.sites import ONE, enumerate_sites, find_site
 from dagrow.spec import parse_spec
-from dagrow.stats import measure
 from dagrow.tasks import make_task
 
 DAMPING = 1e-2
@@ -519,7 +517,6 @@ def test_natural_settings_are_checked():
 def test_the_natural_strategy_decides_with_ready_actions_or_not_at_all():
     spec, model, x, y = tiny(SKIP, n=60)
     sites = [s for s in enumerate_sites(spec) if s.supported]
-    proposals = propose_all(measure(model, [(x, y)], "mse", sites=sites), sites)
     quick = {"candidates": 2, "refine_steps": 3}
     eager = make_strategy("natural", settings=NaturalSettings(tau=0.0, alpha=0.0, **quick))
     plan = eager.plan(model, (x, y), "mse", sites)

@@ -1,6 +1,7 @@
-"""Contract tests over the whole registry: every op and every activation compiles, runs forward and
-backward without NaN, and every parameter receives a gradient. A newly registered op or activation is
-tested here without writing a test for it."""
+"""Contract tests over every registry: every op and every activation compiles, runs forward and
+backward without NaN, and every parameter receives a gradient; every task builds and fits a matching
+spec; every init proposes neurons at a widen site; every loss gives a finite scalar; and the one "did
+you mean" helper. A newly registered entry is tested here without writing a test for it."""
 
 from __future__ import annotations
 
@@ -11,8 +12,16 @@ import pytest
 import torch
 
 from dagrow import compile, json_schema, list_activations, list_ops, load_spec
+from dagrow.growth.inits import FUNCTION_PRESERVING, INITS
+from dagrow.growth.proposals import propose
+from dagrow.losses import LOSSES, loss_function
 from dagrow.ops import ShapeError, activation_info, op_info
+from dagrow.planner import STRATEGIES
+from dagrow.registry import UnknownName, did_you_mean, unknown_name_message
+from dagrow.sites import find_site
 from dagrow.spec import parse_spec
+from dagrow.stats import measure
+from dagrow.tasks import TASKS, fit_task, make_task, task_info
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -134,3 +143,132 @@ def test_the_language_reference_documents_every_op_and_activation():
     reference = (ROOT / "docs" / "spec.md").read_text()
     for name in [*list_ops(), *list_activations()]:
         assert f"| `{name}` |" in reference, f"docs/spec.md has no table row for {name!r}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Tasks, inits and losses: one contract per registry entry
+# --------------------------------------------------------------------------------------------------
+
+
+def mlp_spec(name: str, input_shape: tuple[int, ...], outputs: int) -> dict:
+    """x -> h (4, tanh) -> out, the input flat (fit_task reshapes flat samples to it when needed)."""
+    return {
+        "name": name,
+        "inputs": {"x": {"shape": [math.prod(input_shape)]}},
+        "nodes": {"h": {"width": 4, "activation": "tanh"}, "out": {"width": outputs}},
+        "edges": [{"from": "x", "to": "h"}, {"from": "h", "to": "out"}],
+        "outputs": ["out"],
+    }
+
+
+@pytest.mark.parametrize("name", TASKS.names())
+def test_every_task_builds_and_fits_a_matching_spec(name):
+    task = make_task(name, seed=0, n=60)
+    assert task.name == name and TASKS.summaries()[name] == task_info(name).summary
+    assert len(task.train) + len(task.val) + len(task.test) == 60
+    spec = parse_spec(mlp_spec(f"fit-{name}", task.input_shape, task.output_dim))
+    fitted = fit_task(task, spec)
+    model = compile(spec, seed=0)
+    x, y = next(fitted.batches("train"))
+    loss = loss_function(fitted.loss)(model(x), y)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    assert math.isfinite(fitted.metric(model(x), y))
+
+
+def widen_setting() -> tuple:
+    """A float64 DAG x -> h -> out measured on a batch: (spec, model, stats, the site widen:h)."""
+    spec = parse_spec(
+        {
+            "name": "inits",
+            "inputs": {"x": {"shape": [3]}},
+            "nodes": {"h": {"width": 2, "activation": "tanh"}, "out": {"width": 2}},
+            "edges": [{"from": "x", "to": "h"}, {"from": "h", "to": "out"}],
+            "outputs": ["out"],
+            "growth": {"widen": ["h"], "new_nodes": "none"},
+        }
+    )
+    model = compile(spec, seed=0, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 3, generator=g, dtype=torch.float64)
+    y = torch.sin(3 * x[:, :2]) + x[:, 2:].cos()
+    site = find_site(spec, "widen:h")
+    return spec, model, measure(model, [(x, y)], "mse", sites=[site]), site
+
+
+@pytest.mark.parametrize("init", INITS.names())
+def test_every_init_proposes_neurons_at_a_widen_site(init):
+    spec, model, stats, site = widen_setting()
+    p = propose(stats, site, init, 2, weights=model.state_dict())
+    assert p.init == init and p.skipped is None and p.neurons >= 2
+    assert p.fan_in.dtype == torch.float64 and p.fan_in.shape == (p.neurons, stats.dim(site.sources))
+    assert {w: t.shape for w, t in p.fan_out.items()} == {"out": (2, p.neurons)}
+    assert torch.isfinite(p.fan_in).all() and all(torch.isfinite(t).all() for t in p.fan_out.values())
+    assert math.isfinite(p.first_order_improvement)
+    assert init in INITS.summaries() and len(INITS.summaries()[init]) > 5
+
+
+def test_function_preserving_inits_are_registered_inits():
+    assert FUNCTION_PRESERVING <= set(INITS) and "tiny" not in FUNCTION_PRESERVING
+
+
+# example (output, target) of each loss: a new loss needs one here
+LOSS_EXAMPLES = {
+    "mse": lambda g: (torch.randn(8, 3, generator=g), torch.randn(8, 3, generator=g)),
+    "cross_entropy": lambda g: (torch.randn(8, 4, generator=g), torch.randint(0, 4, (8,), generator=g)),
+}
+
+
+@pytest.mark.parametrize("name", LOSSES.names())
+def test_every_loss_gives_a_finite_scalar_and_a_gradient(name):
+    assert name in LOSS_EXAMPLES, f"add an example input of loss {name!r} to LOSS_EXAMPLES"
+    output, target = LOSS_EXAMPLES[name](torch.Generator().manual_seed(0))
+    output.requires_grad_(True)
+    loss = loss_function(name)(output, target)
+    assert loss_function(name) is LOSSES.get(name)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert output.grad is not None and torch.isfinite(output.grad).all()
+
+
+def test_a_callable_loss_is_used_as_is_and_an_unknown_name_gets_a_hint():
+    def hinge(output, target):
+        return (1 - output * target).clamp_min(0).mean()
+
+    assert loss_function(hinge) is hinge
+    with pytest.raises(UnknownName, match=r"unknown loss 'MSE' \(did you mean 'mse'\?\).*or a callable"):
+        loss_function("MSE")
+
+
+# --------------------------------------------------------------------------------------------------
+# The one "did you mean" helper
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, known, hint",
+    [
+        ("TINY", INITS, "tiny"),  # case
+        ("teacher-student", TASKS, "teacher_student"),  # hyphen for underscore
+        ("teacher_student", ["teacher-student", "sin50"], "teacher-student"),  # and back
+        ("amplitude", STRATEGIES, "amplitude_factor"),  # a prefix
+        ("cross_entropi", LOSSES, "cross_entropy"),  # a close spelling
+        ("sin5O", TASKS, "sin50"),
+    ],
+)
+def test_did_you_mean_suggests_the_closest_name(name, known, hint):
+    assert did_you_mean(name, known) == f" (did you mean {hint!r}?)"
+
+
+def test_did_you_mean_is_silent_when_nothing_is_close():
+    assert did_you_mean("zzzz", INITS) == ""
+    assert did_you_mean("a", ["alpha", "amplitude"]) == ""  # an ambiguous prefix suggests nothing
+
+
+def test_an_unknown_name_lists_every_choice_with_the_hint():
+    with pytest.raises(UnknownName) as info:
+        INITS.get("TINY")
+    assert str(info.value) == (
+        "unknown init 'TINY' (did you mean 'tiny'?); expected one of: " + ", ".join(INITS.names())
+    )
+    assert isinstance(info.value, ValueError)
+    assert unknown_name_message("task", "nope", ["a", "b"]) == "unknown task 'nope'; expected one of: a, b"

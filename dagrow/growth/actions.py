@@ -38,7 +38,9 @@ ActionBuilder = Callable[[Any, GraphSpec, float], Action | None]
 SITE_ACTIONS: Registry[ActionBuilder] = Registry("site kind")
 
 
-def update_action(updates: Mapping[str, TargetUpdate], spec: GraphSpec, gamma: float = 1.0) -> UpdateWeights | None:
+def update_action(
+    updates: Mapping[str, TargetUpdate], spec: GraphSpec, gamma: float = 1.0
+) -> UpdateWeights | None:
     """The best update dW* of each target node (``W <- W - gamma dW*``) as one :class:`UpdateWeights`."""
     shapes = analyze(spec).shapes
     deltas: dict[str, Tensor] = {}
@@ -76,7 +78,9 @@ def _widths(spec: GraphSpec) -> dict[str, int]:
     return {v: math.prod(sh) for v, sh in analyze(spec).shapes.items()}
 
 
-@SITE_ACTIONS.register("widen", "new neurons in a node: rows of every edge into it, columns of every edge out")
+@SITE_ACTIONS.register(
+    "widen", "new neurons in a node: rows of every edge into it, columns of every edge out"
+)
 def widen_action(p: Any, spec: GraphSpec, gamma: float) -> Action | None:
     site = p.site
     if not _has_neurons(p):

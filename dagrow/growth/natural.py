@@ -51,7 +51,8 @@ from ..ops import op_info
 from ..sites import ONE, Site, linear_sources
 from ..spec import GraphSpec
 from ..stats import LossFn, StatsError, loss_function
-from .proposals import _single_threaded, inv_sqrt_psd, pinv_psd
+from .linalg import inv_sqrt_psd, pinv_psd
+from .linalg import single_threaded as _single_threaded
 
 Fisher = Literal["unit", "empirical"]
 Construction = Literal["identity", "basis"]
@@ -191,8 +192,8 @@ def observe(
             if L.dim() != 0 or not torch.isfinite(L):
                 raise StatsError(f"the loss must be a finite scalar mean, got {L.detach()}")
             wrt = list(outs) + [pre[v] for v in nodes]
-            grads = torch.autograd.grad(L, wrt, allow_unused=True)
-            grads = [torch.zeros_like(t) if gr is None else gr for t, gr in zip(wrt, grads, strict=True)]
+            raw = torch.autograd.grad(L, wrt, allow_unused=True)
+            grads = [torch.zeros_like(t) if gr is None else gr for t, gr in zip(wrt, raw, strict=True)]
             n = xs[0].shape[0]
             gy = torch.cat([gr.flatten(1) for gr in grads[: len(outs)]], 1) * n
             g = {v: gr.flatten(1).double() * n for v, gr in zip(nodes, grads[len(outs) :], strict=True)}
@@ -354,7 +355,7 @@ def propose_natural(state: NaturalState, site: Site) -> NaturalProposal | None:
         act, sigma = spec.nodes[site.node].activation, state.activations[site.node]  # type: ignore[index]
     else:
         act = spec.growth.new_node_activation
-        sigma = _frozen(act.build())
+        sigma = _frozen(act.build())  # type: ignore[attr-defined]
     B_U = state.features(site.sources)
     alpha_cf, lin = linearised_candidates(state, site.sources, site.targets)
     pool = [alpha_cf[:1]] if alpha_cf.shape[0] else []

@@ -36,11 +36,11 @@ class SharedForward:
 
     def __init__(self, model: fx.GraphModule, inputs: Tensor | Sequence[Tensor]) -> None:
         """``inputs``: a tensor (one model input) or the inputs in the spec's order."""
-        inputs = tuple(inputs) if isinstance(inputs, tuple | list) else (inputs,)
+        args = tuple(inputs) if isinstance(inputs, tuple | list) else (inputs,)
         self.model = model
         interpreter = fx.Interpreter(model, garbage_collect_values=False)
         with torch.no_grad():
-            interpreter.run(*inputs)
+            interpreter.run(*args)
         self.values: dict[fx.Node, Any] = interpreter.env
         self.pre: dict[str, fx.Node] = {}
         self.post: dict[str, fx.Node] = {}
@@ -50,7 +50,7 @@ class SharedForward:
                 self.pre[role["id"]] = n
             elif role.get("role") in ("activation", "input"):
                 self.post[role["id"]] = n
-        self.n = inputs[0].shape[0]
+        self.n = args[0].shape[0]
         self.ref = next(iter(self.values.values()))
         self._programs: dict[tuple[str, ...], _Downstream] = {}
         self._features: dict[str, Tensor] = {}
