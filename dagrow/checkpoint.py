@@ -173,7 +173,12 @@ class RunDirectory:
                 raise RunError(f"{self.history_path}:{number}: a history line is a JSON object")
             lines.append(value)
         if len(keep) != len(raw) - 1 or raw[-1]:
-            atomic_write(self.history_path, lambda tmp: tmp.write_text("".join(k + "\n" for k in keep)))
+            text = "".join(k + "\n" for k in keep)
+
+            def write(tmp: Path) -> None:
+                tmp.write_text(text, encoding="utf-8")
+
+            atomic_write(self.history_path, write)
         return lines
 
     def commit(self, ckpt: Checkpoint) -> None:

@@ -4,14 +4,14 @@ Every error is a message on stderr and exit status 1, never a traceback: spec pr
 ``FILE:LINE:COL: message`` lines, other failures (weights that do not fit, unreadable files, a missing
 optional extra, a bad option value) as one ``error: ...`` line.
 
-Commands that live in other modules register themselves through a ``register(app)`` function named in
-:data:`COMMAND_MODULES`; :func:`exit_on_error` then guards them like the commands below.
+Commands that live in other modules (:mod:`dagrow.cli_growth`, :mod:`dagrow.cli_compare`) register
+themselves through their ``register(app)`` function; :func:`exit_on_error` then guards them like the
+commands below.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import warnings
 from collections.abc import Iterator
@@ -25,6 +25,7 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
+from . import cli_compare, cli_growth
 from .bundle import atomic_write_text, load_model_or_spec
 from .compile import compile
 from .graph import analyze
@@ -34,8 +35,6 @@ from .spec import GraphSpec, SpecError, json_schema
 out = Console()
 err = Console(stderr=True)
 
-# modules (in this package) with a ``register(app)`` function that adds more commands
-COMMAND_MODULES = ["cli_growth", "cli_compare"]
 
 
 class _Group(TyperGroup):
@@ -154,9 +153,15 @@ def compile_command(
 @app.command()
 def schema(
     output: Annotated[Path | None, typer.Option("-o", "--output", help="write to FILE (atomically)")] = None,
+    config: Annotated[
+        bool, typer.Option("--config", help="the schema of run files (dagrow grow --config) instead")
+    ] = False,
 ) -> None:
-    """Print (or write) the JSON Schema of the spec language, generated from its pydantic models."""
-    text = json.dumps(json_schema(), indent=2) + "\n"
+    """Print (or write) the JSON Schema of the spec language (or of run files), generated from their
+    pydantic models."""
+    from .config import config_schema
+
+    text = json.dumps(config_schema() if config else json_schema(), indent=2) + "\n"
     if output is None:
         print(text, end="")
     else:
@@ -239,8 +244,8 @@ def _fields(model, tag: str) -> str:
 
 
 def _register_command_modules() -> None:
-    for name in COMMAND_MODULES:
-        importlib.import_module(f".{name}", __package__).register(app)
+    for module in (cli_growth, cli_compare):
+        module.register(app)
     for command in app.registered_commands:
         command.callback = exit_on_error()(command.callback)
 

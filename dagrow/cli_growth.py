@@ -11,7 +11,7 @@ import inspect
 import json
 import typing
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -36,7 +36,7 @@ out = Console()
 err = Console(stderr=True)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
@@ -224,7 +224,7 @@ def grow_command(
     growth count is needed: the network grows while the natural expansion score says so and stops on
     its own."""
     given = _given(settings)
-    run_dir: Path
+    run_dir: Path | None = None
     try:
         if resume is not None:
             if source is not None or task is not None or data is not None or config is not None:
@@ -270,7 +270,7 @@ def grow_command(
         _run_with_progress(run, quiet)
     except KeyboardInterrupt:
         err.print("interrupted", highlight=False)
-        where = locals().get("run_dir")
+        where = run_dir
         if where is not None and RunDirectory(where).checkpoint_path.is_file():
             step = RunDirectory(where).load().meta["step"]
             err.print(
@@ -279,6 +279,7 @@ def grow_command(
                 soft_wrap=True,
             )
         raise typer.Exit(130) from None
+    assert run_dir is not None
     _write_outputs(run_dir, run.model)
     _print_summary(run, run_dir)
 

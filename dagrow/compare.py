@@ -302,6 +302,7 @@ def static_run(exp: Experiment, key: RunKey) -> list[dict[str, Any]]:
     params = num_params(spec)
     opt = make_optimizer(model.parameters(), config.optimizer, config.lr)
     batches = BatchStream(task, config.batch_size, config.seed, device)
+    assert config.growths is not None, "a static baseline copies the schedule of a number of growths"
     total = config.every * config.growths + (config.final_steps or config.every)
     rows = [start_row(key, metric, started, model, task)]
     step = 0

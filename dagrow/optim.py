@@ -73,7 +73,7 @@ def adopt_parameters(
     """Make ``new_model`` reuse the unchanged parameters of ``old_model`` and update ``opt`` in place
     (module docstring). ``group_of(name)`` picks the param group of a new parameter."""
     old = dict(old_model.named_parameters())
-    kept: dict[int, nn.Parameter] = {}  # id(old param) -> the parameter that replaces it
+    kept: dict[int, nn.Parameter | Tensor] = {}  # id(old param) -> the parameter that replaces it
     for name, p in list(new_model.named_parameters()):
         q = old.get(name)
         if q is None:
@@ -89,7 +89,6 @@ def adopt_parameters(
     if opt is None:
         return
     names = {id(p): n for n, p in old.items()}
-    placed: set[str] = set()
     first_group: int | None = None
     for index, group in enumerate(opt.param_groups):
         params = []
@@ -98,19 +97,20 @@ def adopt_parameters(
                 params.append(q)  # not a parameter of the model: the user's business
                 continue
             first_group = index if first_group is None else first_group
-            p = kept.get(id(q))
+            replacement = kept.get(id(q))
             state = opt.state.pop(q, None)
-            if p is None:
+            if replacement is None:
                 continue  # removed by the rewrite: its state goes too
-            placed.add(names[id(q)])
-            params.append(p)
+            params.append(replacement)
             if state is None:
                 continue
-            if p is q:
-                opt.state[p] = state
-            elif _is_leading_slice(q, p):
-                opt.state[p] = {
-                    k: _grown(v, p) if isinstance(v, Tensor) and v.dim() > 0 and v.shape == q.shape else v
+            if replacement is q:
+                opt.state[q] = state
+            elif _is_leading_slice(q, replacement):
+                opt.state[replacement] = {
+                    k: _grown(v, replacement)
+                    if isinstance(v, Tensor) and v.dim() > 0 and v.shape == q.shape
+                    else v
                     for k, v in state.items()
                 }
             # else: a parameter that changed shape another way starts afresh

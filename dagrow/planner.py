@@ -40,6 +40,7 @@ from .plan import Plan, SiteScore
 from .registry import Registry
 from .rewrite import replay
 from .sites import Site
+from .spec import GraphSpec
 from .stats import LossFn, Statistics, measure
 
 Batch = tuple[Any, Any]
@@ -314,7 +315,7 @@ class Natural(Strategy):
 def _params_added(p: NaturalProposal, model: nn.Module) -> int:
     """Parameters the candidate's rewrite adds: fan-in (with bias) and fan-out of new neurons, or for a
     deepening the grown spec's count minus the current one."""
-    spec = model.spec  # type: ignore[attr-defined]
+    spec: GraphSpec = model.spec  # type: ignore[assignment]
     sg = analyze(spec)
     if p.site.kind in ("widen", "node") and p.fan_in is not None:
         K = p.fan_in.shape[0]

@@ -177,10 +177,10 @@ def rng_state() -> dict[str, Any]:
 
     import numpy as np
 
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()  # type: ignore[misc]
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)  # type: ignore[misc]
     return {
         "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
-        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+        "numpy": [kind, np.asarray(keys).tolist(), int(pos), int(has_gauss), float(gauss)],
         "torch": torch.get_rng_state(),
     }
 
