@@ -101,7 +101,8 @@ def half_mse(out: Tensor, y: Tensor) -> Tensor:
 def narrow_run(exp: Experiment, key: RunKey) -> Rows:
     """Full-batch gradient descent on 1/2 mean (y - f)^2 for :class:`NarrowNet` (``key.init``):
     ``pgd`` (:class:`ProjectedSGD`) projects w onto ||w - w0||_F <= eps after every step, ``gd``
-    (``torch.optim.SGD``) does not. A row every ``every`` steps."""
+    (``torch.optim.SGD``) does not. A row every ``every`` steps. (SGD's update ``w.add_(g, alpha=-lr)``
+    may round once where ``w -= lr * g`` rounds twice; at the presets' lr = 1 both give the same bits.)"""
     s: NarrowSettings = exp.settings
     started = time.perf_counter()
     x, y, xt, yt = narrow_data(s)
