@@ -242,8 +242,9 @@ def growth_run(exp: Experiment, key: RunKey) -> list[dict[str, Any]]:
     started = time.perf_counter()
     task = exp.task.make()
     metric = exp.metric_name or task.metric_name
-    config = exp.config.replace(**exp.overrides.get(key.strategy, {}))
-    config = config.replace(strategy=key.strategy, init=key.init, seed=key.seed)
+    # one validated replace: an override may only make sense with the run's strategy (natural: no growth cap)
+    run = {"strategy": key.strategy, "init": key.init, "seed": key.seed}
+    config = exp.config.replace(**{**exp.overrides.get(key.strategy, {}), **run})
     model = compile(exp.spec, seed=key.seed)
     task = fit_task(task, model.spec)
     rows = [start_row(key, metric, started, model, task)]

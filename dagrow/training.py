@@ -135,7 +135,7 @@ def best_update_step(model: DagModel, batch: Batch, loss: str | LossFn) -> DagMo
 
 
 def train_steps(
-    model: DagModel,
+    model: nn.Module,
     opt: torch.optim.Optimizer | None,
     batches: Iterator[Batch],
     loss: str | LossFn,
@@ -146,7 +146,8 @@ def train_steps(
 ) -> float:
     """``steps`` optimizer steps on the next ``batches`` (the seeds' best update when ``opt`` is None);
     returns the mean training loss. With an entered ``recorder`` each step's backward also adds its
-    batch to the statistics; ``seen`` collects the batches."""
+    batch to the statistics; ``seen`` collects the batches. With an optimizer ``model`` may be any
+    module (the narrow preset trains its own net here); the best update needs a :class:`DagModel`."""
     loss_fn = loss_function(loss)
     total = 0.0
     for _ in range(steps):
@@ -154,6 +155,8 @@ def train_steps(
         if seen is not None:
             seen.append((x, y))
         if opt is None:
+            if not isinstance(model, DagModel):
+                raise TypeError(f"the best update (opt=None) needs a DagModel, got {type(model).__name__}")
             best_update_step(model, (x, y), loss)
             with torch.no_grad():
                 total += float(loss_fn(model(x), y))
