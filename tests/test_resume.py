@@ -258,5 +258,5 @@ def test_sigkill_at_random_moments(spec, reference, tmp_path):
         proc = grow_process("--resume", out)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
-    assert kills >= 2
+    assert kills >= 1
     assert_same_run(out, reference)
