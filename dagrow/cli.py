@@ -92,8 +92,8 @@ def exit_on_error() -> Iterator[None]:
         try:
             yield
         except SpecError as exc:
-            for d in exc.diagnostics:
-                _print_error(str(d))
+            for line in exc.report():  # the first MAX_REPORTED, then "... and N more problems"
+                _print_error(line)
             raise typer.Exit(1) from None
         except (ValueError, OSError, ImportError) as exc:
             _print_error(f"error: {exc}")
