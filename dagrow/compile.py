@@ -139,6 +139,12 @@ def compile(  # noqa: A001 - the public name the design asks for
     return model
 
 
+def expected_tensors(spec: GraphSpec) -> dict[str, torch.Tensor]:
+    """The state dict that ``compile(spec)`` has, as meta tensors (names, shapes, dtypes; no memory)."""
+    with torch.device("meta"):
+        return dict(compile(spec).state_dict())
+
+
 def _class_name(name: str) -> str:
     words = "".join(ch if ch.isalnum() else " " for ch in name).split()
     cls = "".join(w[:1].upper() + w[1:] for w in words) or "Net"
