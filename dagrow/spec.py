@@ -273,14 +273,41 @@ def _vocabulary() -> list[str]:
     return sorted(names)
 
 
+def show(value: Any) -> str:
+    """``value`` as text that is safe to print: non-printable and non-ASCII characters escaped."""
+    text = str(value)
+    return text if text.isascii() and text.isprintable() else ascii(text)[1:-1]
+
+
+_BRANCH = ("constrained-", "tuple[", "list[", "function-", "literal[", "union[", "dict[", "[key]")
+
+
+def _field(loc: Sequence[Any]) -> str:
+    """A pydantic location as a dotted path, without union branches and discriminator tags."""
+    parts: list[str] = []
+    for i, p in enumerate(loc):
+        if isinstance(p, str) and p.startswith(_BRANCH):
+            continue
+        if (
+            i
+            and loc[i - 1] in ("op", "activation", "new_node_activation")
+            and (p in _OPS or p in _ACTIVATIONS)
+        ):
+            continue
+        parts.append(show(p))
+    return ".".join(parts)
+
+
 def element_name(data: Any, path: Path_) -> str:
     """Human name of the spec element a path points into: ``node 'h1'``, ``edge x->h1``."""
     if len(path) >= 2 and path[0] in ("nodes", "inputs"):
-        return f"{path[0][:-1]} {path[1]!r}"
+        return (
+            f"{path[0][:-1]} {path[1]!r}" if isinstance(path[1], str) else f"{path[0][:-1]} {show(path[1])}"
+        )
     if len(path) >= 2 and path[0] == "edges" and isinstance(path[1], int):
         try:
             e = data["edges"][path[1]]
-            return f"edge {e.get('from', '?')}->{e.get('to', '?')} (edges[{path[1]}])"
+            return f"edge {show(e.get('from', '?'))}->{show(e.get('to', '?'))} (edges[{path[1]}])"
         except (KeyError, IndexError, TypeError, AttributeError):
             return f"edges[{path[1]}]"
     if path and path[0] in ("outputs", "growth"):
@@ -312,8 +339,7 @@ def _pydantic_diagnostics(exc: ValidationError, smap: SourceMap) -> list[Diagnos
                 f" (did you mean {hint[0]!r}?)" if hint else ""
             )
         else:
-            field = ".".join(str(p) for p in err["loc"] if p != "[key]")
-            msg = f"{where}: {field}: {err['msg'].removeprefix('Value error, ')}"
+            msg = f"{where}: {_field(err['loc'])}: {err['msg'].removeprefix('Value error, ')}"
         out.append(smap.diagnostic(loc_t, msg))
     return out
 

@@ -103,7 +103,7 @@ class _LimitedComposer(Composer):
             self._open.discard(anchor)  # type: ignore[arg-type]
 
 
-_CParser: Any = getattr(yaml, "CParser", None)  # libyaml: fast, and its parser is not recursive
+_CParser: Any = getattr(getattr(yaml, "cyaml", None), "CParser", None)  # libyaml: fast, not recursive
 
 if _CParser is not None:
 

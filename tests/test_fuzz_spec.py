@@ -111,12 +111,16 @@ def data_mutation(draw, data: Any) -> None:
         target[draw(st.sampled_from(keys))] = draw(
             st.one_of(st.integers(-(2**70), 2**70), st.floats(allow_nan=True, allow_infinity=True))
         )
-    elif kind == "rename" and isinstance(data, dict) and isinstance(data.get("nodes"), dict) and data["nodes"]:
-        old = draw(st.sampled_from(sorted(map(str, data["nodes"]))))
+    elif (
+        kind == "rename" and isinstance(data, dict) and data.get("nodes") and isinstance(data["nodes"], dict)
+    ):
+        old = draw(st.sampled_from(sorted(map(str, data["nodes"])) or ["x"]))
         new = draw(st.sampled_from(NAMES))
         _rename(data, old, new)
     elif kind == "edge" and isinstance(data, dict) and isinstance(data.get("edges"), list):
-        names = [*map(str, data.get("inputs") or {}), *map(str, data.get("nodes") or {})] or ["x"]
+        parts = [data[p] for p in ("inputs", "nodes") if isinstance(data.get(p), dict)]
+        names = [str(k) for part in parts for k in part]
+        names = names or ["x"]
         data["edges"].append({"from": draw(st.sampled_from(names)), "to": draw(st.sampled_from(names))})
     elif kind == "width" and isinstance(data, dict) and isinstance(data.get("nodes"), dict):
         for node in data["nodes"].values():
@@ -152,13 +156,14 @@ def text_mutation(draw, text: str) -> str:
     if kind == "snippet":
         return "".join(lines[:i] + [draw(st.sampled_from(SNIPPETS))] + lines[i:])
     if kind == "huge":
-        big = draw(st.sampled_from(["9" * 50, "1e400", "-1e400", ".nan", "-.inf", "9" * 5000, "1_000_000_000"]))
+        big = draw(st.sampled_from(["9" * 50, "1e400", "-1e400", ".nan", "-.inf", "9" * 5000, "1_000_000"]))
         digits = [j for j, ch in enumerate(text) if ch.isdigit()]
         if digits:
             j = draw(st.sampled_from(digits))
             return text[:j] + big + text[j + 1 :]
     if kind == "tag" and ": " in lines[i]:
-        tag = draw(st.sampled_from(["!!str ", "!!int ", "!!float ", "!!python/name:os.system ", "!!set ", "!x "]))
+        tags = ["!!str ", "!!int ", "!!float ", "!!python/name:os.system ", "!!set ", "!x "]
+        tag = draw(st.sampled_from(tags))
         line = lines[i].replace(": ", ": " + tag, 1)
         return "".join(lines[:i] + [line] + lines[i + 1 :])
     if kind == "alias" and ": " in lines[i]:
