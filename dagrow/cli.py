@@ -51,7 +51,7 @@ class _Group(TyperGroup):
 
 
 # the click UsageError that typer raises (recent typer versions vendor click as typer._click)
-_UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+_UsageError: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 
 
 @contextlib.contextmanager
@@ -60,7 +60,7 @@ def _usage_errors_exit_1() -> Iterator[None]:
         yield
     except _UsageError as exc:
         if type(exc).__name__ != "NoArgsIsHelpError":  # plain `dagrow` shows the help with click's status
-            exc.exit_code = 1
+            exc.exit_code = 1  # type: ignore[attr-defined]
         raise
 
 
@@ -228,8 +228,8 @@ def ops() -> None:
     table.add_column("parameters", no_wrap=True)
     table.add_column("what it does")
     for name in list_activations():
-        info = activation_info(name)
-        table.add_row(name, _fields(info.model, "name"), Text(info.summary))
+        act = activation_info(name)
+        table.add_row(name, _fields(act.model, "name"), Text(act.summary))
     out.print(table)
 
 
@@ -242,7 +242,8 @@ def _register_command_modules() -> None:
     for name in COMMAND_MODULES:
         importlib.import_module(f".{name}", __package__).register(app)
     for command in app.registered_commands:
-        command.callback = exit_on_error()(command.callback)
+        if command.callback is not None:
+            command.callback = exit_on_error()(command.callback)
 
 
 _register_command_modules()

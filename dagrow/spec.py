@@ -16,7 +16,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
@@ -53,14 +53,20 @@ def _shorthand(key: str):
     return convert
 
 
-OpSpec = Annotated[
-    Union[tuple(info.model for info in _OPS.values())],  # type: ignore[misc]  # noqa: UP007
-    Field(discriminator="type"),
-]
-ActivationSpec = Annotated[
-    Union[tuple(info.model for info in _ACTIVATIONS.values())],  # type: ignore[misc]  # noqa: UP007
-    Field(discriminator="name"),
-]
+if TYPE_CHECKING:  # the unions below are built from the registry at run time
+    OpSpec = Any
+    ActivationSpec = Any
+else:
+    OpSpec = Annotated[
+        Union[tuple(info.model for info in _OPS.values())],  # type: ignore[misc]  # noqa: UP007
+        Field(discriminator="type"),
+    ]
+    ActivationSpec = Annotated[
+        Union[tuple(info.model for info in _ACTIVATIONS.values())],  # type: ignore[misc]  # noqa: UP007
+        Field(discriminator="name"),
+    ]
+
+
 OpField = Annotated[
     OpSpec,
     BeforeValidator(_shorthand("type"), json_schema_input_type=Literal[tuple(list_ops())] | OpSpec),
@@ -265,7 +271,7 @@ def _compose(text: str, file: str) -> SourceMap:
 
 def _vocabulary() -> list[str]:
     names: set[str] = set()
-    models = [InputSpec, NodeSpec, EdgeSpec, GrowthSpec, GraphSpec]
+    models: list[type[SpecModel]] = [InputSpec, NodeSpec, EdgeSpec, GrowthSpec, GraphSpec]
     models += [i.model for i in _OPS.values()] + [i.model for i in _ACTIVATIONS.values()]
     for model in models:
         for field_name, field in model.model_fields.items():
