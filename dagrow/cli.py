@@ -50,7 +50,7 @@ class _Group(TyperGroup):
 
 
 # the click UsageError that typer raises (recent typer versions vendor click as typer._click)
-_UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+_UsageError: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 
 
 @contextlib.contextmanager
@@ -59,7 +59,7 @@ def _usage_errors_exit_1() -> Iterator[None]:
         yield
     except _UsageError as exc:
         if type(exc).__name__ != "NoArgsIsHelpError":  # plain `dagrow` shows the help with click's status
-            exc.exit_code = 1
+            exc.exit_code = 1  # type: ignore[attr-defined]
         raise
 
 
@@ -91,8 +91,8 @@ def exit_on_error() -> Iterator[None]:
         try:
             yield
         except SpecError as exc:
-            for d in exc.diagnostics:
-                _print_error(str(d))
+            for line in exc.report():  # the first MAX_REPORTED, then "... and N more problems"
+                _print_error(line)
             raise typer.Exit(1) from None
         except (ValueError, OSError, ImportError) as exc:
             _print_error(f"error: {exc}")
@@ -233,8 +233,8 @@ def ops() -> None:
     table.add_column("parameters", no_wrap=True)
     table.add_column("what it does")
     for name in list_activations():
-        info = activation_info(name)
-        table.add_row(name, _fields(info.model, "name"), Text(info.summary))
+        act = activation_info(name)
+        table.add_row(name, _fields(act.model, "name"), Text(act.summary))
     out.print(table)
 
 
@@ -247,7 +247,8 @@ def _register_command_modules() -> None:
     for module in (cli_growth, cli_compare):
         module.register(app)
     for command in app.registered_commands:
-        command.callback = exit_on_error()(command.callback)
+        if command.callback is not None:
+            command.callback = exit_on_error()(command.callback)
 
 
 _register_command_modules()

@@ -27,6 +27,30 @@ def _names(text: str | None) -> list[str] | None:
     return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
 
 
+def static_labels(paths: list[Path], taken: set[str] = frozenset()) -> dict[str, Path]:  # type: ignore[assignment]
+    """A distinct label per ``--static`` file: its stem, or, where stems collide (``a/base.yaml`` and
+    ``b/base.yaml``) or a label is already taken, the stem with as many parent folders as tell them apart
+    (``a-base``, ``b-base``). The same file twice is an error."""
+    resolved = [p.resolve() for p in paths]
+    for i, r in enumerate(resolved):
+        if r in resolved[:i]:
+            raise ValueError(f"--static {paths[i]} is given twice")
+
+    def label(i: int, depth: int) -> str:
+        parts = [*resolved[i].parent.parts[1:], resolved[i].stem][-depth:]
+        return "-".join(parts)
+
+    labels: dict[str, Path] = {}
+    for i, path in enumerate(paths):
+        for depth in range(1, len(resolved[i].parts) + 1):
+            mine = label(i, depth)
+            others = {label(j, depth) for j in range(len(paths)) if j != i}
+            if mine not in others and mine not in taken:
+                break
+        labels[mine] = path
+    return labels
+
+
 def _spec_experiment(
     spec_path: Path,
     task: str | None,
@@ -50,7 +74,7 @@ def _spec_experiment(
         strategies or list(STRATEGIES),
         inits or ["tiny"],
         seeds=seeds if seeds is not None else (1 if quick else 3),
-        statics={p.stem: load_spec(p) for p in statics},
+        statics={label: load_spec(p) for label, p in static_labels(statics).items()},
     )
 
 
@@ -101,7 +125,8 @@ def compare_command(
         exp.strategies = wanted_strategies or exp.strategies
         exp.inits = wanted_inits or exp.inits
         exp.seeds = seeds if seeds is not None else exp.seeds
-        exp.statics.update({p.stem: load_spec(p) for p in static or []})
+        labels = static_labels(static or [], set(exp.statics))
+        exp.statics.update({label: load_spec(p) for label, p in labels.items()})
     else:
         assert spec is not None
         settings = dict(growths=growths, every=every, neurons=neurons, optimizer=optimizer, lr=lr)

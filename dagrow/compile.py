@@ -52,7 +52,7 @@ class DagModel(fx.GraphModule):
 def spec_of(model: nn.Module) -> GraphSpec:
     """The spec a model was compiled from."""
     try:
-        return model.meta["dagrow_spec"]  # type: ignore[union-attr,index]
+        return model.meta["dagrow_spec"]  # type: ignore[union-attr,index,return-value]
     except (AttributeError, KeyError):
         raise TypeError("this module was not compiled by dagrow (it carries no spec)") from None
 
@@ -75,8 +75,9 @@ def _build_root(spec: GraphSpec, generator: torch.Generator | None) -> nn.Module
                 w = getattr(root.edges[e.key], "weight", None)
                 if w is not None:
                     w.uniform_(-bound, bound, generator=generator)
-            if root.nodes[v].bias is not None:
-                root.nodes[v].bias.uniform_(-bound, bound, generator=generator)
+            bias = getattr(root.nodes[v], "bias", None)
+            if bias is not None:
+                bias.uniform_(-bound, bound, generator=generator)
     return root
 
 
@@ -137,6 +138,12 @@ def compile(  # noqa: A001 - the public name the design asks for
     if weights is not None:
         load_weights(model, weights)
     return model
+
+
+def expected_tensors(spec: GraphSpec) -> dict[str, torch.Tensor]:
+    """The state dict that ``compile(spec)`` has, as meta tensors (names, shapes, dtypes; no memory)."""
+    with torch.device("meta"):
+        return dict(compile(spec).state_dict())
 
 
 def _class_name(name: str) -> str:

@@ -203,4 +203,6 @@ def write_onnx(model: nn.Module, path: str | Path, *, opset: int | None = None) 
         raise ExportError(f"{spec.name}: ONNX export failed: {_first_line(exc)}") from exc
     finally:
         quiet.setLevel(level)
+    if program is None:
+        raise ExportError(f"{spec.name}: ONNX export returned no program")
     return atomic_write(path, lambda tmp: program.save(str(tmp)))

@@ -7,6 +7,7 @@ line. :func:`analyze` returns a :class:`SpecGraph` for a valid spec.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -17,6 +18,7 @@ from .ops import ShapeError, op_info
 from .spec import GraphSpec
 
 MAX_PARAMS = 2_000_000_000  # refuse to allocate a model larger than this
+MAX_ACTIVATIONS = 100_000_000  # values per sample held by inputs, nodes and padded edge inputs
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,7 @@ def check_spec(spec: GraphSpec) -> list[Problem]:
     shapes, shape_problems = _propagate_shapes(spec, order, edge_index)
     if shape_problems:
         return shape_problems
+    problems += _check_activations(spec, shapes, edge_index)
     n_params = count_params(spec, shapes)
     if n_params > MAX_PARAMS:
         problems.append(
@@ -206,13 +209,19 @@ def check_spec(spec: GraphSpec) -> list[Problem]:
                 f"(more than the {MAX_PARAMS:,} dagrow allocates)",
             )
         )
-    return problems
+    return problems or _check_max_width(spec)
+
+
+_HINT_CANDIDATES = 5000  # beyond this many names a "did you mean" costs more than it helps
 
 
 def _hint(name: str, candidates) -> str:
     import difflib
 
-    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    candidates = list(candidates)
+    if len(candidates) > _HINT_CANDIDATES:
+        return ""
+    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
@@ -226,19 +235,93 @@ def _check_growth(spec: GraphSpec) -> list[Problem]:
                 problems.append(
                     Problem(("growth", "widen", i), f"cannot widen unknown node {v!r}" + _hint(v, spec.nodes))
                 )
+    edges = {(e.source, e.target): e for e in spec.edges}
     for key in ("new_nodes", "new_edges", "deepen"):
         pairs = getattr(g, key)
         if isinstance(pairs, list):
             for i, (u, w) in enumerate(pairs):
-                for end in (u, w):
-                    if end not in known:
+                unknown = [end for end in (u, w) if end not in known]
+                for end in unknown:
+                    problems.append(
+                        Problem(
+                            ("growth", key, i),
+                            f"unknown node {end!r} in pair {u}->{w}" + _hint(end, known),
+                        )
+                    )
+                if key == "deepen" and not unknown:
+                    edge = edges.get((u, w))
+                    if edge is None or edge.op.type != "linear":
+                        what = "is not an edge" if edge is None else f"is a {edge.op.type} edge"
                         problems.append(
                             Problem(
                                 ("growth", key, i),
-                                f"unknown node {end!r} in pair {u}->{w}" + _hint(end, known),
+                                f"cannot deepen {u}->{w}: it {what} (deepen takes existing linear edges)",
                             )
                         )
     return problems
+
+
+def _padded_numel(op: Any, in_shape: tuple[int, ...]) -> int:
+    """Values of an edge's padded input (conv2d and pooling pad their input before sliding)."""
+    padding = getattr(op, "padding", 0)
+    if len(in_shape) != 3 or not padding:
+        return 0
+    ph, pw = (padding, padding) if isinstance(padding, int) else padding
+    c, h, w = in_shape
+    return c * (h + 2 * ph) * (w + 2 * pw)
+
+
+def _check_activations(spec: GraphSpec, shapes: dict[str, tuple[int, ...]], edge_index) -> list[Problem]:
+    """Refuse a model whose activations for one sample exceed :data:`MAX_ACTIVATIONS` values (a small
+    image with an absurd padding has few parameters but would allocate terabytes)."""
+    sizes: list[tuple[int, tuple[Any, ...], str]] = []
+    for v, shape in shapes.items():
+        where = ("inputs", v) if v in spec.inputs else ("nodes", v)
+        sizes.append((math.prod(shape), where, f"{where[0][:-1]} {v!r} has shape {list(shape)}"))
+    for e in spec.edges:
+        padded = _padded_numel(e.op, shapes[e.source])
+        if padded:
+            what = f"edge {e.source}->{e.target} pads its input to {padded:,} values"
+            sizes.append((padded, ("edges", edge_index[(e.source, e.target)], "op"), what))
+    total = sum(n for n, _, _ in sizes)
+    if total <= MAX_ACTIVATIONS:
+        return []
+    n, where, what = max(sizes, key=lambda t: t[0])
+    return [
+        Problem(
+            where,
+            f"one sample would need {total:,} activation values (more than the {MAX_ACTIVATIONS:,} "
+            f"dagrow allows); the largest: {what} ({n:,} values)",
+        )
+    ]
+
+
+def _check_max_width(spec: GraphSpec) -> list[Problem]:
+    """A node that growth may widen must not already be wider than ``growth.max_width``."""
+    g = spec.growth
+    widen = list(spec.nodes) if g.widen == "all" else [] if g.widen == "none" else g.widen
+    explicit = isinstance(g.widen, list)
+    tied = _tied_nodes(spec)
+    problems = []
+    for v in dict.fromkeys(widen):
+        if v in spec.nodes and spec.nodes[v].size > g.max_width and (explicit or v not in tied):
+            problems.append(
+                Problem(
+                    ("growth", "max_width"),
+                    f"node {v!r} already has size {spec.nodes[v].size}, more than max_width {g.max_width} "
+                    "(raise max_width or leave the node out of widen)",
+                )
+            )
+    return problems
+
+
+def _tied_nodes(spec: GraphSpec) -> set[str]:
+    """Nodes whose size cannot change: outputs and the ends of parameter-free edges (see SpecGraph.tied)."""
+    tied = set(spec.outputs)
+    for e in spec.edges:
+        if not op_info(e.op.type).parametric:
+            tied |= {e.source, e.target}
+    return tied
 
 
 def _topological_order(spec: GraphSpec, dag: nx.DiGraph) -> list[str]:

@@ -17,13 +17,31 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt
 from torch import nn
 
 Shape = tuple[int, ...]
+
+MAX_SETTING = 1_000_000  # kernel, stride and padding (larger is absurd for any image dagrow can hold)
+MAX_COEFFICIENT = 1e6  # |activation parameter| (a slope or a coefficient of a million is a typo)
+
+PositiveSetting = Annotated[StrictInt, Field(gt=0, le=MAX_SETTING)]
+Padding = Annotated[StrictInt, Field(ge=0, le=MAX_SETTING)]
+
+
+def _coefficient(x: float) -> float:
+    if not math.isfinite(x):
+        raise ValueError(f"{x} is not a finite number")
+    if abs(x) > MAX_COEFFICIENT:
+        raise ValueError(f"{x:g} is larger than {MAX_COEFFICIENT:g} in magnitude")
+    return x
+
+
+# a finite float in [-1e6, 1e6]; ints are accepted as floats (init: 1), bools and strings are not
+Coefficient = Annotated[float, Field(strict=True), AfterValidator(_coefficient)]
 
 
 class ShapeError(ValueError):
@@ -189,9 +207,9 @@ class LinearOp(SpecModel):
 )
 class Conv2dOp(SpecModel):
     type: Literal["conv2d"] = "conv2d"
-    kernel: PositiveInt | tuple[PositiveInt, PositiveInt] = 3
-    stride: PositiveInt | tuple[PositiveInt, PositiveInt] = 1
-    padding: int | tuple[int, int] = Field(default=0, ge=0)
+    kernel: PositiveSetting | tuple[PositiveSetting, PositiveSetting] = 3
+    stride: PositiveSetting | tuple[PositiveSetting, PositiveSetting] = 1
+    padding: Padding | tuple[Padding, Padding] = 0
 
     def out_shape(self, in_shape: Shape, target) -> Shape:
         oh, ow = _spatial_out("conv2d", in_shape, self.kernel, self.stride, self.padding)
@@ -242,16 +260,22 @@ class IdentityOp(SpecModel):
 
 
 class _PoolOp(SpecModel):
-    kernel: PositiveInt | tuple[PositiveInt, PositiveInt] = 2
-    stride: PositiveInt | tuple[PositiveInt, PositiveInt] | None = None
-    padding: int | tuple[int, int] = Field(default=0, ge=0)
+    type: str
+    kernel: PositiveSetting | tuple[PositiveSetting, PositiveSetting] = 2
+    stride: PositiveSetting | tuple[PositiveSetting, PositiveSetting] | None = None
+    padding: Padding | tuple[Padding, Padding] = 0
 
     def out_shape(self, in_shape: Shape, target) -> Shape:
         stride = self.kernel if self.stride is None else self.stride
-        oh, ow = _spatial_out(self.type, in_shape, self.kernel, stride, self.padding)  # type: ignore[attr-defined]
-        channels = _need_channels(self.type, target)  # type: ignore[attr-defined]
+        for k, p in zip(_pair(self.kernel), _pair(self.padding), strict=True):
+            if p > k // 2:  # torch's rule: pooling pads at most half its kernel
+                raise ShapeError(
+                    f"{self.type} padding {self.padding} is more than half its kernel {self.kernel}"
+                )
+        oh, ow = _spatial_out(self.type, in_shape, self.kernel, stride, self.padding)
+        channels = _need_channels(self.type, target)
         if channels != in_shape[0]:
-            raise ShapeError(f"{self.type} keeps {in_shape[0]} channels but the target has {channels}")  # type: ignore[attr-defined]
+            raise ShapeError(f"{self.type} keeps {in_shape[0]} channels but the target has {channels}")
         return (channels, oh, ow)
 
 
@@ -365,7 +389,7 @@ SeluActivation = _simple_activation("selu", "scaled ELU (Klambauer et al.)", nn.
 @register_activation("leaky_relu", "max(a, 0) + negative_slope min(a, 0)")
 class LeakyReluActivation(SpecModel):
     name: Literal["leaky_relu"] = "leaky_relu"
-    negative_slope: float = 0.01
+    negative_slope: Coefficient = 0.01
 
     def build(self) -> nn.Module:
         return nn.LeakyReLU(self.negative_slope)
@@ -374,7 +398,7 @@ class LeakyReluActivation(SpecModel):
 @register_activation("softplus", "log(1 + exp(beta a)) / beta")
 class SoftplusActivation(SpecModel):
     name: Literal["softplus"] = "softplus"
-    beta: float = Field(default=1.0, gt=0)
+    beta: Annotated[Coefficient, Field(ge=1e-3)] = 1.0
 
     def build(self) -> nn.Module:
         return nn.Softplus(beta=self.beta)
@@ -383,7 +407,7 @@ class SoftplusActivation(SpecModel):
 @register_activation("prelu", "max(a, 0) + w min(a, 0), learnable slope w (init 1 = identity)")
 class PreluActivation(SpecModel):
     name: Literal["prelu"] = "prelu"
-    init: float = 0.25
+    init: Coefficient = 0.25
 
     def build(self) -> nn.Module:
         return nn.PReLU(num_parameters=1, init=self.init)
@@ -392,9 +416,9 @@ class PreluActivation(SpecModel):
 @register_activation("rational", "SENN: (2 v a + c)/(1 + a^2) + l a, learnable v, c, l (identity at 0, 0, 1)")
 class RationalActivation(SpecModel):
     name: Literal["rational"] = "rational"
-    v: float = 0.0
-    c: float = 0.0
-    l: float = 1.0
+    v: Coefficient = 0.0
+    c: Coefficient = 0.0
+    l: Coefficient = 1.0
 
     def build(self) -> nn.Module:
         return Rational(self.v, self.c, self.l)

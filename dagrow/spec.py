@@ -13,38 +13,35 @@ from __future__ import annotations
 
 import difflib
 import json
-import keyword
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
     AfterValidator,
     BeforeValidator,
     Field,
-    PositiveInt,
+    StrictBool,
+    StrictInt,
+    StrictStr,
     ValidationError,
     model_validator,
 )
 
+from .names import check_name, edge_key
 from .ops import _ACTIVATIONS, _OPS, SpecModel, list_activations, list_ops
+from .yaml_loader import YamlErrors, load_yaml
 
 MAX_WIDTH = 1_000_000  # refuse absurd widths before allocating anything
+MAX_SPEC_BYTES = 4 * 2**20  # a spec file (or the spec in a bundle) larger than this is refused unread
+MAX_REPORTED = 20  # problems printed per spec; the rest are counted ("... and 123 more problems")
+MAX_DIAGNOSTICS = 1000  # problems collected per spec before dagrow stops looking
 
 
-def _check_name(name: str) -> str:
-    if not name.isidentifier() or keyword.iskeyword(name):
-        raise ValueError(
-            f"{name!r} is not a Python identifier (letters, digits and _, not starting with a digit)"
-        )
-    if "__" in name:
-        raise ValueError(f"{name!r} contains '__', which dagrow reserves for edge names such as h1__h2")
-    return name
-
-
-Name = Annotated[str, AfterValidator(_check_name)]
+Name = Annotated[StrictStr, AfterValidator(check_name)]
+Size = Annotated[StrictInt, Field(gt=0, le=MAX_WIDTH)]
 
 
 def _shorthand(key: str):
@@ -56,14 +53,20 @@ def _shorthand(key: str):
     return convert
 
 
-OpSpec = Annotated[
-    Union[tuple(info.model for info in _OPS.values())],  # type: ignore[misc]  # noqa: UP007
-    Field(discriminator="type"),
-]
-ActivationSpec = Annotated[
-    Union[tuple(info.model for info in _ACTIVATIONS.values())],  # type: ignore[misc]  # noqa: UP007
-    Field(discriminator="name"),
-]
+if TYPE_CHECKING:  # the unions below are built from the registry at run time
+    OpSpec = Any
+    ActivationSpec = Any
+else:
+    OpSpec = Annotated[
+        Union[tuple(info.model for info in _OPS.values())],  # type: ignore[misc]  # noqa: UP007
+        Field(discriminator="type"),
+    ]
+    ActivationSpec = Annotated[
+        Union[tuple(info.model for info in _ACTIVATIONS.values())],  # type: ignore[misc]  # noqa: UP007
+        Field(discriminator="name"),
+    ]
+
+
 OpField = Annotated[
     OpSpec,
     BeforeValidator(_shorthand("type"), json_schema_input_type=Literal[tuple(list_ops())] | OpSpec),
@@ -83,7 +86,7 @@ def _activation(name: str) -> SpecModel:
 class InputSpec(SpecModel):
     """A model input: ``shape`` without the batch dimension, ``[features]`` or ``[channels, h, w]``."""
 
-    shape: tuple[Annotated[int, Field(gt=0, le=MAX_WIDTH)], ...] = Field(min_length=1, max_length=3)
+    shape: tuple[Size, ...] = Field(min_length=1, max_length=3)
 
     @model_validator(mode="after")
     def _rank(self) -> InputSpec:
@@ -95,10 +98,10 @@ class InputSpec(SpecModel):
 class NodeSpec(SpecModel):
     """A node: ``width`` (flat) or ``channels`` (image), an activation, and a bias unless ``bias: false``."""
 
-    width: Annotated[int, Field(gt=0, le=MAX_WIDTH)] | None = None
-    channels: Annotated[int, Field(gt=0, le=MAX_WIDTH)] | None = None
+    width: Size | None = None
+    channels: Size | None = None
     activation: ActivationField = Field(default_factory=lambda: _activation("identity"))
-    bias: bool = True
+    bias: StrictBool = True
 
     @model_validator(mode="after")
     def _one_size(self) -> NodeSpec:
@@ -124,7 +127,7 @@ class EdgeSpec(SpecModel):
     @property
     def key(self) -> str:
         """Module name of the edge in the compiled model: ``source__target``."""
-        return f"{self.source}__{self.target}"
+        return edge_key(self.source, self.target)
 
 
 Pair = tuple[Name, Name]
@@ -145,16 +148,16 @@ class GrowthSpec(SpecModel):
     new_edges: Literal["all", "none"] | list[Pair] = "none"
     deepen: Literal["all", "none"] | list[Pair] = "none"
     new_node_activation: ActivationField = Field(default_factory=lambda: _activation("relu"))
-    max_width: Annotated[int, Field(gt=0, le=MAX_WIDTH)] = 1024
-    max_params: PositiveInt | None = None
+    max_width: Size = 1024
+    max_params: Annotated[StrictInt, Field(gt=0)] | None = None
 
 
 class GraphSpec(SpecModel):
     """A whole architecture. The single source of truth: the compiled module is generated from it."""
 
     version: Literal[1] = 1
-    name: str = "net"
-    description: str | None = None
+    name: StrictStr = "net"
+    description: StrictStr | None = None
     inputs: dict[Name, InputSpec] = Field(min_length=1)
     nodes: dict[Name, NodeSpec] = Field(min_length=1)
     edges: list[EdgeSpec] = Field(min_length=1)
@@ -209,11 +212,23 @@ class Diagnostic:
 
 
 class SpecError(ValueError):
-    """A spec (or a bundle, or data) is invalid; ``diagnostics`` says where and why."""
+    """A spec (or a bundle, or data) is invalid; ``diagnostics`` says where and why.
 
-    def __init__(self, diagnostics: Sequence[Diagnostic]) -> None:
+    ``total`` counts every problem found (at least ``len(diagnostics)``: dagrow stops collecting after
+    :data:`MAX_DIAGNOSTICS`); :meth:`report` and ``str()`` show the first :data:`MAX_REPORTED`.
+    """
+
+    def __init__(self, diagnostics: Sequence[Diagnostic], total: int | None = None) -> None:
         self.diagnostics = list(diagnostics)
-        super().__init__("\n".join(str(d) for d in self.diagnostics))
+        self.total = max(total or 0, len(self.diagnostics))
+        super().__init__("\n".join(self.report()))
+
+    def report(self, limit: int = MAX_REPORTED) -> list[str]:
+        """The first ``limit`` diagnostics as lines, then ``... and N more problems`` if there are more."""
+        lines = [str(d) for d in self.diagnostics[:limit]]
+        if self.total > len(lines):
+            lines.append(f"... and {self.total - len(lines):,} more problems")
+        return lines
 
 
 Path_ = tuple[Any, ...]
@@ -239,60 +254,24 @@ class SourceMap:
         return Diagnostic(self.file, line, col, message)
 
 
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when PyYAML has it: 10x faster
-
-
 def _compose(text: str, file: str) -> SourceMap:
-    """Parse YAML safely into plain data, recording the location of every key; refuse duplicates."""
+    """Parse YAML safely (:func:`dagrow.yaml_loader.load_yaml`: limits, no duplicate keys, no tags)."""
+    if len(text) > MAX_SPEC_BYTES:
+        message = f"the spec has {len(text):,} characters (more than the {MAX_SPEC_BYTES:,} dagrow reads)"
+        raise SpecError([Diagnostic(file, 1, 1, message)])
     try:
-        root = yaml.compose(text, Loader=_LOADER)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError([Diagnostic(file, line, col, f"YAML syntax error: {problem}")]) from None
-    smap = SourceMap(file, {})
-    if root is None:
+        data, locations = load_yaml(text)
+    except YamlErrors as exc:
+        diagnostics = [Diagnostic(file, p.line, p.column, p.message) for p in exc.problems]
+        raise SpecError(diagnostics[:MAX_DIAGNOSTICS], len(diagnostics)) from None
+    if data is None:
         raise SpecError([Diagnostic(file, 1, 1, "the spec is empty")])
-    constructor = yaml.constructor.SafeConstructor()
-    errors: list[Diagnostic] = []
-
-    def build(node: yaml.Node, path: Path_) -> Any:
-        smap.locations[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
-        if isinstance(node, yaml.MappingNode):
-            out: dict[Any, Any] = {}
-            for key_node, value_node in node.value:
-                key = constructor.construct_object(key_node, deep=True)
-                line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
-                if isinstance(key, list | dict):
-                    errors.append(Diagnostic(file, line, col, "a mapping key must be a scalar"))
-                    continue
-                if key in out:
-                    first = smap.locations[(*path, key)]
-                    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
-                    message = f"duplicate key {key!r} in {where or 'the spec'} (first at line {first[0]})"
-                    errors.append(Diagnostic(file, line, col, message))
-                    continue
-                out[key] = build(value_node, (*path, key))
-                smap.locations[(*path, key)] = (line, col)  # a key's own location is where the key is written
-            return out
-        if isinstance(node, yaml.SequenceNode):
-            return [build(item, (*path, i)) for i, item in enumerate(node.value)]
-        try:
-            return constructor.construct_object(node, deep=True)
-        except yaml.YAMLError as exc:
-            errors.append(Diagnostic(file, node.start_mark.line + 1, node.start_mark.column + 1, str(exc)))
-            return None
-
-    smap.data = build(root, ())
-    if errors:
-        raise SpecError(errors)
-    return smap
+    return SourceMap(file, locations, data)
 
 
 def _vocabulary() -> list[str]:
     names: set[str] = set()
-    models = [InputSpec, NodeSpec, EdgeSpec, GrowthSpec, GraphSpec]
+    models: list[type[SpecModel]] = [InputSpec, NodeSpec, EdgeSpec, GrowthSpec, GraphSpec]
     models += [i.model for i in _OPS.values()] + [i.model for i in _ACTIVATIONS.values()]
     for model in models:
         for field_name, field in model.model_fields.items():
@@ -300,14 +279,41 @@ def _vocabulary() -> list[str]:
     return sorted(names)
 
 
+def show(value: Any) -> str:
+    """``value`` as text that is safe to print: non-printable and non-ASCII characters escaped."""
+    text = str(value)
+    return text if text.isascii() and text.isprintable() else ascii(text)[1:-1]
+
+
+_BRANCH = ("constrained-", "tuple[", "list[", "function-", "literal[", "union[", "dict[", "[key]")
+
+
+def _field(loc: Sequence[Any]) -> str:
+    """A pydantic location as a dotted path, without union branches and discriminator tags."""
+    parts: list[str] = []
+    for i, p in enumerate(loc):
+        if isinstance(p, str) and p.startswith(_BRANCH):
+            continue
+        if (
+            i
+            and loc[i - 1] in ("op", "activation", "new_node_activation")
+            and (p in _OPS or p in _ACTIVATIONS)
+        ):
+            continue
+        parts.append(show(p))
+    return ".".join(parts)
+
+
 def element_name(data: Any, path: Path_) -> str:
     """Human name of the spec element a path points into: ``node 'h1'``, ``edge x->h1``."""
     if len(path) >= 2 and path[0] in ("nodes", "inputs"):
-        return f"{path[0][:-1]} {path[1]!r}"
+        return (
+            f"{path[0][:-1]} {path[1]!r}" if isinstance(path[1], str) else f"{path[0][:-1]} {show(path[1])}"
+        )
     if len(path) >= 2 and path[0] == "edges" and isinstance(path[1], int):
         try:
             e = data["edges"][path[1]]
-            return f"edge {e.get('from', '?')}->{e.get('to', '?')} (edges[{path[1]}])"
+            return f"edge {show(e.get('from', '?'))}->{show(e.get('to', '?'))} (edges[{path[1]}])"
         except (KeyError, IndexError, TypeError, AttributeError):
             return f"edges[{path[1]}]"
     if path and path[0] in ("outputs", "growth"):
@@ -318,8 +324,8 @@ def element_name(data: Any, path: Path_) -> str:
 def _pydantic_diagnostics(exc: ValidationError, smap: SourceMap) -> list[Diagnostic]:
     vocab = _vocabulary()
     out = []
-    data_paths = set(smap.locations)
-    for err in exc.errors():
+    data_paths = smap.locations
+    for err in exc.errors()[:MAX_DIAGNOSTICS]:
         # drop discriminator tags and union branch names that pydantic adds to the location
         loc: list[Any] = []
         for part in err["loc"]:
@@ -339,8 +345,7 @@ def _pydantic_diagnostics(exc: ValidationError, smap: SourceMap) -> list[Diagnos
                 f" (did you mean {hint[0]!r}?)" if hint else ""
             )
         else:
-            field = ".".join(str(p) for p in err["loc"])
-            msg = f"{where}: {field}: {err['msg']}"
+            msg = f"{where}: {_field(err['loc'])}: {err['msg'].removeprefix('Value error, ')}"
         out.append(smap.diagnostic(loc_t, msg))
     return out
 
@@ -355,7 +360,7 @@ def parse_spec(data: Any, smap: SourceMap | None = None) -> GraphSpec:
     try:
         spec = GraphSpec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(_pydantic_diagnostics(exc, smap)) from None
+        raise SpecError(_pydantic_diagnostics(exc, smap), exc.error_count()) from None
     problems = check_spec(spec)
     if problems:
         raise SpecError(
@@ -371,7 +376,12 @@ def load_spec(source: str | Path | GraphSpec) -> GraphSpec:
     if isinstance(source, Path) or ("\n" not in source and source.endswith((".yaml", ".yml", ".json"))):
         path = Path(source)
         try:
-            text = path.read_text(encoding="utf-8")
+            with path.open("rb") as f:
+                raw = f.read(MAX_SPEC_BYTES + 1)
+            if len(raw) > MAX_SPEC_BYTES:
+                message = f"the spec is larger than the {MAX_SPEC_BYTES:,} bytes dagrow reads"
+                raise SpecError([Diagnostic(str(path), 1, 1, message)])
+            text = raw.decode("utf-8")
         except OSError as exc:
             message = f"cannot read spec: {exc.strerror or exc}"
             raise SpecError([Diagnostic(str(path), 1, 1, message)]) from None

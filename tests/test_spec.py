@@ -408,7 +408,7 @@ def test_names_must_be_identifiers_without_double_underscore(tmp_path):
     assert diags[0].line == 5
     assert "'h__1' contains '__'" in diags[0].message
     _, diags = diagnostics(tmp_path, MLP.replace(" h", " 1h").replace("to: h}", "to: 1h}"))
-    assert diags[0].message.startswith("node '1h'") and "not a Python identifier" in diags[0].message
+    assert diags[0].message.startswith("node '1h'") and "starting with a letter" in diags[0].message
 
 
 def test_node_needs_exactly_one_size(tmp_path):
