@@ -36,7 +36,6 @@ out = Console()
 err = Console(stderr=True)
 
 
-
 class _Group(TyperGroup):
     """A usage error (unknown option, bad value, missing argument) exits with status 1 like any error."""
 
