@@ -25,6 +25,7 @@ from torch import Tensor
 from .compile import compile as compile_spec
 from .compile import weights_problems
 from .graph import analyze
+from .names import MAX_NAME_LENGTH, name_problem
 from .sites import ONE
 from .spec import GraphSpec, SpecError, parse_spec
 
@@ -173,10 +174,11 @@ class AddNeurons(Action):
 
 
 def new_node_name(spec: GraphSpec, u: str, w: str) -> str:
-    """A fresh node name for a node inserted between u and w."""
-    base = f"{u}_{w}".replace("__", "_")
+    """A fresh node name for a node inserted between u and w: ``u_w``, or ``u_w_2``, ... when that is
+    taken or not a valid name (``state`` + ``dict`` would be ``state_dict``, a module attribute)."""
+    base = f"{u}_{w}".replace("__", "_")[: MAX_NAME_LENGTH - 8]
     name, i = base, 2
-    while name in spec.nodes or name in spec.inputs:
+    while name in spec.nodes or name in spec.inputs or name_problem(name) is not None:
         name, i = f"{base}_{i}", i + 1
     return name
 

@@ -310,3 +310,17 @@ def test_apply_does_not_mutate_its_inputs(source):
             if k in weights:
                 assert t.data_ptr() != weights[k].data_ptr(), (a.describe(), k)
     assert all(torch.equal(p, weights_before[k]) for k, p in model.state_dict().items())
+
+
+def test_a_new_node_name_is_always_a_valid_fresh_name():
+    """``state`` + ``dict`` would name the new node ``state_dict``, a module attribute the spec refuses."""
+    from dagrow.names import name_problem
+    from dagrow.rewrite import new_node_name
+
+    spec = dagrow.load_spec(
+        "version: 1\ninputs: {state: {shape: [2]}}\nnodes: {dict: {width: 2}, state_dict_2: {width: 2}}\n"
+        "edges: [{from: state, to: dict}, {from: state, to: state_dict_2}, {from: state_dict_2, to: dict}]\n"
+        "outputs: [dict]\n"
+    )
+    name = new_node_name(spec, "state", "dict")
+    assert name == "state_dict_3" and name_problem(name) is None
