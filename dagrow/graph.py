@@ -10,12 +10,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
 from .ops import ShapeError, op_info
-from .spec import GraphSpec
+
+if TYPE_CHECKING:  # the spec module imports this one to check specs: no import back at run time
+    from .spec import GraphSpec
 
 MAX_PARAMS = 2_000_000_000  # refuse to allocate a model larger than this
 MAX_ACTIVATIONS = 100_000_000  # values per sample held by inputs, nodes and padded edge inputs

@@ -30,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 
+from .graph import check_spec
 from .names import check_name, edge_key
 from .ops import _ACTIVATIONS, _OPS, SpecModel, list_activations, list_ops
 from .yaml_loader import YamlErrors, load_yaml
@@ -352,8 +353,6 @@ def _pydantic_diagnostics(exc: ValidationError, smap: SourceMap) -> list[Diagnos
 
 def parse_spec(data: Any, smap: SourceMap | None = None) -> GraphSpec:
     """Validate plain data into a :class:`GraphSpec` and run the graph checks."""
-    from .graph import check_spec  # graph imports this module
-
     smap = smap or SourceMap("<spec>", {}, data)
     if not isinstance(data, dict):
         raise SpecError([smap.diagnostic((), "a spec must be a mapping of inputs, nodes, edges and outputs")])
