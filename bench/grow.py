@@ -2,9 +2,10 @@
 
     python bench/grow.py [--batch 4096] [--repeat 7] [--warmup 2] [--threads N] [--device cpu]
 
-A decision is what the grow loop does before it rewrites the network: the statistics pass over every
-supported site, the proposals of every site, and the ``amplitude_factor`` strategy's line searches
-(one per candidate, at most ``max_candidates``), with the settings of ``dagrow grow``'s defaults
+A decision is the strategy's plan, what ``Grower.step`` asks for before it rewrites the network: the
+statistics pass over every supported site, the proposals of every site, the ``amplitude_factor``
+strategy's line searches (one per candidate, at most ``max_candidates``) and the plan's actions, with
+the settings of ``dagrow grow``'s defaults
 (``GrowthConfig()``: init tiny, one neuron, no joint update). A training step is a forward, a
 backward and an Adam step on the same batch.
 
@@ -31,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stats import MLP, median_times, recorded_step_fn, setting, train_step_fn  # noqa: E402  (bench/stats.py)
 
 from dagrow.growth.proposals import ProposalSettings, propose_all  # noqa: E402
-from dagrow.loop import GrowthConfig  # noqa: E402
+from dagrow.config import GrowthConfig  # noqa: E402
 from dagrow.planner import make_strategy  # noqa: E402
 from dagrow.sites import enumerate_sites  # noqa: E402
 from dagrow.stats import measure  # noqa: E402
@@ -71,9 +72,12 @@ def decision_parts(model, x, y, config: GrowthConfig):
     sites = enumerate_sites(model.spec, include_unsupported=False)
     strategy = make_strategy(
         config.strategy,
+        init=config.init,
+        neurons=config.neurons,
         normalize=config.normalize,
         max_candidates=config.max_candidates,
         update=config.joint_update,
+        seed=config.seed,
     )
     batch = (x, y)
     settings = ProposalSettings(seed=config.seed)
@@ -88,8 +92,8 @@ def decision_parts(model, x, y, config: GrowthConfig):
     def search(ps):
         return strategy.choose(model, ps, batch, "cross_entropy", 0)
 
-    def decide():
-        return search(proposals(stats()))
+    def decide():  # the whole plan, as Grower.step asks for it (statistics, proposals, searches, actions)
+        return strategy.plan(model, batch, "cross_entropy", sites)
 
     s = stats()
     ps = proposals(s)
@@ -111,7 +115,7 @@ def run(name: str, text: str, args, sync) -> None:
     kinds = sorted({s.kind for s in sites})
     print(
         f"{name}: {spec.name}, {len(sites)} sites ({', '.join(kinds)}), "
-        f"{len(decision.scores)} line searches, chose {decision.proposal.site.id}; "
+        f"{decision.figures['candidates']} line searches, chose {decision.site}; "
         f"step {t['step'] * 1e3:.1f} ms, decision {t['decision'] * 1e3:.1f} ms"
     )
     if args.parts:

@@ -28,7 +28,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from .bundle import atomic_write
+from .bundle import atomic_write, atomic_write_text
 
 FORMAT = "dagrow-run/1"
 CHECKPOINT = "checkpoint.safetensors"
@@ -197,6 +197,27 @@ class RunDirectory:
             _fault(count)
 
         atomic_write(self.checkpoint_path, write)
+
+    def write_outputs(self, model: nn.Module, *, drawing: bool = False) -> list[str]:
+        """``model.safetensors`` (a bundle) and ``spec.yaml``, each atomic; with ``drawing`` also
+        ``architecture.dot`` and ``.png``. Returns notes on what could not be written (the drawing needs
+        matplotlib, the optional ``plot`` extra)."""
+        from .bundle import save
+        from .compile import spec_of
+
+        spec = spec_of(model)
+        save(model, self.path / "model.safetensors")
+        atomic_write_text(self.path / "spec.yaml", spec.to_yaml())
+        if not drawing:
+            return []
+        from .export import to_dot, write_png
+
+        atomic_write_text(self.path / "architecture.dot", to_dot(spec))
+        try:
+            write_png(spec, self.path / "architecture.png")
+        except ImportError as exc:
+            return [f"architecture.png not written ({exc})"]
+        return []
 
     def load(self) -> Checkpoint:
         path = self.checkpoint_path

@@ -16,19 +16,18 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from .bundle import atomic_write_text, load_model_or_spec, save
+from .bundle import load_model_or_spec
 from .checkpoint import RunDirectory
 from .compile import compile
 from .config import GrowthConfig, NaturalConfig, load_config, parse_config
 from .graph import analyze
-from .growth.proposals import INITS, ProposalSettings, propose_all
+from .growth.proposals import INITS
 from .loop import Run
 from .registry import unknown_name_message
-from .sites import enumerate_sites
+from .site_report import score_sites
 from .spec import parse_spec
-from .stats import LOSSES, measure
+from .stats import LOSSES
 from .tasks import DataError, Task, fit_task, list_tasks, load_data, make_task
 from .training import usable_device
 
@@ -81,51 +80,27 @@ def sites_command(
     the_task = _task(task, data, seed, source, spec)
     model = (loaded or compile(spec, seed=seed)).to(usable_device(device))
     x, y = next(the_task.batches("train", None, device=device))
-    x, y = x[:batch], y[:batch]
-    all_sites = enumerate_sites(spec)
-    supported = [s for s in all_sites if s.supported]
-    stats = measure(model, [(x, y)], loss or the_task.loss, sites=supported)
-    settings = ProposalSettings(seed=seed)
-    proposals = propose_all(stats, all_sites, init, neurons, weights=model.state_dict(), settings=settings)
+    report = score_sites(
+        model,
+        (x[:batch], y[:batch]),
+        loss or the_task.loss,
+        init=init,
+        neurons=neurons,
+        seed=seed,
+        data_name=the_task.name,
+    )
     if as_json:
-        doc = {
-            "spec": spec.name,
-            "task": the_task.name,
-            "loss": stats.loss,
-            "samples": stats.n,
-            "init": init,
-            "neurons": neurons,
-            "thresholds": settings.report(),
-            "sites": [p.to_dict() for p in proposals],
-        }
-        print(json.dumps(doc, indent=2))
+        print(json.dumps(report.to_dict(), indent=2))
         return
-    title = f"{spec.name}: {len(supported)} growable sites, loss {stats.loss:.4g} on {stats.n} samples"
-    table = Table(title=title)
-    for col in ("site", "kind", "lambdas", "first-order", "bottleneck", "|dW*|", "params"):  # ids in full
-        table.add_column(
-            col,
-            justify="left" if col in ("site", "kind", "lambdas") else "right",
-            no_wrap=col in ("site", "kind"),
+    out.print(report.table())
+    for line in report.notes():
+        out.print(
+            line,
+            style="dim" if "not supported" in line else None,
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
         )
-    for p in proposals:
-        if not p.site.supported:
-            continue
-        lams = ", ".join(f"{float(v):.3g}" for v in p.lambdas[: max(neurons, 3)]) or "-"
-        table.add_row(
-            p.site.id,
-            p.site.kind,
-            lams,
-            f"{p.first_order_improvement:.4g}",
-            f"{p.bottleneck:.4g}",
-            f"{p.delta_w_norm:.3g}",
-            str(p.params_added),
-        )
-    out.print(table)
-    for p in proposals:
-        if not p.site.supported:
-            out.print(f"[dim]{p.site.id}: not supported: {p.skipped}[/dim]", highlight=False, soft_wrap=True)
-    out.print(f"thresholds: {settings.report()}", highlight=False, soft_wrap=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -189,21 +164,6 @@ def _refuse_conflicts(saved: dict[str, Any], given: dict[str, Any], where: Path)
     if wrong:
         listed = ", ".join(f"--{k.replace('_', '-')} {given[k]} (the run has {flat[k]})" for k in wrong)
         _fail(f"{where} was started with other settings: {listed}; resume with --resume {where} alone")
-
-
-def _write_outputs(out_dir: Path, model, *, drawing: bool = True) -> None:
-    """The bundle and the spec (each file atomic), then the drawings."""
-    save(model, out_dir / "model.safetensors")
-    atomic_write_text(out_dir / "spec.yaml", model.spec.to_yaml())
-    if not drawing:
-        return
-    try:
-        from .export import to_dot, write_png
-
-        atomic_write_text(out_dir / "architecture.dot", to_dot(model.spec))
-        write_png(model.spec, out_dir / "architecture.png")
-    except ImportError as exc:  # matplotlib is an optional extra
-        err.print(f"[yellow]note:[/yellow] architecture.png not written ({exc})")
 
 
 def grow_command(
@@ -280,7 +240,8 @@ def grow_command(
             )
         raise typer.Exit(130) from None
     assert run_dir is not None
-    _write_outputs(run_dir, run.model)
+    for note in run.notes:
+        err.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
     _print_summary(run, run_dir)
 
 

@@ -56,6 +56,7 @@ class Run:
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self.finished = False
+        self.notes: list[str] = []  # outputs that could not be written (a missing optional extra)
         self.on_event: Callable[[dict[str, Any]], None] | None = None
         self.evaluate: Callable[[DagModel], dict[str, Any]] = self.validation
 
@@ -159,6 +160,7 @@ class Run:
         rng = {"torch": torch.get_rng_state(), "growth": self.gen.get_state()}
         weights = self.model.state_dict()
         self.directory.commit(Checkpoint(meta, weights, opt.state_dict() if opt else None, rng))
+        self.notes = self.directory.write_outputs(self.model, drawing=self.finished)
 
     @classmethod
     def start(cls, spec_or_model, task: Task, config: GrowthConfig, *, source=None, directory=None) -> Run:
