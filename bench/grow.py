@@ -31,8 +31,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stats import MLP, median_times, recorded_step_fn, setting, train_step_fn  # noqa: E402  (bench/stats.py)
 
-from dagrow.growth.proposals import ProposalSettings, propose_all  # noqa: E402
 from dagrow.config import GrowthConfig  # noqa: E402
+from dagrow.growth.proposals import ProposalSettings, propose_all  # noqa: E402
 from dagrow.planner import make_strategy  # noqa: E402
 from dagrow.sites import enumerate_sites  # noqa: E402
 from dagrow.stats import measure  # noqa: E402

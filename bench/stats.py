@@ -36,8 +36,9 @@ import torch.nn.functional as F
 import dagrow
 from dagrow.graph import analyze
 from dagrow.growth.proposals import propose_all
+from dagrow.recorder import Recorder  # noqa: E402
 from dagrow.sites import ONE, enumerate_sites
-from dagrow.stats import Recorder, measure, requirements
+from dagrow.stats import measure, requirements
 
 MLP = """
 version: 1

@@ -24,9 +24,10 @@ from .growth.proposals import propose
 from .loop import grow, resume
 from .ops import list_activations, list_ops
 from .plan import Plan
+from .recorder import Recorder
 from .sites import enumerate_sites
 from .spec import Diagnostic, GraphSpec, SpecError, json_schema, load_spec
-from .stats import Recorder, measure
+from .stats import measure
 from .tasks import make_task
 
 __version__ = "0.1.0"

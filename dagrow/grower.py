@@ -11,7 +11,7 @@
         model = grower.step(model, opt, growth_batches).model  # measure, plan, apply
 
 One :meth:`Grower.step` is one growth step of the schedule: measure the statistics on ``batches`` (or
-take those a :class:`~dagrow.stats.Recorder` gathered during training), ask the strategy for a
+take those a :class:`~dagrow.recorder.Recorder` gathered during training), ask the strategy for a
 :class:`~dagrow.plan.Plan`, apply its rewrites to (spec, weights), recompile, keep the growth only when
 the loss on the batches did not rise (else it is rolled back and reported), and update the optimizer
 in place (:mod:`dagrow.optim`): old state kept exactly, zeros for new entries. A ``rounds`` schedule

@@ -24,10 +24,11 @@ from .compile import DagModel, compile
 from .config import GrowthConfig, parse_config
 from .graph import num_params
 from .grower import Grower
+from .recorder import Recorder
 from .rewrite import Action
 from .sites import enumerate_sites
 from .spec import GraphSpec, parse_spec
-from .stats import Recorder, Statistics
+from .stats import Statistics
 from .tasks import Task, fit_task
 from .training import BatchStream, concat, evaluate, make_optimizer, rng_state, set_rng_state, train_steps
 from .training import usable_device as usable_device

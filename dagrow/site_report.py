@@ -13,6 +13,7 @@ from typing import Any
 from rich.table import Table
 from torch import Tensor, nn
 
+from .compile import spec_of
 from .growth.proposals import Proposal, ProposalSettings, propose_all
 from .sites import enumerate_sites
 from .stats import LossFn, Statistics, measure
@@ -82,7 +83,7 @@ def score_sites(
     data_name: str = "",
 ) -> SiteReport:
     """Measure ``model`` on ``batch`` and propose ``neurons`` new neurons of ``init`` at every site."""
-    spec = model.spec  # type: ignore[attr-defined]
+    spec = spec_of(model)
     all_sites = enumerate_sites(spec)
     stats = measure(model, [batch], loss, sites=[s for s in all_sites if s.supported])
     settings = ProposalSettings(seed=seed)

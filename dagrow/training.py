@@ -19,7 +19,8 @@ from .graph import analyze
 from .growth.actions import update_action
 from .growth.amplitude import line_search
 from .growth.proposals import ProposalSettings, target_update
-from .stats import LossFn, Recorder, loss_function, measure
+from .recorder import Recorder
+from .stats import LossFn, loss_function, measure
 from .tasks import Task
 
 Batch = tuple[Tensor, Tensor]

@@ -16,10 +16,11 @@ from dagrow.growth.proposals import propose_all
 from dagrow.optim import OptimizerError
 from dagrow.plan import Plan
 from dagrow.planner import STRATEGIES, make_strategy
+from dagrow.recorder import Recorder
 from dagrow.rewrite import replay
 from dagrow.schedule import SCHEDULES
 from dagrow.sites import enumerate_sites
-from dagrow.stats import Recorder, measure
+from dagrow.stats import measure
 
 SPEC = """
 version: 1

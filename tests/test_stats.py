@@ -12,8 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import dagrow
+from dagrow.recorder import Recorder
 from dagrow.sites import enumerate_sites
-from dagrow.stats import Recorder, StatsError, measure
+from dagrow.stats import StatsError, measure
 
 TOL = dict(rtol=1e-10, atol=1e-12)
 
