@@ -237,6 +237,26 @@ def ops() -> None:
     out.print(table)
 
 
+@app.command("list")
+def list_command(
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="[VOCABULARY]...", help="ops, activations, strategies, inits, schedules, ..."),
+    ] = None,
+) -> None:
+    """List the entries of dagrow's vocabularies (all of them by default) with one line on each."""
+    from .vocabularies import vocabulary, vocabulary_names
+
+    for name in names or vocabulary_names():
+        entries = vocabulary(name)
+        table = Table(title=f"{name} ({len(entries)})", title_justify="left")
+        table.add_column("name", no_wrap=True)
+        table.add_column("what it is")
+        for entry, summary in entries:
+            table.add_row(entry, Text(summary))
+        out.print(table)
+
+
 def _fields(model, tag: str) -> str:
     """``kernel=3, stride=1`` from a registry model's fields and defaults."""
     return ", ".join(f"{k}={f.default}" for k, f in model.model_fields.items() if k != tag) or "-"

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import networkx as nx
 
 from .ops import ShapeError, op_info
+from .registry import did_you_mean
 
 if TYPE_CHECKING:  # the spec module imports this one to check specs: no import back at run time
     from .spec import GraphSpec
@@ -218,13 +219,10 @@ _HINT_CANDIDATES = 5000  # beyond this many names a "did you mean" costs more th
 
 
 def _hint(name: str, candidates) -> str:
-    import difflib
-
     candidates = list(candidates)
     if len(candidates) > _HINT_CANDIDATES:
         return ""
-    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return did_you_mean(name, candidates)
 
 
 def _check_growth(spec: GraphSpec) -> list[Problem]:

@@ -26,6 +26,7 @@ from .compile import compile as compile_spec
 from .compile import weights_problems
 from .graph import analyze
 from .names import MAX_NAME_LENGTH, name_problem
+from .registry import Registry, unknown_name_message
 from .sites import ONE
 from .spec import GraphSpec, SpecError, parse_spec
 
@@ -350,9 +351,9 @@ class DeepenEdge(Action):
         return f"deepen_edge({self.source}->{self.name}->{self.target}{how})"
 
 
-ACTIONS: dict[str, type[Action]] = {
-    a.kind: a for a in (UpdateWeights, AddNeurons, AddNode, AddEdge, DeepenEdge)
-}
+ACTIONS: Registry[type[Action]] = Registry("action")
+for _action in (UpdateWeights, AddNeurons, AddNode, AddEdge, DeepenEdge):
+    ACTIONS.add(_action.kind, _action, (_action.__doc__ or "").strip().splitlines()[0])
 
 
 def action_from_dict(data: Mapping[str, Any]) -> Action:
@@ -360,8 +361,8 @@ def action_from_dict(data: Mapping[str, Any]) -> Action:
     data = dict(data)
     kind = data.pop("action", None)
     if kind not in ACTIONS:
-        raise RewriteError(f"unknown action {kind!r}; expected one of {', '.join(ACTIONS)}")
-    cls = ACTIONS[kind]
+        raise RewriteError(unknown_name_message("action", kind, ACTIONS))
+    cls = ACTIONS.get(kind)
     kwargs = {}
     for f in fields(cls):
         if f.name not in data:

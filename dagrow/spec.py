@@ -11,7 +11,6 @@ reported as a :class:`Diagnostic` (``FILE:LINE:COL: message``) inside one :class
 
 from __future__ import annotations
 
-import difflib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from pydantic import (
 from .graph import check_spec
 from .names import check_name, edge_key
 from .ops import _ACTIVATIONS, _OPS, SpecModel, list_activations, list_ops
+from .registry import did_you_mean
 from .yaml_loader import YamlErrors, load_yaml
 
 MAX_WIDTH = 1_000_000  # refuse absurd widths before allocating anything
@@ -336,14 +336,13 @@ def _pydantic_diagnostics(exc: ValidationError, smap: SourceMap) -> list[Diagnos
         where = element_name(smap.data, loc_t)
         if err["type"] == "extra_forbidden":
             key = loc_t[-1] if loc_t else err["loc"][-1]
-            hint = difflib.get_close_matches(str(key), vocab, n=1, cutoff=0.6)
-            msg = f"{where}: unknown key {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            msg = f"{where}: unknown key {key!r}" + did_you_mean(str(key), vocab)
         elif err["type"] == "union_tag_invalid":
             tag = err.get("ctx", {}).get("tag")
             choices = err.get("ctx", {}).get("expected_tags", "")
-            hint = difflib.get_close_matches(str(tag), [c.strip(" '") for c in choices.split(",")], n=1)
-            msg = f"{where}: unknown {loc_t[-1] if loc_t else 'value'} {tag!r}; expected one of {choices}" + (
-                f" (did you mean {hint[0]!r}?)" if hint else ""
+            hint = did_you_mean(str(tag), [c.strip(" '") for c in choices.split(",")])
+            msg = (
+                f"{where}: unknown {loc_t[-1] if loc_t else 'value'} {tag!r}; expected one of {choices}{hint}"
             )
         else:
             msg = f"{where}: {_field(err['loc'])}: {err['msg'].removeprefix('Value error, ')}"

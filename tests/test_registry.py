@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from dagrow import compile, json_schema, list_activations, list_ops, load_spec
+from dagrow.cli import app
 from dagrow.growth.inits import FUNCTION_PRESERVING, INITS
 from dagrow.growth.proposals import propose
 from dagrow.losses import LOSSES, loss_function
@@ -22,6 +24,7 @@ from dagrow.sites import find_site
 from dagrow.spec import parse_spec
 from dagrow.stats import measure
 from dagrow.tasks import TASKS, fit_task, make_task, task_info
+from dagrow.vocabularies import vocabulary, vocabulary_names
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -272,3 +275,19 @@ def test_an_unknown_name_lists_every_choice_with_the_hint():
     )
     assert isinstance(info.value, ValueError)
     assert unknown_name_message("task", "nope", ["a", "b"]) == "unknown task 'nope'; expected one of: a, b"
+
+
+@pytest.mark.parametrize("name", vocabulary_names())
+def test_dagrow_list_shows_every_entry_of_every_vocabulary(name):
+    result = CliRunner().invoke(app, ["list", name], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    entries = vocabulary(name)
+    assert entries, name
+    for entry, summary in entries:
+        assert entry in result.stdout and summary, (name, entry)
+
+
+def test_dagrow_list_suggests_a_vocabulary():
+    result = CliRunner().invoke(app, ["list", "strategy"])
+    assert result.exit_code == 1
+    assert "did you mean 'strategies'" in result.stderr
