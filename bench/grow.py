@@ -33,7 +33,6 @@ from stats import MLP, median_times, recorded_step_fn, setting, train_step_fn  #
 
 from dagrow.config import GrowthConfig  # noqa: E402
 from dagrow.growth.proposals import ProposalSettings, propose_all  # noqa: E402
-from dagrow.planner import make_strategy  # noqa: E402
 from dagrow.sites import enumerate_sites  # noqa: E402
 from dagrow.stats import measure  # noqa: E402
 
@@ -70,15 +69,7 @@ def dag_spec(hidden: int = 6, width: int = 16, inputs: int = 32, outputs: int = 
 def decision_parts(model, x, y, config: GrowthConfig):
     """Functions for the three parts of a decision, and the whole, as the grow loop calls them."""
     sites = enumerate_sites(model.spec, include_unsupported=False)
-    strategy = make_strategy(
-        config.strategy,
-        init=config.init,
-        neurons=config.neurons,
-        normalize=config.normalize,
-        max_candidates=config.max_candidates,
-        update=config.joint_update,
-        seed=config.seed,
-    )
+    strategy = config.make_strategy()
     batch = (x, y)
     settings = ProposalSettings(seed=config.seed)
 

@@ -145,11 +145,7 @@ def _config_parameters() -> list[inspect.Parameter]:
             show_default=False,
             rich_help_panel=panel,
         )
-        params.append(
-            inspect.Parameter(
-                name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[kind | None, option]
-            )
-        )
+        params.append(_keyword(name, kind | None, option))
     return params
 
 
@@ -265,8 +261,6 @@ def _run_with_progress(run: Run, quiet: bool) -> None:
         def on_event(line: dict[str, Any]) -> None:
             if line.get("event") in ("growth", "rollback"):
                 progress.update(bar, advance=1, status=f"{line.get('site')} params={line.get('params', '')}")
-            if line.get("event") in ("growth", "rollback", "evaluation") and run.directory is not None:
-                pass
 
         run.on_event = on_event
         run.run()
@@ -292,6 +286,12 @@ def _print_summary(run: Run, out_dir: Path) -> None:
     )
 
 
+def _keyword(name: str, kind: Any, option: Any, default: Any = None) -> inspect.Parameter:
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[kind, option]
+    )
+
+
 _FIXED = [
     inspect.Parameter(
         "source",
@@ -302,54 +302,17 @@ _FIXED = [
             typer.Argument(metavar="SPEC_OR_BUNDLE", help="spec (.yaml) or bundle (.safetensors)"),
         ],
     ),
-    inspect.Parameter(
-        "task",
-        inspect.Parameter.KEYWORD_ONLY,
-        default=None,
-        annotation=Annotated[str | None, typer.Option(help=TASK_HELP)],
+    _keyword("task", str | None, typer.Option(help=TASK_HELP)),
+    _keyword("data", Path | None, typer.Option(help="user data: .npz with x and y, or .csv")),
+    _keyword("config", Path | None, typer.Option(help="run file (YAML) of settings; flags override it")),
+    _keyword(
+        "out_dir", Path | None, typer.Option("--out", help="output folder (refused when it holds a run)")
     ),
-    inspect.Parameter(
-        "data",
-        inspect.Parameter.KEYWORD_ONLY,
-        default=None,
-        annotation=Annotated[Path | None, typer.Option(help="user data: .npz with x and y, or .csv")],
+    _keyword(
+        "resume", Path | None, typer.Option(help="continue the run saved in this folder (no other flag)")
     ),
-    inspect.Parameter(
-        "config",
-        inspect.Parameter.KEYWORD_ONLY,
-        default=None,
-        annotation=Annotated[
-            Path | None, typer.Option(help="run file (YAML) of settings; flags override it")
-        ],
-    ),
-    inspect.Parameter(
-        "out_dir",
-        inspect.Parameter.KEYWORD_ONLY,
-        default=None,
-        annotation=Annotated[
-            Path | None, typer.Option("--out", help="output folder (refused when it holds a run)")
-        ],
-    ),
-    inspect.Parameter(
-        "resume",
-        inspect.Parameter.KEYWORD_ONLY,
-        default=None,
-        annotation=Annotated[
-            Path | None, typer.Option(help="continue the run saved in this folder (no other flag needed)")
-        ],
-    ),
-    inspect.Parameter(
-        "overwrite",
-        inspect.Parameter.KEYWORD_ONLY,
-        default=False,
-        annotation=Annotated[bool, typer.Option("--overwrite", help="replace the run in --out")],
-    ),
-    inspect.Parameter(
-        "quiet",
-        inspect.Parameter.KEYWORD_ONLY,
-        default=False,
-        annotation=Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")],
-    ),
+    _keyword("overwrite", bool, typer.Option("--overwrite", help="replace the run in --out"), False),
+    _keyword("quiet", bool, typer.Option("--quiet", "-q", help="no progress bar"), False),
 ]
 grow_command.__signature__ = inspect.Signature(_FIXED + _config_parameters())  # type: ignore[attr-defined]
 

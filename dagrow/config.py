@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .growth.inits import INITS
 from .growth.natural import NaturalSettings
-from .planner import STRATEGIES
+from .planner import STRATEGIES, Natural, Strategy, make_strategy
 from .registry import unknown_name_message
 from .schedule import SCHEDULES, Fixed, Rounds, Schedule
 
@@ -224,6 +224,20 @@ class GrowthConfig(_Model):
                 max_rounds=n.max_rounds,
             )
         return Fixed(growths=self.growths, max_params=self.max_params)
+
+    def make_strategy(self) -> Strategy:
+        """The strategy these settings name, built with its settings."""
+        if self.strategy == "natural":
+            return Natural(settings=self.natural_settings())
+        return make_strategy(
+            self.strategy,
+            init=self.init,
+            neurons=self.neurons,
+            normalize=self.normalize,
+            max_candidates=self.max_candidates,
+            update=self.joint_update,
+            seed=self.seed,
+        )
 
     def natural_settings(self) -> NaturalSettings:
         return self.natural.settings(self.seed)

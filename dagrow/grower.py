@@ -34,7 +34,6 @@ from .config import GrowthConfig
 from .graph import num_params
 from .optim import adopt_parameters, check_optimizer
 from .plan import Plan
-from .planner import Natural, Strategy, make_strategy
 from .rewrite import Action, replay
 from .schedule import Schedule
 from .sites import enumerate_sites
@@ -110,24 +109,10 @@ class Grower:
             spec = spec_or_model if isinstance(spec_or_model, GraphSpec) else load_spec(spec_or_model)
             self.model = compile(spec, seed=self.config.seed, dtype=dtype, device=device)
         self.schedule = schedule or self.config.make_schedule()
-        self.strategy = self._strategy()
+        self.strategy = self.config.make_strategy()
         self.group_of = group_of
         self.actions: list[Action] = []  # every action applied, in order
         self.diverged: str | None = None  # set when a statistics pass met a non-finite loss
-
-    def _strategy(self) -> Strategy:
-        c = self.config
-        if c.strategy == "natural":
-            return Natural(settings=c.natural_settings())
-        return make_strategy(
-            c.strategy,
-            init=c.init,
-            neurons=c.neurons,
-            normalize=c.normalize,
-            max_candidates=c.max_candidates,
-            update=c.joint_update,
-            seed=c.seed,
-        )
 
     @property
     def finished(self) -> bool:
