@@ -396,7 +396,7 @@ def test_regression1d_grows_from_one_neuron_and_then_stops():
     last = events(result, "evaluation")[-1]
     assert not (last["ratio"] > last["tau"] and last["abs_ratio"] > last["alpha"])
     end = result.history[-1]
-    assert end["config"]["tau"] == 0.05 and end["config"]["candidates"] == 4
+    assert end["config"]["natural"]["tau"] == 0.05 and end["config"]["natural"]["candidates"] == 4
     assert end["val_mse"] < 0.5 * float(task.val.y.var())  # it learnt the curve, not only the mean
 
 
