@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from .bundle import atomic_write_text, load_model_or_spec, save
 from .checkpoint import RunDirectory
@@ -25,6 +26,7 @@ from .config import GrowthConfig, NaturalConfig, load_config, parse_config
 from .graph import analyze
 from .growth.proposals import INITS, ProposalSettings, propose_all
 from .loop import Run
+from .names import printable
 from .registry import unknown_name_message
 from .sites import enumerate_sites
 from .spec import parse_spec
@@ -37,7 +39,7 @@ err = Console(stderr=True)
 
 
 def _fail(message: str) -> NoReturn:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    err.print(Text.assemble(("error:", "red"), " " + printable(message)), highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 
@@ -101,7 +103,7 @@ def sites_command(
         print(json.dumps(doc, indent=2))
         return
     title = f"{spec.name}: {len(supported)} growable sites, loss {stats.loss:.4g} on {stats.n} samples"
-    table = Table(title=title)
+    table = Table(title=Text(title))
     for col in ("site", "kind", "lambdas", "first-order", "bottleneck", "|dW*|", "params"):  # ids in full
         table.add_column(
             col,
@@ -203,7 +205,8 @@ def _write_outputs(out_dir: Path, model, *, drawing: bool = True) -> None:
         atomic_write_text(out_dir / "architecture.dot", to_dot(model.spec))
         write_png(model.spec, out_dir / "architecture.png")
     except ImportError as exc:  # matplotlib is an optional extra
-        err.print(f"[yellow]note:[/yellow] architecture.png not written ({exc})")
+        note = printable(f" architecture.png not written ({exc})")
+        err.print(Text.assemble(("note:", "yellow"), note), highlight=False, soft_wrap=True)
 
 
 def grow_command(
@@ -245,7 +248,8 @@ def grow_command(
             )
             run = Run.resume(directory, the_task)
             if run.finished:
-                out.print(f"{run_dir}: the run is finished; nothing to resume", highlight=False)
+                message = printable(f"{run_dir}: the run is finished; nothing to resume")
+                out.print(message, highlight=False, markup=False)
                 return
         else:
             if source is None or out_dir is None:
@@ -274,8 +278,9 @@ def grow_command(
         if where is not None and RunDirectory(where).checkpoint_path.is_file():
             step = RunDirectory(where).load().meta["step"]
             err.print(
-                f"the run continues from step {step} with: dagrow grow --resume {where}",
+                printable(f"the run continues from step {step} with: dagrow grow --resume {where}"),
                 highlight=False,
+                markup=False,
                 soft_wrap=True,
             )
         raise typer.Exit(130) from None
@@ -325,8 +330,9 @@ def _print_summary(run: Run, out_dir: Path) -> None:
         soft_wrap=True,
     )
     out.print(
-        f"wrote {out_dir}/spec.yaml, model.safetensors, history.jsonl, architecture.dot/.png",
+        printable(f"wrote {out_dir}/spec.yaml, model.safetensors, history.jsonl, architecture.dot/.png"),
         highlight=False,
+        markup=False,
         soft_wrap=True,
     )
 
