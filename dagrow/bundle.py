@@ -8,7 +8,8 @@ Reading checks before allocating anything: the safetensors header is read by han
 :data:`MAX_HEADER_BYTES`; JSON nested at most :data:`MAX_JSON_DEPTH` deep; no duplicate key), the spec
 in its metadata is validated, and every tensor's name, dtype (a float: F16, BF16, F32 or F64), shape and
 byte range is compared with what the spec needs (computed on the meta device). Only then are the
-tensors read.
+tensors read; a tensor with a NaN or infinite value is refused. ``save`` refuses such weights too: no
+bundle with non-finite weights is ever written.
 """
 
 from __future__ import annotations
@@ -63,6 +64,40 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     return path
 
 
+class OutputError(ValueError):
+    """An output path that cannot be written (checked before any work; the message names it)."""
+
+
+def check_output_file(path: str | Path, flag: str = "-o") -> Path:
+    """Refuse, before any work, an output file that :func:`atomic_write` could not write: a path that
+    is a folder, or whose nearest existing parent is a file or cannot be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path}: {flag} names a folder; give a file name")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputError(f"{path}: cannot be written: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: cannot be written: no permission to write in {parent}")
+    return path
+
+
+def check_output_folder(path: str | Path, files: list[str], flag: str = "--out") -> Path:
+    """Refuse, before any work, an output folder that is a file, or in which one of ``files``
+    (relative paths) is a folder or cannot be written."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{path}: {flag} names an existing file, not a folder")
+    for name in files:
+        target = path / name
+        if target.is_dir():
+            raise OutputError(f"{target}: is a folder; the command writes a file there")
+        check_output_file(target, flag)
+    return path
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -73,11 +108,40 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+class NonFiniteWeights(ValueError):
+    """Weights with NaN or infinite values: dagrow never writes them (the message names the tensors)."""
+
+
+def nonfinite_problems(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """One line per floating tensor holding NaN or infinite values, naming it and counting them."""
+    problems = []
+    for name, t in tensors.items():
+        if not (t.is_floating_point() or t.is_complex()) or bool(torch.isfinite(t).all()):
+            continue
+        nan = int(torch.isnan(t).sum())
+        problems.append(
+            f"tensor {name!r} has {nan:,} NaN and {int((~torch.isfinite(t)).sum()) - nan:,} infinite "
+            f"values (of {t.numel():,})"
+        )
+    return problems
+
+
+def check_finite(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Raise :class:`NonFiniteWeights` naming ``path`` and every tensor with a NaN or infinite value."""
+    problems = nonfinite_problems(tensors)
+    if problems:
+        raise NonFiniteWeights(
+            f"{path}: not written: the model has non-finite weights: {'; '.join(problems)}"
+        )
+
+
 def save(model: nn.Module, path: str | Path, *, spec_yaml: bool | str | Path = False) -> Path:
     """Write ``model`` (compiled by dagrow) to a bundle; with ``spec_yaml`` also a spec.yaml beside it
-    (``True`` for ``<folder>/spec.yaml``, or a path)."""
+    (``True`` for ``<folder>/spec.yaml``, or a path). A model with NaN or infinite weights is refused
+    (:class:`NonFiniteWeights`) and nothing is written."""
     spec = spec_of(model)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    check_finite(tensors, path)
     metadata = {"format": FORMAT, SPEC_KEY: spec.to_json()}
     out = atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     if spec_yaml:
@@ -222,6 +286,9 @@ def read_bundle(path: str | Path) -> tuple[GraphSpec, dict[str, torch.Tensor]]:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
         raise _error(path, f"not a safetensors file ({exc})") from None
+    problems = nonfinite_problems(tensors)
+    if problems:
+        raise SpecError([Diagnostic(str(path), 1, 1, f"non-finite weights: {p}") for p in problems])
     return spec, tensors
 
 

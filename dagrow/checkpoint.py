@@ -28,7 +28,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from .bundle import atomic_write, atomic_write_text
+from .bundle import atomic_write, atomic_write_text, check_finite
 
 FORMAT = "dagrow-run/1"
 CHECKPOINT = "checkpoint.safetensors"
@@ -37,6 +37,19 @@ OUTPUTS = ("spec.yaml", "model.safetensors", "architecture.dot", "architecture.p
 # fault injection for the kill tests: "checkpoint:N" kills the process (SIGKILL) while the N-th
 # checkpoint of this process is written, after its temporary file and before the rename
 FAULT_ENV = "DAGROW_FAULT"
+
+
+META_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "spec": dict,
+    "config": dict,
+    "step": int,
+    "finished": bool,
+    "grower": dict,
+    "stream": dict,
+    "history_lines": int,
+    "rng": dict,
+}
+"""What every checkpoint's metadata holds (checked when it is read)."""
 
 
 class RunError(ValueError):
@@ -157,7 +170,12 @@ class RunDirectory:
             if count:
                 raise RunError(f"{self.history_path}: missing, but the checkpoint counts {count} lines")
             return []
-        text = self.history_path.read_text(encoding="utf-8")
+        try:
+            text = self.history_path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise RunError(
+                f"{self.history_path}: not UTF-8 text ({exc.reason} at byte {exc.start})"
+            ) from None
         raw = text.split("\n")
         complete = raw[:-1]  # the part after the last newline is an unfinished line
         keep = complete if count is None else complete[:count]
@@ -182,7 +200,9 @@ class RunDirectory:
         return lines
 
     def commit(self, ckpt: Checkpoint) -> None:
-        """Write the checkpoint atomically."""
+        """Write the checkpoint atomically; weights with NaN or infinite values are refused
+        (:class:`~dagrow.bundle.NonFiniteWeights`) and the previous checkpoint stays."""
+        check_finite(ckpt.weights, self.checkpoint_path)
         tensors = {f"model/{k}": v.detach().cpu().contiguous().clone() for k, v in ckpt.weights.items()}
         meta = dict(ckpt.meta)
         if ckpt.optimizer is not None:
@@ -239,8 +259,18 @@ class RunDirectory:
             raise RunError(f"{path}: unreadable checkpoint ({exc})") from None
         if not isinstance(meta, dict):
             raise RunError(f"{path}: the checkpoint's metadata is not a JSON object")
+        wrong = [k for k, kind in META_FIELDS.items() if not isinstance(meta.get(k), kind)]
+        if wrong:
+            raise RunError(f"{path}: damaged checkpoint: missing or malformed {', '.join(wrong)}")
         weights = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
         rng = {k[len("rng/") :]: v for k, v in tensors.items() if k.startswith("rng/")}
+        if not {"torch", "growth"} <= rng.keys():
+            raise RunError(f"{path}: damaged checkpoint: missing the random states (rng/torch, rng/growth)")
         opt_tensors = {k: v for k, v in tensors.items() if k.startswith("optim/")}
-        optimizer = _unflatten_optimizer(opt_tensors, meta["optimizer"]) if "optimizer" in meta else None
+        try:
+            optimizer = _unflatten_optimizer(opt_tensors, meta["optimizer"]) if "optimizer" in meta else None
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise RunError(
+                f"{path}: damaged checkpoint: its optimizer state is malformed ({exc!r})"
+            ) from None
         return Checkpoint(meta, weights, optimizer, rng)

@@ -26,9 +26,10 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from . import cli_compare, cli_growth
-from .bundle import atomic_write_text, load_model_or_spec
+from .bundle import atomic_write_text, check_output_file, load_model_or_spec
 from .compile import compile
 from .graph import analyze
+from .names import printable
 from .ops import activation_info, list_activations, list_ops, op_info
 from .spec import GraphSpec, SpecError, json_schema
 
@@ -74,7 +75,8 @@ app = typer.Typer(
 
 
 def _print_error(line: str) -> None:
-    err.print(line, highlight=False, markup=False, soft_wrap=True)
+    """One line on stderr, control characters from files or arguments escaped (never raw ANSI)."""
+    err.print(printable(line), highlight=False, markup=False, soft_wrap=True)
 
 
 @contextlib.contextmanager
@@ -123,7 +125,7 @@ def validate(
         except typer.Exit:
             failed = True  # reported; go on with the next file
             continue
-        out.print(_summary(path, spec), highlight=False, markup=False, soft_wrap=True)
+        out.print(printable(_summary(path, spec)), highlight=False, markup=False, soft_wrap=True)
     if failed:
         raise typer.Exit(1)
 
@@ -140,7 +142,7 @@ def compile_command(
     if code or not params:
         out.print(model.code.strip(), highlight=False, markup=False, soft_wrap=True)
     if params:
-        table = Table(title=f"{spec.name}: {sum(p.numel() for p in model.parameters()):,} parameters")
+        table = Table(title=Text(f"{spec.name}: {sum(p.numel() for p in model.parameters()):,} parameters"))
         table.add_column("name", no_wrap=True)
         table.add_column("shape", no_wrap=True)
         table.add_column("count", justify="right")
@@ -160,6 +162,8 @@ def schema(
     pydantic models."""
     from .config import config_schema
 
+    if output is not None:
+        check_output_file(output)
     text = json.dumps(config_schema() if config else json_schema(), indent=2) + "\n"
     if output is None:
         print(text, end="")
@@ -194,6 +198,8 @@ def export(
     Programs take the spec's inputs in order, with a dynamic batch dimension, in the weights' dtype."""
     from .export import to_dot, write_onnx, write_png, write_pt2
 
+    if output is not None:
+        check_output_file(output)
     spec, model = load_model_or_spec(source)
     if to in FILE_FORMATS:
         if output is None:
@@ -203,7 +209,7 @@ def export(
         else:
             model = model if model is not None else compile(spec, seed=0)
             (write_pt2 if to is ExportFormat.pt2 else write_onnx)(model, output)
-        out.print(f"wrote {output}", highlight=False, markup=False)
+        out.print(printable(f"wrote {output}"), highlight=False, markup=False)
         return
     text = to_dot(spec) if to is ExportFormat.dot else spec.to_yaml()
     if output is None:

@@ -12,6 +12,7 @@ from rich.console import Console
 from .compare import Experiment, RunKey, TaskSource, run_experiment
 from .config import GrowthConfig, parse_config
 from .growth.proposals import INITS
+from .names import printable
 from .planner import STRATEGIES
 from .presets import PRESETS, make_preset
 from .spec import load_spec
@@ -140,17 +141,19 @@ def compare_command(
 
     def on_done(key: RunKey, seconds: float | None) -> None:
         note = "already done" if seconds is None else f"{seconds:.1f} s"
-        err.print(f"{key.id}: {note}", highlight=False, markup=False)
+        err.print(printable(f"{key.id}: {note}"), highlight=False, markup=False)
 
     rows = run_experiment(exp, out_dir, jobs=jobs, on_done=on_done)
     for line in exp.claims(rows) if exp.claims else []:
-        out.print(f"claim: {line}", highlight=False, markup=False, soft_wrap=True)
+        out.print(printable(f"claim: {line}"), highlight=False, markup=False, soft_wrap=True)
     files = ["results.csv", "summary.md"] + [
         p for p in ("metric_vs_params.png", "loss_vs_steps.png") if (out_dir / p).is_file()
     ]
     out.print(
-        f"{len(exp.keys())} runs in {time.perf_counter() - started:.1f} s; wrote "
-        + ", ".join(str(out_dir / f) for f in files),
+        printable(
+            f"{len(exp.keys())} runs in {time.perf_counter() - started:.1f} s; wrote "
+            + ", ".join(str(out_dir / f) for f in files)
+        ),
         highlight=False,
         markup=False,
         soft_wrap=True,

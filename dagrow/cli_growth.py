@@ -16,6 +16,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from .bundle import load_model_or_spec
 from .checkpoint import RunDirectory
@@ -24,6 +25,7 @@ from .config import GrowthConfig, NaturalConfig, load_config, parse_config
 from .graph import analyze
 from .growth.proposals import INITS
 from .loop import Run
+from .names import printable
 from .registry import unknown_name_message
 from .site_report import score_sites
 from .spec import parse_spec
@@ -36,7 +38,7 @@ err = Console(stderr=True)
 
 
 def _fail(message: str) -> NoReturn:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    err.print(Text.assemble(("error:", "red"), " " + printable(message)), highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 
@@ -201,7 +203,8 @@ def grow_command(
             )
             run = Run.resume(directory, the_task)
             if run.finished:
-                out.print(f"{run_dir}: the run is finished; nothing to resume", highlight=False)
+                message = printable(f"{run_dir}: the run is finished; nothing to resume")
+                out.print(message, highlight=False, markup=False)
                 return
         else:
             if source is None or out_dir is None:
@@ -230,8 +233,9 @@ def grow_command(
         if where is not None and RunDirectory(where).checkpoint_path.is_file():
             step = RunDirectory(where).load().meta["step"]
             err.print(
-                f"the run continues from step {step} with: dagrow grow --resume {where}",
+                printable(f"the run continues from step {step} with: dagrow grow --resume {where}"),
                 highlight=False,
+                markup=False,
                 soft_wrap=True,
             )
         raise typer.Exit(130) from None
@@ -280,8 +284,9 @@ def _print_summary(run: Run, out_dir: Path) -> None:
         soft_wrap=True,
     )
     out.print(
-        f"wrote {out_dir}/spec.yaml, model.safetensors, history.jsonl, architecture.dot/.png",
+        printable(f"wrote {out_dir}/spec.yaml, model.safetensors, history.jsonl, architecture.dot/.png"),
         highlight=False,
+        markup=False,
         soft_wrap=True,
     )
 

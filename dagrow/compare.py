@@ -23,6 +23,7 @@ import io
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -33,7 +34,7 @@ from typing import Any
 
 import torch
 
-from .bundle import atomic_write, atomic_write_text
+from .bundle import atomic_write, atomic_write_text, check_output_folder
 from .compile import DagModel, compile
 from .config import GrowthConfig
 from .graph import num_params
@@ -331,6 +332,9 @@ def static_run(exp: Experiment, key: RunKey) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------------
 
 
+OUTPUT_FILES = ["results.csv", "summary.md", "metric_vs_params.png", "loss_vs_steps.png"]
+
+
 def run_path(out: Path, key: RunKey) -> Path:
     return out / "runs" / f"{key.id}.json"
 
@@ -349,12 +353,31 @@ def _run_and_save(exp: Experiment, key: RunKey, path: Path) -> tuple[RunKey, flo
 
 
 def load_run(exp: Experiment, out: Path, key: RunKey) -> list[dict[str, Any]] | None:
-    """The stored rows of a finished run, or None if it is missing or its settings changed."""
-    try:
-        doc = json.loads(run_path(out, key).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    """The stored rows of a finished run, or None if it is missing or its settings changed. A file that
+    is not what dagrow writes (not JSON, not an object with a fingerprint and a list of rows with every
+    column of this run) is None too, with a warning naming it: the run is done again and replaces it."""
+    path = run_path(out, key)
+    if not path.exists():
         return None
-    return doc["rows"] if doc.get("fingerprint") == exp.fingerprint(key) else None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        _unusable(path, f"unreadable ({exc})")
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("rows"), list):
+        _unusable(path, "not a run file (a JSON object with 'fingerprint' and 'rows')")
+        return None
+    if doc.get("fingerprint") != exp.fingerprint(key):
+        return None
+    for i, row in enumerate(doc["rows"]):
+        if not (isinstance(row, dict) and set(COLUMNS) <= row.keys() and row["run"] == key.id):
+            _unusable(path, f"row {i} is not a row of run {key.id!r} with every column")
+            return None
+    return doc["rows"]
+
+
+def _unusable(path: Path, reason: str) -> None:
+    warnings.warn(f"{path}: {reason}; the run is done again and the file replaced", stacklevel=3)
 
 
 def run_experiment(
@@ -371,9 +394,9 @@ def run_experiment(
     if jobs < 1:
         raise ValueError(f"--jobs must be at least 1, got {jobs}")
     exp.check()
-    out = Path(out)
-    (out / "runs").mkdir(parents=True, exist_ok=True)
     keys = exp.keys()
+    out = check_output_folder(out, [*OUTPUT_FILES, *(str(run_path(Path(), k)) for k in keys)])
+    (out / "runs").mkdir(parents=True, exist_ok=True)
     todo = [k for k in keys if load_run(exp, out, k) is None]
     for k in keys:
         if k not in todo and on_done:

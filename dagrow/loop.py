@@ -30,7 +30,17 @@ from .sites import enumerate_sites
 from .spec import GraphSpec, parse_spec
 from .stats import Statistics
 from .tasks import Task, fit_task
-from .training import BatchStream, concat, evaluate, make_optimizer, rng_state, set_rng_state, train_steps
+from .training import (
+    BatchStream,
+    DivergenceGuard,
+    TrainingDiverged,
+    concat,
+    evaluate,
+    make_optimizer,
+    rng_state,
+    set_rng_state,
+    train_steps,
+)
 from .training import usable_device as usable_device
 
 __all__ = ["GrowthConfig", "GrowthResult", "Run", "grow", "resume", "train_static", "usable_device"]
@@ -55,6 +65,8 @@ class Run:
         self.stream = BatchStream(task, self.config.batch_size, self.config.seed, self.device)
         self.gen = torch.Generator().manual_seed(self.config.seed + 1)  # growth batches
         self.step = 0
+        self.committed_step: int | None = None
+        self.guard = DivergenceGuard()  # its reference (the first step's loss) is saved with the run
         self.history: list[dict[str, Any]] = []
         self.finished = False
         self.notes: list[str] = []  # outputs that could not be written (a missing optional extra)
@@ -78,7 +90,18 @@ class Run:
                 self.on_event(line)
 
     def train(self, steps: int, **record: Any) -> float:
-        mean = train_steps(self.model, self.opt, self.stream, self.task.loss, steps, **record)
+        """``steps`` training steps; a diverged loss stops the run (:class:`TrainingDiverged`) and the
+        last checkpoint stays as it was."""
+        try:
+            mean = train_steps(
+                self.model, self.opt, self.stream, self.task.loss, steps, guard=self.guard,
+                first_step=self.step + 1, **record,
+            )  # fmt: skip
+        except TrainingDiverged as exc:
+            if self.directory is None or self.committed_step is None:
+                raise
+            where = f"{self.directory.path} (step {self.committed_step})"
+            raise TrainingDiverged(f"{exc}; the last checkpoint stays in {where}") from None
         self.step += steps
         return mean
 
@@ -155,6 +178,7 @@ class Run:
             "grower": self.grower.state_dict(),
             "stream": self.stream.state_dict(),
             "history_lines": len(self.history),
+            "divergence_reference": self.guard.reference,
             "optimizer_names": optimizer_names(opt, self.model) if opt is not None else None,
             "rng": {k: v for k, v in rng_state().items() if k != "torch"},
         }
@@ -162,6 +186,7 @@ class Run:
         weights = self.model.state_dict()
         self.directory.commit(Checkpoint(meta, weights, opt.state_dict() if opt else None, rng))
         self.notes = self.directory.write_outputs(self.model, drawing=self.finished)
+        self.committed_step = self.step
 
     @classmethod
     def start(cls, spec_or_model, task: Task, config: GrowthConfig, *, source=None, directory=None) -> Run:
@@ -190,6 +215,7 @@ class Run:
             run.opt = make_optimizer(groups, config.optimizer, config.lr)
             run.opt.load_state_dict(ckpt.optimizer)  # type: ignore[union-attr]
         run.step, run.finished = int(m["step"]), bool(m["finished"])
+        run.committed_step, run.guard.reference = run.step, m.get("divergence_reference")
         run.stream.load_state_dict(m["stream"])
         run.gen.set_state(ckpt.tensors["growth"])
         set_rng_state({**m["rng"], "torch": ckpt.tensors["torch"]})
@@ -253,4 +279,4 @@ def train_static(spec_or_model, task: Task, config: GrowthConfig) -> GrowthResul
     return grow(spec_or_model, task, static)
 
 
-__all__ += ["RunError"]
+__all__ += ["RunError", "TrainingDiverged"]

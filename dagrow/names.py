@@ -61,6 +61,28 @@ def check_name(name: str) -> str:
     return name
 
 
+# C0 and C1 controls (ESC starts ANSI sequences), DEL, and the bidirectional overrides that reorder text
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+MAX_TEXT_LENGTH = 200
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print on a terminal: control characters (an ANSI escape's ESC, a NUL, a bidi
+    override, ...) appear as ``\\xNN`` / ``\\uNNNN`` escapes; tabs and newlines stay."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 256 else f"\\u{ord(m[0]):04x}", text)
+
+
+def check_text(text: str) -> str:
+    """``text`` itself if it is one line of at most :data:`MAX_TEXT_LENGTH` characters with no control
+    character (a spec's ``name``), or ValueError saying why."""
+    if len(text) > MAX_TEXT_LENGTH:
+        raise ValueError(f"longer than {MAX_TEXT_LENGTH} characters ({len(text)})")
+    bad = _CONTROL.search(text) or re.search("[\n\t]", text)
+    if bad:
+        raise ValueError(f"contains the control character {printable(bad[0])} at position {bad.start()}")
+    return text
+
+
 def edge_key(source: str, target: str) -> str:
     """Module name of the edge ``source -> target``: ``source__target`` (distinct for distinct pairs
     of valid names)."""

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 from torch import Tensor, nn
 
 from .compile import spec_of
@@ -49,7 +50,7 @@ class SiteReport:
             f"{self.spec_name}: {len(supported)} growable sites, loss {self.stats.loss:.4g} "
             f"on {self.stats.n} samples"
         )
-        table = Table(title=title)
+        table = Table(title=Text(title))
         for col in ("site", "kind", "lambdas", "first-order", "bottleneck", "|dW*|", "params"):
             left = col in ("site", "kind", "lambdas")
             table.add_column(col, justify="left" if left else "right", no_wrap=col in ("site", "kind"))

@@ -30,7 +30,7 @@ from pydantic import (
 )
 
 from .graph import check_spec
-from .names import check_name, edge_key
+from .names import check_name, check_text, edge_key
 from .ops import _ACTIVATIONS, _OPS, SpecModel, list_activations, list_ops
 from .registry import did_you_mean
 from .yaml_loader import YamlErrors, load_yaml
@@ -157,7 +157,7 @@ class GraphSpec(SpecModel):
     """A whole architecture. The single source of truth: the compiled module is generated from it."""
 
     version: Literal[1] = 1
-    name: StrictStr = "net"
+    name: Annotated[StrictStr, AfterValidator(check_text)] = "net"
     description: StrictStr | None = None
     inputs: dict[Name, InputSpec] = Field(min_length=1)
     nodes: dict[Name, NodeSpec] = Field(min_length=1)

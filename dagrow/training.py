@@ -7,7 +7,9 @@ its epoch and its position in it, and the optimizers are plain ``torch.optim`` o
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -135,6 +137,41 @@ def best_update_step(model: DagModel, batch: Batch, loss: str | LossFn) -> DagMo
     return model
 
 
+class TrainingDiverged(ValueError):
+    """The training loss became non-finite or exploded (:class:`DivergenceGuard`); the message says at
+    which step and what to try."""
+
+
+@dataclass
+class DivergenceGuard:
+    """The divergence rule: training stops when a step's loss is NaN or infinite, or exceeds
+    ``factor * max(reference, 1)`` where ``reference`` is the loss of the first step it saw (the first
+    step of the run). A healthy run's loss does not rise a million-fold above both its first value and
+    1; a learning rate that is far too large does within a few steps (``--lr 1e6`` on sin50: 4e17)."""
+
+    factor: float = 1e6
+    reference: float | None = None
+
+    def check(self, value: float, step: int, opt: torch.optim.Optimizer | None) -> None:
+        if self.reference is None and math.isfinite(value):
+            self.reference = value
+        limit = self.factor * max(self.reference or 0.0, 1.0)
+        if math.isfinite(value) and value <= limit:
+            return
+        what = (
+            f"the training loss is {value}"
+            if not math.isfinite(value)
+            else f"the training loss {value:.3g} is more than {self.factor:.0e} times the first step's "
+            f"({self.reference:.3g})"
+        )
+        if opt is None:
+            hint = "the best update step diverged; try --optimizer adam or sgd"
+        else:
+            lr = opt.param_groups[0].get("lr")
+            hint = f"try a smaller learning rate (--lr; this run's is {lr:g})"
+        raise TrainingDiverged(f"training diverged at step {step}: {what}; {hint}")
+
+
 def train_steps(
     model: nn.Module,
     opt: torch.optim.Optimizer | None,
@@ -144,14 +181,21 @@ def train_steps(
     *,
     recorder: Recorder | None = None,
     seen: list[Batch] | None = None,
+    guard: DivergenceGuard | None = None,
+    first_step: int = 1,
 ) -> float:
     """``steps`` optimizer steps on the next ``batches`` (the seeds' best update when ``opt`` is None);
     returns the mean training loss. With an entered ``recorder`` each step's backward also adds its
     batch to the statistics; ``seen`` collects the batches. With an optimizer ``model`` may be any
-    module (the narrow preset trains its own net here); the best update needs a :class:`DagModel`."""
+    module (the narrow preset trains its own net here); the best update needs a :class:`DagModel`.
+
+    Every step's loss goes through ``guard`` (a fresh :class:`DivergenceGuard` when None), which raises
+    :class:`TrainingDiverged` naming the step (counted from ``first_step``) before a diverged step's
+    weights can be used further."""
     loss_fn = loss_function(loss)
+    guard = guard if guard is not None else DivergenceGuard()
     total = 0.0
-    for _ in range(steps):
+    for i in range(steps):
         x, y = next(batches)
         if seen is not None:
             seen.append((x, y))
@@ -160,13 +204,16 @@ def train_steps(
                 raise TypeError(f"the best update (opt=None) needs a DagModel, got {type(model).__name__}")
             best_update_step(model, (x, y), loss)
             with torch.no_grad():
-                total += float(loss_fn(model(x), y))
+                number = float(loss_fn(model(x), y))
+            guard.check(number, first_step + i, opt)
         else:
             opt.zero_grad(set_to_none=True)
             value = loss_fn(model(x), y)
+            number = float(value.detach())
+            guard.check(number, first_step + i, opt)  # before the step: a diverged loss moves no weight
             recorder.backward(value) if recorder is not None else value.backward()
             opt.step()
-            total += float(value.detach())
+        total += number
     return total / max(steps, 1)
 
 
