@@ -5,7 +5,8 @@ number of seeds to cross, and optional static baselines (fixed architectures tra
 the same number of steps). :func:`run_experiment` runs what is not done yet (in spawned processes with
 ``jobs > 1``), each run writing its rows to ``DIR/runs/<run id>.json`` atomically, then writes
 ``DIR/results.csv``, ``DIR/summary.md`` and the plots (``metric_vs_params.png``, ``loss_vs_steps.png``;
-matplotlib is the optional ``plot`` extra), all atomically. A run killed half-way leaves no file and is
+matplotlib is the optional ``plot`` extra), all atomically (tables in :mod:`dagrow.results`, plots in
+:mod:`dagrow.plots`). A run killed half-way leaves no file and is
 redone; a finished run whose settings changed (its fingerprint differs) is redone too.
 
 Rows (one per run and growth step, plus the initial model and the end): ``run, kind, strategy, init,
@@ -17,14 +18,11 @@ initialisation, the minibatch order and the growth batches.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
-import math
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -34,39 +32,19 @@ from typing import Any
 
 import torch
 
-from .bundle import atomic_write, atomic_write_text, check_output_folder
+from .bundle import atomic_write_text, check_output_folder
 from .compile import DagModel, compile
 from .config import GrowthConfig
 from .graph import num_params
 from .growth.proposals import INITS
 from .loop import grow
 from .planner import STRATEGIES
+from .plots import write_plots
+from .results import COLUMNS, summary_markdown, write_results
 from .spec import GraphSpec, load_spec
 from .tasks import Task, fit_task, load_data, make_task
 from .training import BatchStream, evaluate, make_optimizer, train_steps
 
-COLUMNS = [
-    "run",
-    "kind",
-    "strategy",
-    "init",
-    "seed",
-    "growth",
-    "step",
-    "event",
-    "site",
-    "parameters",
-    "train_loss",
-    "train_metric",
-    "val_loss",
-    "val_metric",
-    "test_loss",
-    "test_metric",
-    "metric",
-    "seconds",
-    "loss_before",
-    "loss_after",
-]
 SPLITS = ("train", "val", "test")
 
 
@@ -425,283 +403,3 @@ def run_experiment(
     except ImportError:  # matplotlib (the 'plot' extra) missing: the tables are still written
         pass
     return rows
-
-
-def write_results(out: Path, rows: Iterable[dict[str, Any]]) -> Path:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return atomic_write_text(out / "results.csv", buf.getvalue())
-
-
-def read_results(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a results.csv with numbers parsed (empty cells stay '')."""
-    with open(path, encoding="utf-8", newline="") as fh:
-        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(fh)]
-
-
-def _number(text: str) -> Any:
-    try:
-        return int(text)
-    except ValueError:
-        try:
-            return float(text)
-        except ValueError:
-            return text
-
-
-# --------------------------------------------------------------------------------------------------
-# Summary
-# --------------------------------------------------------------------------------------------------
-
-
-def by_run(rows: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    runs: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
-        runs.setdefault(r["run"], []).append(r)
-    return runs
-
-
-def group_label(kind: str, strategy: str, init: str) -> str:
-    """``strategy / init`` for a growth run, ``static LABEL`` for a baseline."""
-    return f"static {init}" if kind == "static" else f"{strategy} / {init}"
-
-
-def groups(rows: Iterable[dict[str, Any]]) -> dict[str, list[list[dict[str, Any]]]]:
-    """Runs (lists of rows) by group label (``strategy / init`` or ``static LABEL``), in first-seen order."""
-    out: dict[str, list[list[dict[str, Any]]]] = {}
-    for run in by_run(rows).values():
-        r = run[0]
-        out.setdefault(group_label(r["kind"], r["strategy"], r["init"]), []).append(run)
-    return out
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    vals = [float(v) for v in values if v != "" and not math.isnan(float(v))]
-    if not vals:
-        return math.nan, math.nan
-    m = sum(vals) / len(vals)
-    return m, math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
-
-
-def _pm(values: list[float], digits: int = 4) -> str:
-    m, s = mean_std(values)
-    return "-" if math.isnan(m) else f"{m:.{digits}g} ± {s:.2g}"
-
-
-def trained(run: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A run's rows after its untrained start (at a given size, the start is not what that size reaches)."""
-    return [r for r in run if r["event"] != "start"] or run
-
-
-def at_budget(run: list[dict[str, Any]], budget: float) -> dict[str, Any] | None:
-    """The last row after the start with at most ``budget`` parameters (None if there is none)."""
-    within = [r for r in trained(run) if r["parameters"] <= budget and r["test_metric"] != ""]
-    return within[-1] if within else None
-
-
-def budgets(rows: list[dict[str, Any]], count: int = 4) -> list[int]:
-    """Parameter budgets that every growth run reaches: the static baselines' sizes in that range and up to
-    ``count`` sizes that every run went through, else geometric steps from the largest first size after
-    the start to the smallest final size."""
-    grown = [run for g, runs in groups(rows).items() if not g.startswith("static") for run in runs]
-    if not grown:
-        return []
-    lo = max(trained(run)[0]["parameters"] for run in grown)
-    hi = min(max(r["parameters"] for r in run) for run in grown)
-    statics = {r["parameters"] for r in rows if r["kind"] == "static" and lo <= r["parameters"] <= hi}
-    common = sorted(set.intersection(*({r["parameters"] for r in trained(run)} for run in grown)))
-    if common or statics:  # sizes every run went through: no run is judged before it reached the budget
-        last = len(common) - 1
-        picks = [common[round(i * last / max(count - 1, 1))] for i in range(count)] if common else []
-        return sorted({int(p) for p in [*picks, *statics]})
-    if hi <= lo:
-        return [int(hi)]
-    return sorted({round(lo * (hi / lo) ** (i / (count - 1))) for i in range(count)})
-
-
-def summary_markdown(exp: Experiment, rows: list[dict[str, Any]], claims: Iterable[str] = ()) -> str:
-    metric = rows[0]["metric"] if rows else (exp.metric_name or "metric")
-    grouped = groups(rows)
-    lines = [f"# {exp.name}", ""]
-    if exp.description:
-        lines += [exp.description, ""]
-    lines += [
-        f"{exp.task.describe()}; metric: {metric}; {exp.seeds} seed(s); "
-        f"strategies {', '.join(exp.strategies)}; inits {', '.join(exp.inits)}; "
-        f"every {exp.config.every} steps, {exp.config.growths} growths, optimizer {exp.config.optimizer}, "
-        f"lr {exp.config.lr}.",
-        "",
-        "Mean ± standard deviation over seeds.",
-        "",
-        "## At the end",
-        "",
-        f"| run | runs | parameters | train loss | val {metric} | test {metric} | seconds |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for label, runs in grouped.items():
-        ends = [run[-1] for run in runs]
-        lines.append(
-            f"| {label} | {len(runs)} | "
-            + " | ".join(
-                _pm([e[c] for e in ends], 5 if c == "parameters" else 4)
-                for c in ("parameters", "train_loss", "val_metric", "test_metric", "seconds")
-            )
-            + " |"
-        )
-    marks = budgets(rows)
-    if marks:
-        lines += [
-            "",
-            f"## Test {metric} at matched parameter budgets",
-            "",
-            "Each run's last evaluation with at most that many parameters.",
-            "",
-            "| run | " + " | ".join(f"≤ {b:,}" for b in marks) + " |",
-            "|---|" + "---|" * len(marks),
-        ]
-        for label, runs in grouped.items():
-            cells = []
-            for b in marks:
-                hits = [at_budget(run, b) for run in runs]
-                vals = [h["test_metric"] for h in hits if h is not None]
-                cells.append(_pm(vals) + ("" if len(vals) == len(runs) else f" ({len(vals)}/{len(runs)})"))
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    claims = list(claims)
-    if claims:
-        lines += ["", "## Claims", ""] + [f"- {c}" for c in claims]
-    return "\n".join(lines) + "\n"
-
-
-# --------------------------------------------------------------------------------------------------
-# Plots (matplotlib: the optional 'plot' extra)
-# --------------------------------------------------------------------------------------------------
-
-
-def _value_at(run: list[dict[str, Any]], x: str, y: str, at: float) -> float:
-    """The run's last ``y`` with ``x <= at`` (nan outside the run's range)."""
-    pts = [r for r in run if r[y] != ""]
-    if not pts or at < pts[0][x] or at > pts[-1][x]:
-        return math.nan
-    return float([r for r in pts if r[x] <= at][-1][y])
-
-
-def band(runs: list[list[dict[str, Any]]], x: str, y: str) -> tuple[list[float], list[float], list[float]]:
-    """(grid, mean, std) of ``y`` against ``x`` over runs, each run a step function of ``x``."""
-    grid = sorted({r[x] for run in runs for r in run if r[y] != ""})
-    means, stds = [], []
-    for at in grid:
-        m, s = mean_std([v for v in (_value_at(run, x, y, at) for run in runs) if not math.isnan(v)])
-        means.append(m)
-        stds.append(s)
-    return grid, means, stds
-
-
-def _spans_decades(values: list[float]) -> bool:
-    pos = [v for v in values if v > 0 and not math.isnan(v)]
-    return bool(pos) and max(pos) / min(pos) >= 10
-
-
-def _figure():
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
-    return fig, fig.add_subplot()
-
-
-def _save(fig, path: Path) -> None:
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-
-
-def _plot_band(ax, runs: list[list[dict[str, Any]]], x: str, y: str, label: str) -> None:
-    grid, m, s = band(runs, x, y)
-    style = {"ls": "--" if label.startswith("static") else "-", "marker": "." if len(grid) < 40 else None}
-    (line,) = ax.plot(grid, m, label=f"{label} (n={len(runs)})", **style)
-    # a band of a positive quantity (loss, mse) that would reach 0 is cut at a tenth of the mean (log axes)
-    positive = all(r[y] == "" or float(r[y]) > 0 for run in runs for r in run)
-    lo = [a - b if a - b > 0 or not positive else a / 10 for a, b in zip(m, s, strict=True)]
-    hi = [a + b for a, b in zip(m, s, strict=True)]
-    ax.fill_between(grid, lo, hi, color=line.get_color(), alpha=0.2)
-
-
-def _frontier(ax, grouped: dict[str, list[list[dict[str, Any]]]]) -> None:
-    """The static baselines' final (parameters, test metric) as one dashed black line with error bars."""
-    pts = []
-    for label, runs in grouped.items():
-        if label.startswith("static"):
-            ends = [run[-1] for run in runs]
-            m, s = mean_std([e["test_metric"] for e in ends])
-            pts.append((mean_std([e["parameters"] for e in ends])[0], m, s, label.removeprefix("static ")))
-    if not pts:
-        return
-    pts.sort()
-    xs, ys, errs, names = zip(*pts, strict=True)
-    ax.errorbar(
-        xs,
-        ys,
-        yerr=errs,
-        color="black",
-        ls="--",
-        marker="s",
-        capsize=3,
-        label="static baselines, trained from scratch",
-    )
-    for px, py, name in zip(xs, ys, names, strict=True):
-        ax.annotate(name, (px, py), textcoords="offset points", xytext=(4, -10), fontsize=7)
-
-
-def _finish(ax, fig, path: Path, title: str) -> None:
-    ax.set_title(title + (": mean ± std over seeds" if title else ""))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    _save(fig, path)
-
-
-def plot_metric(rows: list[dict[str, Any]], path: Path, title: str = "", split: str = "test") -> None:
-    """The ``split``'s metric against parameters (against steps when no run changes size): a line and a
-    band over seeds per growth group, the static baselines as a frontier."""
-    grouped = groups(rows)
-    col = f"{split}_metric"
-    fixed = all(len({r["parameters"] for r in run}) == 1 for runs in grouped.values() for run in runs)
-    x = "step" if fixed else "parameters"
-    fig, ax = _figure()
-    for label, runs in grouped.items():
-        if x == "step":
-            _plot_band(ax, runs, x, col, label)
-        elif not label.startswith("static"):  # each size after training at it (or right after growing)
-            _plot_band(ax, [trained(run) for run in runs], x, col, label)
-    if x == "parameters":
-        _frontier(ax, grouped)
-    if x == "parameters" and _spans_decades([r[x] for r in rows]):
-        ax.set_xscale("log")
-    if rows[0]["metric"] == "mse" and _spans_decades([r[col] for r in rows if r[col] != ""]):
-        ax.set_yscale("log")
-    ax.set_xlabel("number of parameters" if x == "parameters" else "training steps")
-    ax.set_ylabel(f"{split} {rows[0]['metric']}")
-    _finish(ax, fig, path, title)
-
-
-def plot_loss(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
-    """Training loss (whole train split) against training steps, a band over seeds per group."""
-    fig, ax = _figure()
-    for label, runs in groups(rows).items():
-        _plot_band(ax, runs, "step", "train_loss", label)
-    if _spans_decades([r["train_loss"] for r in rows if r["train_loss"] != ""]):
-        ax.set_yscale("log")
-    ax.set_xlabel("training steps")
-    ax.set_ylabel("training loss (whole train split)")
-    _finish(ax, fig, path, title)
-
-
-def write_plots(out: Path, rows: list[dict[str, Any]], title: str = "", split: str = "test") -> list[Path]:
-    """DIR/metric_vs_params.png (the ``split``'s metric) and DIR/loss_vs_steps.png (ImportError without
-    matplotlib)."""
-    import matplotlib  # noqa: F401 - fail early with ImportError when the extra is missing
-
-    if not rows:
-        return []
-    paths = [out / "metric_vs_params.png", out / "loss_vs_steps.png"]
-    plot_metric(rows, paths[0], title, split)
-    plot_loss(rows, paths[1], title)
-    return paths

@@ -13,9 +13,10 @@ import pytest
 from typer.testing import CliRunner
 
 from dagrow.cli import app
-from dagrow.compare import COLUMNS, Experiment, TaskSource, read_results, run_experiment, run_path
+from dagrow.compare import Experiment, TaskSource, run_experiment, run_path
 from dagrow.loop import GrowthConfig
 from dagrow.presets import PRESETS, make_preset, mlp
+from dagrow.results import COLUMNS, read_results
 
 GROW = {"widen": "all", "new_nodes": "none"}
 

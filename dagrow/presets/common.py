@@ -7,8 +7,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..compare import TaskSource, by_run, mean_std
+from ..compare import TaskSource
 from ..config import GrowthConfig
+from ..results import by_run, mean_std
 from ..spec import GraphSpec, parse_spec
 
 Rows = list[dict[str, Any]]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from ..compare import Experiment, TaskSource, by_run
+from ..compare import Experiment, TaskSource
 from ..config import GrowthConfig, NaturalConfig
+from ..results import by_run
 from .common import Rows, contrast, mlp, seed_count, verdict
 from .core import register_preset
 
