@@ -15,6 +15,7 @@ The small public API::
     step = grower.step(model, optimizer, growth_batches)  # measure, plan, apply; optimizer updated in place
 """
 
+from .activations import list_activations
 from .bundle import load, save
 from .compile import DagModel, compile, load_weights, spec_of
 from .config import GrowthConfig
@@ -22,7 +23,7 @@ from .graph import analyze, num_params
 from .grower import Grower, GrowthStep
 from .growth.proposals import propose
 from .loop import grow, resume
-from .ops import list_activations, list_ops
+from .ops import list_ops
 from .plan import Plan
 from .recorder import Recorder
 from .sites import enumerate_sites

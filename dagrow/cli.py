@@ -26,11 +26,12 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from . import cli_compare, cli_growth
+from .activations import activation_info, list_activations
 from .bundle import atomic_write_text, check_output_file, load_model_or_spec
 from .compile import compile
 from .graph import analyze
 from .names import printable
-from .ops import activation_info, list_activations, list_ops, op_info
+from .ops import list_ops, op_info
 from .spec import GraphSpec, SpecError, json_schema
 
 out = Console()

@@ -21,8 +21,9 @@ from collections.abc import Mapping
 import torch
 from torch import fx, nn
 
+from .activations import activation_info
 from .graph import analyze
-from .ops import activation_info, op_info
+from .ops import op_info
 from .spec import GraphSpec, load_spec
 
 

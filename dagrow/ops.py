@@ -1,12 +1,12 @@
-"""One registry of edge ops and node activations.
+"""The registry of edge ops, and the base of every model of the spec language.
 
-Everything that knows about an op or an activation reads it from here: the spec language (pydantic
-discriminated unions), the shape checks, the compiler, the JSON Schema, the CLI help and the contract
-tests (parametrised over :func:`list_ops` and :func:`list_activations`).
+Everything that knows about an op reads it from here: the spec language (pydantic discriminated
+unions), the shape checks, the compiler, the JSON Schema, the CLI help and the contract tests
+(parametrised over :func:`list_ops`). Node activations have their registry in
+:mod:`dagrow.activations`.
 
 An *op* sits on an edge ``u -> w`` and maps the post-activation of ``u`` to a contribution to the
-pre-activation of ``w``. An *activation* sits on a node and maps its pre-activation ``a`` to its
-post-activation ``b = sigma(a)``.
+pre-activation of ``w``.
 
 Shapes never include the batch dimension: a flat node has shape ``(width,)``, an image node
 ``(channels, height, width)``.
@@ -32,7 +32,7 @@ PositiveSetting = Annotated[StrictInt, Field(gt=0, le=MAX_SETTING)]
 Padding = Annotated[StrictInt, Field(ge=0, le=MAX_SETTING)]
 
 
-def _coefficient(x: float) -> float:
+def coefficient(x: float) -> float:
     if not math.isfinite(x):
         raise ValueError(f"{x} is not a finite number")
     if abs(x) > MAX_COEFFICIENT:
@@ -41,7 +41,7 @@ def _coefficient(x: float) -> float:
 
 
 # a finite float in [-1e6, 1e6]; ints are accepted as floats (init: 1), bools and strings are not
-Coefficient = Annotated[float, Field(strict=True), AfterValidator(_coefficient)]
+Coefficient = Annotated[float, Field(strict=True), AfterValidator(coefficient)]
 
 
 class ShapeError(ValueError):
@@ -77,14 +77,14 @@ class OpInfo:
     fan_in: Callable[[SpecModel, Shape], int]
 
 
-_OPS: dict[str, OpInfo] = {}
+OPS: dict[str, OpInfo] = {}
 
 
 def register_op(name: str, summary: str, *, parametric: bool, fan_in=lambda op, s: 0):
     """Class decorator: register a pydantic op model with its shape rule and builder."""
 
     def deco(model: type[SpecModel]) -> type[SpecModel]:
-        _OPS[name] = OpInfo(
+        OPS[name] = OpInfo(
             name=name,
             model=model,
             summary=summary,
@@ -100,11 +100,11 @@ def register_op(name: str, summary: str, *, parametric: bool, fan_in=lambda op, 
 
 def list_ops() -> list[str]:
     """Names of the registered ops, in registration order."""
-    return list(_OPS)
+    return list(OPS)
 
 
 def op_info(name: str) -> OpInfo:
-    return _OPS[name]
+    return OPS[name]
 
 
 def _need_flat(name: str, in_shape: Shape) -> int:
@@ -293,148 +293,3 @@ class MaxPoolOp(_PoolOp):
 
     def build(self, in_shape: Shape, out_shape: Shape) -> nn.Module:
         return nn.MaxPool2d(self.kernel, self.stride, self.padding)
-
-
-# --------------------------------------------------------------------------------------------------
-# Activations (nodes)
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ActivationInfo:
-    """An activation: its pydantic model, a one-line summary and its module builder."""
-
-    name: str
-    model: type[SpecModel]
-    summary: str
-    build: Callable[[SpecModel], nn.Module]
-
-
-_ACTIVATIONS: dict[str, ActivationInfo] = {}
-
-
-def register_activation(name: str, summary: str):
-    def deco(model: type[SpecModel]) -> type[SpecModel]:
-        _ACTIVATIONS[name] = ActivationInfo(name, model, summary, lambda a: a.build())  # type: ignore[attr-defined]
-        return model
-
-    return deco
-
-
-def list_activations() -> list[str]:
-    return list(_ACTIVATIONS)
-
-
-def activation_info(name: str) -> ActivationInfo:
-    return _ACTIVATIONS[name]
-
-
-def _simple_activation(name: str, summary: str, factory: Callable[[], nn.Module]) -> type[SpecModel]:
-    model = type(
-        f"{''.join(p.title() for p in name.split('_'))}Activation",
-        (SpecModel,),
-        {
-            "__annotations__": {"name": Literal[name]},  # type: ignore[valid-type]
-            "name": name,
-            "build": lambda self: factory(),
-            "__doc__": summary,
-        },
-    )
-    return register_activation(name, summary)(model)
-
-
-class _ReluGrad1Fn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x.clamp_min(0)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad * (x >= 0).to(grad.dtype)
-
-
-class ReluGrad1(nn.Module):
-    """ReLU whose derivative at 0 is 1 (as in the GradMax code), so zero fan-in neurons can learn."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _ReluGrad1Fn.apply(x)
-
-
-class Rational(nn.Module):
-    """SENN's rational activation ``(2 v x + c) / (1 + x^2) + l x``; identity at v = c = 0, l = 1."""
-
-    def __init__(self, v: float = 0.0, c: float = 0.0, l: float = 1.0) -> None:
-        super().__init__()
-        self.v = nn.Parameter(torch.tensor(float(v)))
-        self.c = nn.Parameter(torch.tensor(float(c)))
-        self.l = nn.Parameter(torch.tensor(float(l)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (2 * self.v * x + self.c) / (1 + x * x) + self.l * x
-
-
-IdentityActivation = _simple_activation("identity", "sigma(a) = a", nn.Identity)
-ReluActivation = _simple_activation("relu", "max(a, 0) (PyTorch's gradient 0 at 0)", nn.ReLU)
-ReluGrad1Activation = _simple_activation(
-    "relu_grad1", "max(a, 0) with derivative 1 at 0 (GradMax: zero fan-in neurons still learn)", ReluGrad1
-)
-TanhActivation = _simple_activation("tanh", "tanh(a)", nn.Tanh)
-SigmoidActivation = _simple_activation("sigmoid", "1 / (1 + exp(-a))", nn.Sigmoid)
-GeluActivation = _simple_activation("gelu", "a Phi(a) (exact erf form)", nn.GELU)
-SeluActivation = _simple_activation("selu", "scaled ELU (Klambauer et al.)", nn.SELU)
-
-
-@register_activation("leaky_relu", "max(a, 0) + negative_slope min(a, 0)")
-class LeakyReluActivation(SpecModel):
-    name: Literal["leaky_relu"] = "leaky_relu"
-    negative_slope: Coefficient = 0.01
-
-    def build(self) -> nn.Module:
-        return nn.LeakyReLU(self.negative_slope)
-
-
-@register_activation("softplus", "log(1 + exp(beta a)) / beta")
-class SoftplusActivation(SpecModel):
-    name: Literal["softplus"] = "softplus"
-    beta: Annotated[Coefficient, Field(ge=1e-3)] = 1.0
-
-    def build(self) -> nn.Module:
-        return nn.Softplus(beta=self.beta)
-
-
-@register_activation("prelu", "max(a, 0) + w min(a, 0), learnable slope w (init 1 = identity)")
-class PreluActivation(SpecModel):
-    name: Literal["prelu"] = "prelu"
-    init: Coefficient = 0.25
-
-    def build(self) -> nn.Module:
-        return nn.PReLU(num_parameters=1, init=self.init)
-
-
-@register_activation("rational", "SENN: (2 v a + c)/(1 + a^2) + l a, learnable v, c, l (identity at 0, 0, 1)")
-class RationalActivation(SpecModel):
-    name: Literal["rational"] = "rational"
-    v: Coefficient = 0.0
-    c: Coefficient = 0.0
-    l: Coefficient = 1.0
-
-    def build(self) -> nn.Module:
-        return Rational(self.v, self.c, self.l)
-
-
-def slope_at_zero(activation: SpecModel) -> float:
-    """sigma'(0) of an activation as autograd computes it (ReLU gives 0, relu_grad1 gives 1)."""
-    module = activation.build().to(torch.float64)  # type: ignore[attr-defined]
-    x = torch.zeros(1, dtype=torch.float64, requires_grad=True)
-    with torch.enable_grad():
-        (g,) = torch.autograd.grad(module(x).sum(), x)
-    return float(g)
-
-
-def value_at_zero(activation: SpecModel) -> float:
-    """sigma(0) of an activation."""
-    module = activation.build().to(torch.float64)  # type: ignore[attr-defined]
-    with torch.no_grad():
-        return float(module(torch.zeros(1, dtype=torch.float64)))

@@ -29,9 +29,10 @@ from pydantic import (
     model_validator,
 )
 
+from .activations import ACTIVATIONS, list_activations
 from .graph import check_spec
 from .names import check_name, check_text, edge_key
-from .ops import _ACTIVATIONS, _OPS, SpecModel, list_activations, list_ops
+from .ops import OPS, SpecModel, list_ops
 from .registry import did_you_mean
 from .yaml_loader import YamlErrors, load_yaml
 
@@ -59,11 +60,11 @@ if TYPE_CHECKING:  # the unions below are built from the registry at run time
     ActivationSpec = Any
 else:
     OpSpec = Annotated[
-        Union[tuple(info.model for info in _OPS.values())],  # type: ignore[misc]  # noqa: UP007
+        Union[tuple(info.model for info in OPS.values())],  # type: ignore[misc]  # noqa: UP007
         Field(discriminator="type"),
     ]
     ActivationSpec = Annotated[
-        Union[tuple(info.model for info in _ACTIVATIONS.values())],  # type: ignore[misc]  # noqa: UP007
+        Union[tuple(info.model for info in ACTIVATIONS.values())],  # type: ignore[misc]  # noqa: UP007
         Field(discriminator="name"),
     ]
 
@@ -81,7 +82,7 @@ ActivationField = Annotated[
 
 
 def _activation(name: str) -> SpecModel:
-    return _ACTIVATIONS[name].model()
+    return ACTIVATIONS[name].model()
 
 
 class InputSpec(SpecModel):
@@ -121,7 +122,7 @@ class EdgeSpec(SpecModel):
 
     source: Name = Field(alias="from")
     target: Name = Field(alias="to")
-    op: OpField = Field(default_factory=lambda: _OPS["linear"].model())
+    op: OpField = Field(default_factory=lambda: OPS["linear"].model())
 
     model_config = SpecModel.model_config | {"populate_by_name": True}
 
@@ -273,7 +274,7 @@ def _compose(text: str, file: str) -> SourceMap:
 def _vocabulary() -> list[str]:
     names: set[str] = set()
     models: list[type[SpecModel]] = [InputSpec, NodeSpec, EdgeSpec, GrowthSpec, GraphSpec]
-    models += [i.model for i in _OPS.values()] + [i.model for i in _ACTIVATIONS.values()]
+    models += [i.model for i in OPS.values()] + [i.model for i in ACTIVATIONS.values()]
     for model in models:
         for field_name, field in model.model_fields.items():
             names.add(field.alias or field_name)
@@ -295,11 +296,7 @@ def _field(loc: Sequence[Any]) -> str:
     for i, p in enumerate(loc):
         if isinstance(p, str) and p.startswith(_BRANCH):
             continue
-        if (
-            i
-            and loc[i - 1] in ("op", "activation", "new_node_activation")
-            and (p in _OPS or p in _ACTIVATIONS)
-        ):
+        if i and loc[i - 1] in ("op", "activation", "new_node_activation") and (p in OPS or p in ACTIVATIONS):
             continue
         parts.append(show(p))
     return ".".join(parts)

@@ -18,10 +18,11 @@ presets            :data:`dagrow.presets.PRESETS`              ``dagrow compare 
 
 from __future__ import annotations
 
+from .activations import activation_info, list_activations
 from .growth.actions import SITE_ACTIONS
 from .growth.inits import INITS
 from .losses import LOSSES
-from .ops import activation_info, list_activations, list_ops, op_info
+from .ops import list_ops, op_info
 from .planner import STRATEGIES
 from .presets import PRESETS
 from .registry import Registry, unknown_name_message

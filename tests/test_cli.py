@@ -14,9 +14,10 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from dagrow import compile, json_schema, list_activations, list_ops, load_spec, save
+from dagrow.activations import activation_info
 from dagrow.bundle import SPEC_KEY
 from dagrow.cli import app
-from dagrow.ops import activation_info, op_info
+from dagrow.ops import op_info
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "specs").glob("*.yaml"))

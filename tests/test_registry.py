@@ -13,11 +13,12 @@ import torch
 from typer.testing import CliRunner
 
 from dagrow import compile, json_schema, list_activations, list_ops, load_spec
+from dagrow.activations import activation_info
 from dagrow.cli import app
 from dagrow.growth.inits import FUNCTION_PRESERVING, INITS
 from dagrow.growth.proposals import propose
 from dagrow.losses import LOSSES, loss_function
-from dagrow.ops import ShapeError, activation_info, op_info
+from dagrow.ops import ShapeError, op_info
 from dagrow.planner import STRATEGIES
 from dagrow.registry import UnknownName, did_you_mean, unknown_name_message
 from dagrow.sites import find_site

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dagrow import GraphSpec, analyze, compile, list_activations, load, load_spec, save
-from dagrow.ops import activation_info
+from dagrow.activations import activation_info
 from dagrow.spec import parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]

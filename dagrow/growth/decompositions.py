@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..activations import slope_at_zero, value_at_zero
 from ..graph import SpecGraph
-from ..ops import slope_at_zero, value_at_zero
 from ..sites import Site, linear_sources
 from ..stats import Statistics
 from .linalg import batch_groups, eigh_sym, keep_above, single_threaded
