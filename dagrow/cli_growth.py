@@ -15,6 +15,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .bundle import load_model_or_spec
@@ -217,7 +218,7 @@ def _launch(source, task, data, config, out_dir, resume, overwrite, quiet, nproc
     for name, value in given.items():
         flag = "--" + name.replace("_", "-")
         argv += [flag if value else "--no-" + flag[2:]] if isinstance(value, bool) else [flag, str(value)]
-    code = launch(argv, nproc, log=lambda m: err.print(f"[red]error:[/red] {m}", highlight=False))
+    code = launch(argv, nproc, log=lambda m: err.print(f"[red]error:[/red] {escape(m)}", highlight=False))
     if code:
         raise typer.Exit(code)
 
@@ -231,7 +232,7 @@ def _grow_rank(source, task, data, config, out_dir, resume, overwrite, quiet, gi
     except (typer.Exit, KeyboardInterrupt):
         raise
     except Exception as exc:
-        _fail(str(rank_error(exc, timeout)))
+        _fail(escape(str(rank_error(exc, timeout))))
     finally:
         close()
 
