@@ -58,3 +58,9 @@ def test_grow_dag_skip(tmp_path):
     assert before == dagrow.num_params(spec) and after > before
     float(re.search(r"^test mse: (\S+)$", text, re.M).group(1))
     check_bundle(tmp_path, after)
+
+
+def test_ddp_loop_as_one_process():
+    """examples/ddp_loop.py without torchrun: a process group of one (tests/test_distributed.py runs 2)."""
+    text = run_example("ddp_loop.py", "--rounds", "2", "--steps", "20")
+    assert re.search(r"^ranks: 1  parameters: \d+  test accuracy: [\d.]+$", text, re.M), text
