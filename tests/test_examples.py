@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -20,6 +21,7 @@ def run_example(name: str, *args: str | Path) -> str:
         text=True,
         timeout=120,
         cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},  # this checkout's dagrow, not an installed one
     )
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
