@@ -15,6 +15,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
@@ -22,9 +23,10 @@ from .bundle import load_model_or_spec
 from .checkpoint import RunDirectory
 from .compile import compile
 from .config import GrowthConfig, NaturalConfig, load_config, parse_config
+from .distributed import close, env_world_size, launch, rank_error
 from .graph import analyze
 from .growth.proposals import INITS
-from .loop import Run
+from .loop import Run, dist_rank
 from .names import printable
 from .registry import unknown_name_message
 from .site_report import score_sites
@@ -173,6 +175,7 @@ def grow_command(
     resume: Path | None,
     overwrite: bool,
     quiet: bool,
+    nproc: int = 1,
     **settings: Any,
 ) -> None:
     """Train and grow a network; write the grown spec, bundle, history and architecture drawing.
@@ -180,8 +183,59 @@ def grow_command(
     The run checkpoints in --out DIR after every round: a run stopped at any moment continues with
     `dagrow grow --resume DIR`, exactly as it would have gone on. With --strategy natural (SENN) no
     growth count is needed: the network grows while the natural expansion score says so and stops on
-    its own."""
+    its own. With --nproc N (or under torchrun) the run is data parallel: see docs/distributed.md."""
     given = _given(settings)
+    if nproc > 1:
+        if env_world_size() > 1:
+            _fail("--nproc starts the processes itself: do not give it under torchrun")
+        _launch(source, task, data, config, out_dir, resume, overwrite, quiet, nproc, given)
+        return
+    if env_world_size() > 1:
+        _grow_rank(source, task, data, config, out_dir, resume, overwrite, quiet, given)
+        return
+    _grow(source, task, data, config, out_dir, resume, overwrite, quiet, given)
+
+
+def _launch(source, task, data, config, out_dir, resume, overwrite, quiet, nproc: int, given) -> None:
+    """Check what can be checked here, then run the same command in ``nproc`` processes."""
+    argv = ["grow"] + ([str(source)] if source is not None else [])
+    for flag, value in (("--task", task), ("--data", data), ("--config", config)):
+        if value is not None:
+            argv += [flag, str(value)]
+    if resume is not None:
+        argv += ["--resume", str(resume)]
+    else:
+        if source is None or out_dir is None:
+            _fail("give a SPEC_OR_BUNDLE and --out DIR (or --resume DIR)")
+        base = load_config(config) if config is not None else {}
+        parse_config({**base, **given}, str(config) if config else "")
+        RunDirectory(out_dir).prepare(overwrite=overwrite)  # refused here, before any process starts
+        argv += ["--out", str(out_dir)]
+    if quiet:
+        argv.append("--quiet")
+    for name, value in given.items():
+        flag = "--" + name.replace("_", "-")
+        argv += [flag if value else "--no-" + flag[2:]] if isinstance(value, bool) else [flag, str(value)]
+    code = launch(argv, nproc, log=lambda m: err.print(f"[red]error:[/red] {escape(m)}", highlight=False))
+    if code:
+        raise typer.Exit(code)
+
+
+def _grow_rank(source, task, data, config, out_dir, resume, overwrite, quiet, given) -> None:
+    """One rank of a distributed run: rank 0 writes and prints; any failure names the rank."""
+    rank = dist_rank()
+    timeout = float(given.get("collective_timeout", GrowthConfig.model_fields["collective_timeout"].default))
+    try:
+        _grow(source, task, data, config, out_dir, resume, overwrite and rank == 0, quiet or rank > 0, given)
+    except (typer.Exit, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        _fail(escape(str(rank_error(exc, timeout))))
+    finally:
+        close()
+
+
+def _grow(source, task, data, config, out_dir, resume, overwrite, quiet, given) -> None:
     run_dir: Path | None = None
     try:
         if resume is not None:
@@ -213,7 +267,8 @@ def grow_command(
             growth_config = parse_config({**base, **given}, str(config) if config else "")
             usable_device(growth_config.device)
             directory = RunDirectory(out_dir)
-            directory.prepare(overwrite=overwrite)
+            if not dist_rank():  # the other ranks of a distributed run only read the folder
+                directory.prepare(overwrite=overwrite)
             run_dir = out_dir
             spec, loaded = load_model_or_spec(source)  # type: ignore[arg-type]
             the_task = _task(task, data, growth_config.seed, source, spec)  # type: ignore[arg-type]
@@ -240,6 +295,8 @@ def grow_command(
             )
         raise typer.Exit(130) from None
     assert run_dir is not None
+    if dist_rank():
+        return
     for note in run.notes:
         err.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
     _print_summary(run, run_dir)
@@ -318,6 +375,16 @@ _FIXED = [
     ),
     _keyword("overwrite", bool, typer.Option("--overwrite", help="replace the run in --out"), False),
     _keyword("quiet", bool, typer.Option("--quiet", "-q", help="no progress bar"), False),
+    _keyword(
+        "nproc",
+        int,
+        typer.Option(
+            min=1,
+            help="local processes of a data-parallel run (DDP over torch.distributed: gloo on CPU, "
+            "NCCL on CUDA); under torchrun leave it at 1",
+        ),
+        1,
+    ),
 ]
 grow_command.__signature__ = inspect.Signature(_FIXED + _config_parameters())  # type: ignore[attr-defined]
 

@@ -132,6 +132,13 @@ class GrowthConfig(_Model):
     final_steps: int | None = Field(None, description="training after the last growth (default: every)")
     seed: int = Field(0, description="seed of data, initialisation and training")
     device: str = Field("cpu", description="cpu, cuda, cuda:1, ...")
+    dtype: Literal["float32", "float64"] | None = Field(
+        None, description="precision of the model and the data (default: the model's, float32 for a spec)"
+    )
+    collective_timeout: float = Field(
+        300.0,
+        description="distributed runs: seconds a collective waits for the other ranks before the run fails",
+    )
     natural: NaturalConfig = Field(default_factory=NaturalConfig, description="SENN's settings")
 
     @model_validator(mode="before")
@@ -182,6 +189,13 @@ class GrowthConfig(_Model):
     def _budget(cls, v: int | None) -> int | None:
         if v is not None and v < 1:
             raise ValueError("max_params must be at least 1")
+        return v
+
+    @field_validator("collective_timeout")
+    @classmethod
+    def _timeout(cls, v: float) -> float:
+        if not (math.isfinite(v) and v > 0):
+            raise ValueError(f"collective_timeout must be a positive number of seconds, got {v!r}")
         return v
 
     @field_validator("lr", "tolerance")

@@ -16,6 +16,11 @@ take those a :class:`~dagrow.recorder.Recorder` gathered during training), ask t
 the loss on the batches did not rise (else it is rolled back and reported), and update the optimizer
 in place (:mod:`dagrow.optim`): old state kept exactly, zeros for new entries. A ``rounds`` schedule
 (SENN) may add several times in one step.
+
+Under DistributedDataParallel, ``Grower(..., distributed=True)`` makes every step collective
+(:mod:`dagrow.distributed`): each rank passes its own share of the growth batch, the statistics are
+all-reduced, the line search's losses are global means, rank 0's plan is broadcast and replayed on every
+rank; wrap the returned model in a new DDP (``dagrow.distributed.wrap``).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -38,7 +43,10 @@ from .rewrite import Action, replay
 from .schedule import Schedule
 from .sites import enumerate_sites
 from .spec import GraphSpec, load_spec
-from .stats import LossFn, Statistics, StatsError, loss_function
+from .stats import LossFn, Statistics, StatsError, loss_function, measure
+
+if TYPE_CHECKING:
+    from .distributed import Ranks
 
 Batch = tuple[Tensor, Tensor]
 
@@ -83,7 +91,9 @@ class Grower:
     ``loss``: a registered loss name (``mse``, ``cross_entropy``) or a callable ``(output, target) ->
     mean loss``. ``config`` holds every setting (:class:`~dagrow.config.GrowthConfig`); keywords override
     it (``strategy``, ``init``, ``neurons``, ``growths``, ...). ``group_of(name)`` picks the optimizer
-    param group of a new parameter (default: the first group holding the model's parameters)."""
+    param group of a new parameter (default: the first group holding the model's parameters).
+    ``distributed``: True (or a :class:`~dagrow.distributed.Ranks`) inside an initialised process group
+    makes every :meth:`step` collective: call it on every rank with that rank's share of the batches."""
 
     def __init__(
         self,
@@ -95,6 +105,7 @@ class Grower:
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
         group_of: Callable[[str], int] | None = None,
+        distributed: bool | Ranks | None = False,
         **settings: Any,
     ) -> None:
         config = config or GrowthConfig()
@@ -113,6 +124,11 @@ class Grower:
         self.group_of = group_of
         self.actions: list[Action] = []  # every action applied, in order
         self.diverged: str | None = None  # set when a statistics pass met a non-finite loss
+        self.ranks: Ranks | None = None
+        if distributed:
+            from .distributed import Ranks
+
+            self.ranks = distributed if isinstance(distributed, Ranks) else Ranks()
 
     @property
     def finished(self) -> bool:
@@ -146,6 +162,12 @@ class Grower:
         ref = next(iter(model.parameters()))
         xs, ys = zip(*_as_batches(batches), strict=True)
         batch = torch.cat(xs).to(ref.device), torch.cat(ys).to(ref.device)
+        loss = self.loss  # under DDP: the mean over every rank's share (a collective)
+        if self.ranks is not None:
+            if self.strategy.needs_statistics:
+                loss = self.ranks.global_loss(self.loss)
+            else:  # SENN measures its own gradients: every rank works on the whole growth batch
+                batch = self.ranks.gather(batch)
         attempts = added = 0
         for attempt in range(self.schedule.additions):
             params = num_params(model.spec)
@@ -163,12 +185,15 @@ class Grower:
                 break
             sites = enumerate_sites(model.spec, include_unsupported=False)
             try:
+                stats = statistics if attempt == 0 else None
+                if self.ranks is not None and self.strategy.needs_statistics:
+                    stats = self._global_statistics(model, batch, sites, stats)
                 plan = self.strategy.plan(
                     model,
                     batch,
-                    self.loss,
+                    loss,
                     sites,
-                    statistics=statistics if attempt == 0 else None,
+                    statistics=stats,
                     growth=line["growth"],
                     budget=self.schedule.budget(params),
                 )
@@ -176,6 +201,8 @@ class Grower:
                 self.diverged = self.schedule.reason = str(exc)
                 result.events.append({**line, "event": "stop", "reason": str(exc)})
                 break
+            if self.ranks is not None:
+                plan = self.ranks.broadcast_plan(plan)
             attempts += 1
             result.plans.append(plan)
             line.update(site=plan.site, kind=plan.kind, loss_before=plan.loss_before, params_before=params)
@@ -184,7 +211,7 @@ class Grower:
                 line.update(event=self.schedule.idle_event, reason=plan.reason)
                 result.events.append(line)
                 break
-            new_model, after = self._candidate(model, plan.actions, batch)
+            new_model, after = self._candidate(model, plan.actions, batch, loss)
             before = plan.loss_before if plan.loss_before is not None else after
             line.update(actions=[a.describe() for a in plan.actions], loss_after=after)
             line.update(realised_decrease=before - after, note=plan.reason)
@@ -220,13 +247,32 @@ class Grower:
             raise TypeError("Grower.step: pass the model that Grower.model (or the last step) returned")
         return inner
 
-    def _candidate(self, model: DagModel, actions: list[Action], batch: Batch) -> tuple[DagModel, float]:
+    def _global_statistics(
+        self, model: DagModel, batch: Batch, sites: list, statistics: Statistics | None
+    ) -> Statistics:
+        """The statistics of every rank's share, all-reduced; a rank whose share cannot be measured
+        (non-finite loss) makes every rank raise StatsError instead of leaving them in the all-reduce."""
+        assert self.ranks is not None
+        failure: StatsError | None = None
+        if statistics is None:
+            try:
+                statistics = measure(model, [batch], self.loss, sites=sites, output_factors=False)
+            except StatsError as exc:
+                failure = exc
+        if self.ranks.mean(1.0 if failure else 0.0) > 0:
+            raise failure or StatsError("another rank's share of the growth batch has a non-finite loss")
+        assert statistics is not None
+        return self.ranks.all_reduce(statistics)
+
+    def _candidate(
+        self, model: DagModel, actions: list[Action], batch: Batch, loss: str | LossFn
+    ) -> tuple[DagModel, float]:
         """The model after ``actions`` (recompiled from the new spec) and its loss on ``batch``."""
         spec, weights = replay(model.spec, model.state_dict(), actions)
         ref = next(iter(model.parameters()))
         new_model = compile(spec, weights, dtype=ref.dtype, device=ref.device)
         with torch.no_grad():
-            return new_model, float(loss_function(self.loss)(new_model(batch[0]), batch[1]))
+            return new_model, float(loss_function(loss)(new_model(batch[0]), batch[1]))
 
     def state_dict(self) -> dict[str, Any]:
         """The grower's own state (JSON): settings, schedule, and the actions applied so far."""

@@ -22,6 +22,7 @@ from torch import nn
 from .checkpoint import Checkpoint, RunDirectory, RunError, optimizer_names
 from .compile import DagModel, compile
 from .config import GrowthConfig, parse_config
+from .distributed import DataParallel, Ranks
 from .graph import num_params
 from .grower import Grower
 from .recorder import Recorder
@@ -36,6 +37,7 @@ from .training import (
     TrainingDiverged,
     concat,
     evaluate,
+    floating_dtype,
     make_optimizer,
     rng_state,
     set_rng_state,
@@ -58,11 +60,19 @@ class Run:
 
     def __init__(self, grower: Grower, task: Task, *, source: dict[str, Any], directory: RunDirectory | None):
         self.grower, self.task, self.config = grower, task, grower.config
-        self.source, self.directory = source, directory
+        self.ranks = grower.ranks  # distributed data parallel (dagrow.distributed); rank 0 writes the run
+        self.source, self.directory = (
+            source,
+            directory if self.ranks is None or self.ranks.rank == 0 else None,
+        )
         self.device = usable_device(self.config.device)
         grower.model.to(self.device)
         self.opt = make_optimizer(grower.model.parameters(), self.config.optimizer, self.config.lr)
-        self.stream = BatchStream(task, self.config.batch_size, self.config.seed, self.device)
+        self.dtype = floating_dtype(grower.model)
+        self.stream = BatchStream(task, self.config.batch_size, self.config.seed, self.device, self.dtype)
+        self.parallel: DataParallel | None = (
+            None if self.ranks is None else DataParallel(self.ranks, self.stream)
+        )
         self.gen = torch.Generator().manual_seed(self.config.seed + 1)  # growth batches
         self.step = 0
         self.committed_step: int | None = None
@@ -93,10 +103,13 @@ class Run:
         """``steps`` training steps; a diverged loss stops the run (:class:`TrainingDiverged`) and the
         last checkpoint stays as it was."""
         try:
-            mean = train_steps(
-                self.model, self.opt, self.stream, self.task.loss, steps, guard=self.guard,
-                first_step=self.step + 1, **record,
-            )  # fmt: skip
+            if self.parallel is not None:  # DDP on this rank's share of each global minibatch
+                mean = self.parallel.train(self.model, self.opt, self.task.loss, steps)
+            else:
+                mean = train_steps(
+                    self.model, self.opt, self.stream, self.task.loss, steps, guard=self.guard,
+                    first_step=self.step + 1, **record,
+                )  # fmt: skip
         except TrainingDiverged as exc:
             if self.directory is None or self.committed_step is None:
                 raise
@@ -109,7 +122,10 @@ class Run:
         """The growth batch, drawn when the grower asks for it (not during a cooldown)."""
         tx, ty = self.task.train.x, self.task.train.y
         idx = torch.randperm(len(tx), generator=self.gen)[: self.config.growth_batch]
-        yield tx[idx].to(self.device), ty[idx].to(self.device)
+        x, y = tx[idx].to(self.device, self.dtype), ty[idx].to(self.device)
+        if self.task.kind == "regression":
+            y = y.to(self.dtype)
+        yield (x, y) if self.ranks is None else self.ranks.shard((x, y))
 
     def round(self) -> None:
         """Train ``every`` steps, then one growth step of the grower; then a checkpoint."""
@@ -181,6 +197,7 @@ class Run:
             "divergence_reference": self.guard.reference,
             "optimizer_names": optimizer_names(opt, self.model) if opt is not None else None,
             "rng": {k: v for k, v in rng_state().items() if k != "torch"},
+            "world_size": 1 if self.ranks is None else self.ranks.world_size,
         }
         rng = {"torch": torch.get_rng_state(), "growth": self.gen.get_state()}
         weights = self.model.state_dict()
@@ -192,7 +209,10 @@ class Run:
     def start(cls, spec_or_model, task: Task, config: GrowthConfig, *, source=None, directory=None) -> Run:
         usable_device(config.device)
         torch.manual_seed(config.seed)
-        grower = Grower(spec_or_model, loss=task.loss, config=config)
+        dtype = {"float32": torch.float32, "float64": torch.float64}.get(config.dtype or "")
+        grower = Grower(
+            spec_or_model, loss=task.loss, config=config, dtype=dtype, distributed=parallel(config)
+        )
         run = cls(grower, fit_task(task, grower.model.spec), source=source or {}, directory=directory)
         run.commit()
         return run
@@ -200,13 +220,14 @@ class Run:
     @classmethod
     def resume(cls, directory: RunDirectory, task: Task) -> Run:
         """The run saved in ``directory``, continued on ``task`` (the same data as before)."""
-        directory.clean()
+        if not dist_rank():  # the other ranks only read the run
+            directory.clean()
         ckpt = directory.load()
         m = ckpt.meta
         config = parse_config(m["config"], str(directory.checkpoint_path))
         spec: GraphSpec = parse_spec(m["spec"])
         model = compile(spec, ckpt.weights, dtype=next(iter(ckpt.weights.values())).dtype)
-        grower = Grower(model, loss=task.loss, config=config)
+        grower = Grower(model, loss=task.loss, config=config, distributed=parallel(config))
         grower.load_state_dict(m["grower"])
         run = cls(grower, fit_task(task, spec), source=m.get("source", {}), directory=directory)
         if run.opt is not None and ckpt.optimizer is not None:
@@ -231,6 +252,30 @@ class Run:
         if not self.finished:
             self.end()
         return self.result()
+
+
+def parallel(config: GrowthConfig) -> Ranks | None:
+    """This process's :class:`~dagrow.distributed.Ranks` when it is one of several (torchrun,
+    ``dagrow grow --nproc``), after checking that the run's settings can be data parallel; else None."""
+    from .distributed import env_world_size, init
+
+    if env_world_size() <= 1 and not (
+        torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+    ):
+        return None
+    if config.statistics == "training" or config.optimizer == "best_update":
+        what = "--statistics training" if config.statistics == "training" else "the best_update optimizer"
+        raise ValueError(f"distributed runs train with DDP and measure a growth batch: not with {what}")
+    return init(config.collective_timeout, usable_device(config.device))
+
+
+def dist_rank() -> int:
+    """This process's rank (0 when not distributed)."""
+    if torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    import os
+
+    return int(os.environ.get("RANK", "0"))
 
 
 def grow(

@@ -51,14 +51,24 @@ class BatchStream:
     from ``seed * 100_003 + e``. ``state_dict()`` is (epoch, batches taken in it), so a stream restored
     from it yields exactly the batches the original would have yielded next."""
 
-    def __init__(self, task: Task, batch_size: int, seed: int, device: torch.device | str) -> None:
+    def __init__(
+        self,
+        task: Task,
+        batch_size: int,
+        seed: int,
+        device: torch.device | str,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         self.task, self.batch_size, self.seed, self.device = task, batch_size, seed, device
+        self.dtype = dtype  # of the inputs (and of regression targets); None keeps the task's
         self.epoch, self.position = 0, 0
         self._it: Iterator[Batch] | None = None
 
     def _open(self) -> Iterator[Batch]:
         seed = self.seed * 100_003 + self.epoch
-        it = self.task.batches("train", self.batch_size, shuffle=True, seed=seed, device=self.device)
+        it = self.task.batches(
+            "train", self.batch_size, shuffle=True, seed=seed, device=self.device, dtype=self.dtype
+        )
         for _ in range(self.position):
             next(it)
         return it
@@ -104,9 +114,14 @@ def make_optimizer(params, optimizer: str, lr: float) -> torch.optim.Optimizer |
 def evaluate(model: nn.Module, task: Task, split: str, device) -> tuple[float, float]:
     """(loss, metric) of the model on a whole split."""
     loss_fn = loss_function(task.loss)
-    x, y = next(task.batches(split, None, device=device))
+    x, y = next(task.batches(split, None, device=device, dtype=floating_dtype(model)))
     out = model(x)
     return float(loss_fn(out, y)), float(task.metric(out, y))
+
+
+def floating_dtype(model: nn.Module) -> torch.dtype | None:
+    """The dtype of the model's first floating parameter (what its inputs are converted to)."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
 
 
 def best_update_step(model: DagModel, batch: Batch, loss: str | LossFn) -> DagModel:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -20,6 +21,7 @@ def run_example(name: str, *args: str | Path) -> str:
         text=True,
         timeout=120,
         cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},  # this checkout's dagrow, not an installed one
     )
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -58,3 +60,9 @@ def test_grow_dag_skip(tmp_path):
     assert before == dagrow.num_params(spec) and after > before
     float(re.search(r"^test mse: (\S+)$", text, re.M).group(1))
     check_bundle(tmp_path, after)
+
+
+def test_ddp_loop_as_one_process():
+    """examples/ddp_loop.py without torchrun: a process group of one (tests/test_distributed.py runs 2)."""
+    text = run_example("ddp_loop.py", "--rounds", "2", "--steps", "20")
+    assert re.search(r"^ranks: 1  parameters: \d+  test accuracy: [\d.]+$", text, re.M), text
