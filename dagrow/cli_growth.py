@@ -327,6 +327,9 @@ def _run_with_progress(run: Run, quiet: bool) -> None:
         run.run()
 
 
+WRITTEN = ("spec.yaml", "model.safetensors", "history.jsonl", "architecture.dot", "architecture.png")
+
+
 def _print_summary(run: Run, out_dir: Path) -> None:
     history = run.history
     end = history[-1]
@@ -341,7 +344,7 @@ def _print_summary(run: Run, out_dir: Path) -> None:
         soft_wrap=True,
     )
     out.print(
-        printable(f"wrote {out_dir}/spec.yaml, model.safetensors, history.jsonl, architecture.dot/.png"),
+        printable(f"wrote {out_dir}/" + ", ".join(n for n in WRITTEN if (out_dir / n).is_file())),
         highlight=False,
         markup=False,
         soft_wrap=True,

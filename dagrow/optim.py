@@ -38,6 +38,8 @@ def check_optimizer(opt: torch.optim.Optimizer | None, model: nn.Module) -> None
         return
     if isinstance(opt, torch.optim.LBFGS):
         raise OptimizerError("LBFGS keeps one history for all parameters: it cannot follow a growth")
+    if type(opt).__name__ == "Adafactor":  # torch >= 2.5; its factored state is not shaped like a parameter
+        raise OptimizerError("Adafactor keeps factored row and column statistics: dagrow cannot grow them")
     params = {id(p): name for name, p in model.named_parameters()}
     for p, state in opt.state.items():
         if not isinstance(p, Tensor) or id(p) not in params:

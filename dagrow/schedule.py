@@ -5,7 +5,8 @@ The schedule says, at each growth step, whether to try at all (``due``), how man
 make (``additions``), and when the run stops growing (``finished``, with a ``reason``):
 
 - ``fixed``: one growth decision per round until ``growths`` decisions were made (skipped and rolled
-  back ones count), or until the model has ``max_params`` parameters;
+  back ones count), or until the model has ``max_params`` parameters; with a budget and no count, it
+  also stops after ``IDLE_LIMIT`` decisions in a row that grew nothing (no site fits what is left);
 - ``rounds`` (SENN): after a round that grew, ``cooldown`` rounds without growth; up to
   ``max_additions`` additions per round; stops after ``patience`` evaluations in a row that added
   nothing, after ``max_rounds`` rounds, or after ``growths`` additions when given.
@@ -76,9 +77,14 @@ class Schedule(ABC):
 SCHEDULES: Registry[type[Schedule]] = Registry("schedule")
 
 
+IDLE_LIMIT = 3
+
+
 @SCHEDULES.register("fixed", "one growth every round until a growth count or a parameter budget")
 @dataclass
 class Fixed(Schedule):
+    idle: int = 0  # decisions in a row that grew nothing
+
     def __post_init__(self) -> None:
         if self.growths is None and self.max_params is None:
             raise ValueError("a fixed schedule needs a number of growths or a parameter budget")
@@ -97,7 +103,13 @@ class Fixed(Schedule):
 
     def done(self, attempts: int, added: int) -> None:
         self.growth += attempts
+        self.idle = 0 if added else self.idle + attempts
         self._check_count()
+        if not self.reason and self.growths is None and self.idle >= IDLE_LIMIT:
+            self.reason = (
+                f"stopped growing: {self.idle} growth steps in a row grew nothing "
+                f"(no site fits within max_params {self.max_params})"
+            )
 
 
 @SCHEDULES.register("rounds", "SENN: cooldown after a growth, several additions per round, patience")

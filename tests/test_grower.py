@@ -256,3 +256,24 @@ def test_rounds_cool_down_after_growth_and_stop_on_patience():
     assert schedule.due()
     schedule.done(1, 0)
     assert schedule.finished and "2 evaluations in a row" in schedule.reason
+
+
+def test_a_budget_without_a_growth_count_stops_when_nothing_fits():
+    x, y = data()
+    grower = dagrow.Grower(SPEC, loss="mse", dtype=torch.float64, growths=None, max_params=75, neurons=2)
+    steps = 0
+    while not grower.finished and steps < 20:
+        grower.step(grower.model, None, (x, y))
+        steps += 1
+    assert grower.finished and steps < 20
+    assert dagrow.num_params(grower.model.spec) <= 75
+    assert "max_params" in grower.schedule.reason
+
+
+def test_adafactor_is_refused_before_its_first_step():
+    if not hasattr(torch.optim, "Adafactor"):
+        pytest.skip("this torch has no Adafactor")
+    x, y = data()
+    grower = dagrow.Grower(SPEC, loss="mse", growths=1)
+    with pytest.raises(OptimizerError, match="Adafactor"):
+        grower.step(grower.model, torch.optim.Adafactor(grower.model.parameters()), (x, y))
