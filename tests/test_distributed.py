@@ -29,7 +29,7 @@ nodes:
   out: {width: 2}
 edges: [{from: x, to: h1}, {from: h1, to: h2}, {from: h2, to: out}, {from: x, to: h2}]
 outputs: [out]
-growth: {new_nodes: edges, new_node_activation: tanh}
+growth: {new_nodes: edges, new_edges: all, new_node_activation: tanh}
 """
 ARGS = [
     "--task",
@@ -59,13 +59,17 @@ def test_two_processes_grow_as_one(tmp_path):
     spec = tmp_path / "dag.yaml"
     spec.write_text(SPEC)
     one, two = tmp_path / "one", tmp_path / "two"
-    cmd = [sys.executable, "-m", "dagrow", "grow", str(spec), *ARGS, "--growths", "4", "-q"]
+    naive = ["--strategy", "naive"]  # round robin: every growth at another site, so the order is tested
+    cmd = [sys.executable, "-m", "dagrow", "grow", str(spec), *ARGS, *naive, "--growths", "4", "-q"]
     started = subprocess.Popen([*cmd, "--out", str(two), "--nproc", "2"], cwd=ROOT, env=env(0, 1, 0))
-    config = dagrow.GrowthConfig(growths=4, every=12, batch_size=16, growth_batch=64, dtype="float64")
+    config = dagrow.GrowthConfig(
+        strategy="naive", growths=4, every=12, batch_size=16, growth_batch=64, dtype="float64"
+    )
     dagrow.grow(dagrow.load_spec(spec), dagrow.make_task("moons", seed=0), config, out=one)
     assert started.wait(timeout=120) == 0
     grown = [[(h["site"], h["event"]) for h in history(d) if h.get("site")] for d in (one, two)]
     assert grown[0] == grown[1] and len(grown[0]) == 4
+    assert len({site for site, _ in grown[0]}) >= 3, grown[0]
     a, b = load_file(str(one / "model.safetensors")), load_file(str(two / "model.safetensors"))
     assert a.keys() == b.keys()
     for k in a:
