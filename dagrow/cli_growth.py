@@ -15,7 +15,6 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
@@ -39,8 +38,12 @@ out = Console()
 err = Console(stderr=True)
 
 
-def _fail(message: str) -> NoReturn:
+def _error_line(message: str) -> None:
     err.print(Text.assemble(("error:", "red"), " " + printable(message)), highlight=False, soft_wrap=True)
+
+
+def _fail(message: str) -> NoReturn:
+    _error_line(message)
     raise typer.Exit(1)
 
 
@@ -216,7 +219,7 @@ def _launch(source, task, data, config, out_dir, resume, overwrite, quiet, nproc
     for name, value in given.items():
         flag = "--" + name.replace("_", "-")
         argv += [flag if value else "--no-" + flag[2:]] if isinstance(value, bool) else [flag, str(value)]
-    code = launch(argv, nproc, log=lambda m: err.print(f"[red]error:[/red] {escape(m)}", highlight=False))
+    code = launch(argv, nproc, log=_error_line)
     if code:
         raise typer.Exit(code)
 
@@ -230,7 +233,7 @@ def _grow_rank(source, task, data, config, out_dir, resume, overwrite, quiet, gi
     except (typer.Exit, KeyboardInterrupt):
         raise
     except Exception as exc:
-        _fail(escape(str(rank_error(exc, timeout))))
+        _fail(str(rank_error(exc, timeout)))
     finally:
         close()
 

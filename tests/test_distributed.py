@@ -120,3 +120,32 @@ def test_all_reduced_statistics_are_those_of_the_whole_batch(world, tmp_path):
     ]
     assert [p.wait(timeout=120) for p in procs] == [0] * world
     assert (tmp_path / "ok").read_text() == "ok"
+
+
+@pytest.mark.slow
+def test_a_killed_distributed_run_resumes_bit_identical_with_the_same_n(tmp_path):
+    """Rank 0 is killed while it writes its third checkpoint; the other rank stops within the
+    collective timeout; `--resume DIR --nproc 2` ends exactly as the uninterrupted 2-process run."""
+    spec = tmp_path / "dag.yaml"
+    spec.write_text(SPEC)
+    base = [sys.executable, "-m", "dagrow", "grow", str(spec), *ARGS, "--strategy", "naive", "--growths", "4"]
+    base += ["--collective-timeout", "10", "-q", "--nproc", "2"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert (
+        subprocess.run([*base, "--out", str(whole)], cwd=ROOT, env=env(0, 1, 0), timeout=120).returncode == 0
+    )
+    faulty = {**env(0, 1, 0), "DAGROW_FAULT": "checkpoint:3"}
+    proc = subprocess.run(
+        [*base, "--out", str(killed)], cwd=ROOT, env=faulty, timeout=120, capture_output=True
+    )
+    assert (
+        proc.returncode == 1 and b"every rank has stopped" in proc.stderr and b"Traceback" not in proc.stderr
+    )
+    resume = [sys.executable, "-m", "dagrow", "grow", "--resume", str(killed), "--nproc", "2", "-q"]
+    assert subprocess.run(resume, cwd=ROOT, env=env(0, 1, 0), timeout=120).returncode == 0
+    a, b = load_file(str(whole / "model.safetensors")), load_file(str(killed / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (whole / "spec.yaml").read_text() == (killed / "spec.yaml").read_text()
+    strip = [[{k: v for k, v in h.items() if k != "seconds"} for h in history(d)] for d in (whole, killed)]
+    assert strip[0] == strip[1]
+    assert not list(killed.glob(".*.tmp"))
