@@ -27,7 +27,7 @@ from .growth.proposals import INITS
 from .loop import Run
 from .names import printable
 from .registry import unknown_name_message
-from .site_report import score_sites
+from .site_report import RANKINGS, score_sites
 from .spec import parse_spec
 from .stats import LOSSES
 from .tasks import DataError, Task, fit_task, list_tasks, load_data, make_task
@@ -72,9 +72,18 @@ def sites_command(
     batch: Annotated[int, typer.Option(min=1, help="samples in the statistics pass")] = 1024,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
     seed: Annotated[int, typer.Option(help="seed of the data and of a freshly compiled spec")] = 0,
+    strategy: Annotated[
+        str,
+        typer.Option(
+            help="rank the growable sites by this strategy's score: "
+            + "; ".join(f"{k}: {v[1]}" for k, v in RANKINGS.items())
+        ),
+    ] = "amplitude_factor",
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
-    """Score every growth site of a network from one statistics pass."""
+    """Score every growth site of a network from one statistics pass: the sites that can grow, ranked by
+    the strategy's score, then the skipped ones with the reason."""
+    strategy = _check_choice(strategy, RANKINGS, "strategy")
     _check_choice(init, INITS, "init")
     if loss is not None:
         _check_choice(loss, LOSSES, "loss")
@@ -90,19 +99,17 @@ def sites_command(
         neurons=neurons,
         seed=seed,
         data_name=the_task.name,
+        strategy=strategy,
     )
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
         return
     out.print(report.table())
+    skipped = report.skipped_table()
+    if skipped is not None:
+        out.print(skipped)
     for line in report.notes():
-        out.print(
-            line,
-            style="dim" if "not supported" in line else None,
-            highlight=False,
-            markup=False,
-            soft_wrap=True,
-        )
+        out.print(line, highlight=False, markup=False)
 
 
 # --------------------------------------------------------------------------------------------------
