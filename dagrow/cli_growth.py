@@ -20,17 +20,21 @@ from rich.text import Text
 
 from .bundle import load_model_or_spec
 from .checkpoint import RunDirectory
+from .cli_tasks import TASK_OPTION_HELP
 from .compile import compile
 from .config import GrowthConfig, NaturalConfig, load_config, parse_config
 from .graph import analyze
 from .growth.proposals import INITS
 from .loop import Run
 from .names import printable
+from .planner import STRATEGIES
 from .registry import unknown_name_message
+from .run_plots import TensorBoardLogger, require_tensorboard
+from .schedule import SCHEDULES
 from .site_report import RANKINGS, score_sites
 from .spec import parse_spec
 from .stats import LOSSES
-from .tasks import DataError, Task, fit_task, list_tasks, load_data, make_task
+from .tasks import DataError, Task, fit_task, list_tasks, load_data, make_task, parse_task_options
 from .training import usable_device
 
 out = Console()
@@ -42,11 +46,18 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(1)
 
 
-def _task(task: str | None, data: Path | None, seed: int, source: Path, spec) -> Task:
-    """The task or data set, checked against the spec (errors name the spec file)."""
+def _task(
+    task: str | None, data: Path | None, seed: int, source: Path, spec, options: dict[str, Any] | None = None
+) -> Task:
+    """The task (with its ``options``) or data set, checked against the spec (errors name the spec file)."""
     if (task is None) == (data is None):
         _fail("give exactly one of --task NAME or --data FILE")
-    the_task = make_task(task, seed=seed) if task is not None else load_data(data, seed=seed)  # type: ignore[arg-type]
+    if data is not None and options:
+        _fail("--task-option goes with --task, not with --data")
+    if task is not None:
+        the_task = make_task(task, seed=seed, **(options or {}))
+    else:
+        the_task = load_data(data, seed=seed)  # type: ignore[arg-type]
     try:
         return fit_task(the_task, spec)
     except DataError as exc:
@@ -65,9 +76,10 @@ TASK_HELP = "built-in task: " + ", ".join(list_tasks())
 def sites_command(
     source: Annotated[Path, typer.Argument(help="spec (.yaml) or bundle (.safetensors)")],
     task: Annotated[str | None, typer.Option(help=TASK_HELP)] = None,
+    task_option: Annotated[list[str] | None, typer.Option("--task-option", help=TASK_OPTION_HELP)] = None,
     data: Annotated[Path | None, typer.Option(help="user data: .npz with x and y, or .csv")] = None,
     loss: Annotated[str | None, typer.Option(help="mse or cross_entropy (default: the task's)")] = None,
-    init: Annotated[str, typer.Option(help=f"initialisation ({', '.join(INITS)})")] = "tiny",
+    init: Annotated[str, typer.Option(help=f"initialisation of new neurons: {INITS.help()}")] = "tiny",
     neurons: Annotated[int, typer.Option(min=1, help="new neurons per site")] = 1,
     batch: Annotated[int, typer.Option(min=1, help="samples in the statistics pass")] = 1024,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
@@ -88,7 +100,7 @@ def sites_command(
     if loss is not None:
         _check_choice(loss, LOSSES, "loss")
     spec, loaded = load_model_or_spec(source)
-    the_task = _task(task, data, seed, source, spec)
+    the_task = _task(task, data, seed, source, spec, parse_task_options(task_option, task))
     model = (loaded or compile(spec, seed=seed)).to(usable_device(device))
     x, y = next(the_task.batches("train", None, device=device))
     report = score_sites(
@@ -117,6 +129,18 @@ def sites_command(
 # --------------------------------------------------------------------------------------------------
 
 SENN_PANEL = "SENN (--strategy natural)"
+INPUT_PANEL = "What to grow on"
+OUTPUT_PANEL = "Where it goes"
+GROWTH_PANEL = "Growth"
+TRAINING_PANEL = "Training"
+TRAINING_FIELDS = {"optimizer", "lr", "batch_size", "final_steps", "seed", "device"}
+REGISTRY_HELP = {
+    "strategy": ("where to grow", STRATEGIES),
+    "init": ("initialisation of new neurons", INITS),
+    "schedule": ("when to grow (default: rounds for natural, else fixed)", SCHEDULES),
+}
+METAVARS = {int: "N", float: "X", str: "NAME", bool: ""}
+LOGS = ("tensorboard",)
 
 
 def _option_type(annotation: Any) -> type:
@@ -132,7 +156,9 @@ def _option_type(annotation: Any) -> type:
 def _config_fields() -> list[tuple[str, Any, str | None]]:
     """(name, pydantic field, help panel) of every setting, SENN's flattened."""
     rows: list[tuple[str, Any, str | None]] = [
-        (n, f, None) for n, f in GrowthConfig.model_fields.items() if n != "natural"
+        (n, f, TRAINING_PANEL if n in TRAINING_FIELDS else GROWTH_PANEL)
+        for n, f in GrowthConfig.model_fields.items()
+        if n != "natural"
     ]
     return rows + [(n, f, SENN_PANEL) for n, f in NaturalConfig.model_fields.items()]
 
@@ -143,6 +169,9 @@ def _config_parameters() -> list[inspect.Parameter]:
         kind = _option_type(f.annotation)
         choices = typing.get_args(f.annotation) if typing.get_origin(f.annotation) is typing.Literal else ()
         text = f.description or ""
+        if name in REGISTRY_HELP:
+            what, registry = REGISTRY_HELP[name]
+            text = f"{what}: {registry.help()}"
         if choices and not text.startswith(tuple(choices)):
             text += f" ({', '.join(choices)})"
         default = f.get_default(call_default_factory=True)
@@ -153,6 +182,7 @@ def _config_parameters() -> list[inspect.Parameter]:
             help=f"{text} (default: {default})" if "default" not in text else text,
             show_default=False,
             rich_help_panel=panel,
+            metavar=METAVARS[kind] if kind is not str or name != "device" else "DEVICE",
         )
         params.append(_keyword(name, kind | None, option))
     return params
@@ -174,12 +204,14 @@ def _refuse_conflicts(saved: dict[str, Any], given: dict[str, Any], where: Path)
 def grow_command(
     source: Path | None,
     task: str | None,
+    task_option: list[str] | None,
     data: Path | None,
     config: Path | None,
     out_dir: Path | None,
     resume: Path | None,
     overwrite: bool,
     quiet: bool,
+    log: str | None,
     **settings: Any,
 ) -> None:
     """Train and grow a network; write the grown spec, bundle, history and architecture drawing.
@@ -189,11 +221,23 @@ def grow_command(
     growth count is needed: the network grows while the natural expansion score says so and stops on
     its own."""
     given = _given(settings)
+    if log is not None:
+        _check_choice(log, LOGS, "log")
+        require_tensorboard()
     run_dir: Path | None = None
     try:
         if resume is not None:
-            if source is not None or task is not None or data is not None or config is not None:
-                _fail("--resume DIR continues the run saved there: give no SPEC, --task, --data or --config")
+            if (
+                source is not None
+                or task is not None
+                or data is not None
+                or config is not None
+                or task_option
+            ):
+                _fail(
+                    "--resume DIR continues the run saved there: give no SPEC, --task, --task-option, --data "
+                    "or --config"
+                )
             if out_dir is not None and out_dir != resume:
                 _fail("--resume DIR writes into DIR: give no other --out")
             run_dir = resume
@@ -207,6 +251,7 @@ def grow_command(
                 int(src.get("seed", 0)),
                 run_dir,
                 parse_spec(meta["spec"]),
+                src.get("task_options") or {},
             )
             run = Run.resume(directory, the_task)
             if run.finished:
@@ -223,17 +268,24 @@ def grow_command(
             directory.prepare(overwrite=overwrite)
             run_dir = out_dir
             spec, loaded = load_model_or_spec(source)  # type: ignore[arg-type]
-            the_task = _task(task, data, growth_config.seed, source, spec)  # type: ignore[arg-type]
+            options = parse_task_options(task_option, task)
+            the_task = _task(task, data, growth_config.seed, source, spec, options)  # type: ignore[arg-type]
             origin = {
                 "spec": str(source),
                 "task": task,
+                "task_options": options,
                 "data": str(data.resolve()) if data else None,
                 "seed": growth_config.seed,
                 "params": analyze(spec).num_params(),
             }
             model = loaded or compile(spec, seed=growth_config.seed)
             run = Run.start(model, the_task, growth_config, source=origin, directory=directory)
-        _run_with_progress(run, quiet)
+        logger = None if log is None else TensorBoardLogger(run_dir / "tensorboard")
+        try:
+            _run_with_progress(run, quiet, logger)
+        finally:
+            if logger is not None:
+                logger.close()
     except KeyboardInterrupt:
         err.print("interrupted", highlight=False)
         where = run_dir
@@ -252,7 +304,7 @@ def grow_command(
     _print_summary(run, run_dir)
 
 
-def _run_with_progress(run: Run, quiet: bool) -> None:
+def _run_with_progress(run: Run, quiet: bool, logger: Any = None) -> None:
     schedule = run.grower.schedule
     total = schedule.growths
     progress = Progress(
@@ -270,6 +322,8 @@ def _run_with_progress(run: Run, quiet: bool) -> None:
         )
 
         def on_event(line: dict[str, Any]) -> None:
+            if logger is not None:
+                logger(line)
             if line.get("event") in ("growth", "rollback"):
                 progress.update(bar, advance=1, status=f"{line.get('site')} params={line.get('params', '')}")
 
@@ -291,7 +345,10 @@ def _print_summary(run: Run, out_dir: Path) -> None:
         soft_wrap=True,
     )
     out.print(
-        printable(f"wrote {out_dir}/spec.yaml, model.safetensors, history.jsonl, architecture.dot/.png"),
+        printable(
+            f"wrote {out_dir}/spec.yaml, model.safetensors, history.jsonl, metrics.csv, growth.png, "
+            "architecture.dot/.png"
+        ),
         highlight=False,
         markup=False,
         soft_wrap=True,
@@ -314,21 +371,81 @@ _FIXED = [
             typer.Argument(metavar="SPEC_OR_BUNDLE", help="spec (.yaml) or bundle (.safetensors)"),
         ],
     ),
-    _keyword("task", str | None, typer.Option(help=TASK_HELP)),
-    _keyword("data", Path | None, typer.Option(help="user data: .npz with x and y, or .csv")),
-    _keyword("config", Path | None, typer.Option(help="run file (YAML) of settings; flags override it")),
+    _keyword("task", str | None, typer.Option(help=TASK_HELP, metavar="NAME", rich_help_panel=INPUT_PANEL)),
     _keyword(
-        "out_dir", Path | None, typer.Option("--out", help="output folder (refused when it holds a run)")
+        "task_option",
+        list[str] | None,
+        typer.Option(
+            "--task-option", help=TASK_OPTION_HELP, metavar="KEY=VALUE", rich_help_panel=INPUT_PANEL
+        ),
     ),
     _keyword(
-        "resume", Path | None, typer.Option(help="continue the run saved in this folder (no other flag)")
+        "data",
+        Path | None,
+        typer.Option(
+            help="user data: .npz with x and y, or .csv", metavar="FILE", rich_help_panel=INPUT_PANEL
+        ),
     ),
-    _keyword("overwrite", bool, typer.Option("--overwrite", help="replace the run in --out"), False),
-    _keyword("quiet", bool, typer.Option("--quiet", "-q", help="no progress bar"), False),
+    _keyword(
+        "config",
+        Path | None,
+        typer.Option(
+            help="run file (YAML) of settings; flags override it", metavar="FILE", rich_help_panel=INPUT_PANEL
+        ),
+    ),
+    _keyword(
+        "out_dir",
+        Path | None,
+        typer.Option(
+            "--out",
+            help="output folder (refused when it holds a run)",
+            metavar="DIR",
+            rich_help_panel=OUTPUT_PANEL,
+        ),
+    ),
+    _keyword(
+        "resume",
+        Path | None,
+        typer.Option(
+            help="continue the run saved in this folder (no other flag)",
+            metavar="DIR",
+            rich_help_panel=OUTPUT_PANEL,
+        ),
+    ),
+    _keyword(
+        "overwrite",
+        bool,
+        typer.Option("--overwrite", help="replace the run in --out", rich_help_panel=OUTPUT_PANEL),
+        False,
+    ),
+    _keyword(
+        "quiet",
+        bool,
+        typer.Option("--quiet", "-q", help="no progress bar", rich_help_panel=OUTPUT_PANEL),
+        False,
+    ),
+    _keyword(
+        "log",
+        str | None,
+        typer.Option(
+            help="also log the history to: tensorboard (DIR/tensorboard; needs tensorboard installed)",
+            metavar="NAME",
+            rich_help_panel=OUTPUT_PANEL,
+        ),
+    ),
 ]
 grow_command.__signature__ = inspect.Signature(_FIXED + _config_parameters())  # type: ignore[attr-defined]
 
 
 def register(app: typer.Typer) -> None:
     app.command("sites")(sites_command)
-    app.command("grow")(grow_command)
+    app.command("grow", help=GROW_HELP)(grow_command)
+
+
+GROW_HELP = (
+    "Train and grow a network; write the grown spec, bundle, history, metrics.csv, growth.png and the "
+    "architecture drawing.\n\n"
+    "The run checkpoints in --out DIR after every round: a run stopped at any moment continues with "
+    "`dagrow grow --resume DIR`, exactly as it would have gone on. With --strategy natural (SENN) no growth "
+    "count is needed: the network grows while the natural expansion score says so and stops on its own."
+)

@@ -21,7 +21,6 @@ from .registry import unknown_name_message
 from .sites import enumerate_sites
 from .stats import LossFn, Statistics, measure
 
-
 RANKINGS: dict[str, tuple[str, str]] = {
     "amplitude_factor": (
         "first-order",
