@@ -28,7 +28,7 @@ from .growth.proposals import INITS
 from .loop import Run
 from .names import printable
 from .planner import STRATEGIES
-from .registry import unknown_name_message
+from .registry import Registry, unknown_name_message
 from .run_plots import TensorBoardLogger, require_tensorboard
 from .schedule import SCHEDULES
 from .site_report import RANKINGS, score_sites
@@ -134,7 +134,7 @@ OUTPUT_PANEL = "Where it goes"
 GROWTH_PANEL = "Growth"
 TRAINING_PANEL = "Training"
 TRAINING_FIELDS = {"optimizer", "lr", "batch_size", "final_steps", "seed", "device"}
-REGISTRY_HELP = {
+REGISTRY_HELP: dict[str, tuple[str, Registry]] = {
     "strategy": ("where to grow", STRATEGIES),
     "init": ("initialisation of new neurons", INITS),
     "schedule": ("when to grow (default: rounds for natural, else fixed)", SCHEDULES),

@@ -173,10 +173,10 @@ def to_dot(spec: GraphSpec, base: GraphSpec | None = None) -> str:
         members = " ".join(f'"{_dot_text(v)}";' for v in gen)
         lines.append(f"  {{ rank=same; {members} }}")
     for e in spec.edges:
-        attrs = f'label="{_dot_text(op_label(e.op))}"'
+        edge_attrs = f'label="{_dot_text(op_label(e.op))}"'
         if (e.source, e.target) in new_edges:
-            attrs += f', color="{GROWN}", fontcolor="{GROWN}", penwidth=2'
-        lines.append(f'  "{_dot_text(e.source)}" -> "{_dot_text(e.target)}" [{attrs}];')
+            edge_attrs += f', color="{GROWN}", fontcolor="{GROWN}", penwidth=2'
+        lines.append(f'  "{_dot_text(e.source)}" -> "{_dot_text(e.target)}" [{edge_attrs}];')
     lines.append("}")
     return "\n".join(lines) + "\n"
 
