@@ -177,7 +177,7 @@ def test_export_dot_has_widths_on_nodes_and_ops_on_edges():
     assert '"img" -> "c1" [label="conv2d padding=1"];' in conv
     assert '"p1" -> "flat" [label="flatten"];' in conv
     assert "8 ch 4x4" in conv
-    assert "{ rank=same; \"a\"; \"b\"; }" in dot  # ranked by topological generation
+    assert '{ rank=same; "a"; "b"; }' in dot  # ranked by topological generation
 
 
 def test_export_yaml_is_the_canonical_spec(tmp_path, bundle):
