@@ -10,8 +10,9 @@ A run directory holds:
   at any moment leaves either the previous checkpoint or the new one.
 - ``history.jsonl``: one JSON object per event, appended; lines beyond the checkpoint's count (written
   by a run killed before its next checkpoint) are dropped when the run resumes, and written again.
-- ``spec.yaml``, ``model.safetensors`` (a bundle), ``architecture.dot/.png``: outputs, rewritten from
-  the checkpoint's state after each commit and at the end.
+- ``spec.yaml``, ``model.safetensors`` (a bundle), ``architecture.dot/.png`` (growth highlighted against
+  the starting spec), ``metrics.csv`` and ``growth.png`` (:mod:`dagrow.run_plots`): outputs, rewritten
+  from the checkpoint's state after each commit (the drawing when the architecture changed) and at the end.
 """
 
 from __future__ import annotations
@@ -33,7 +34,14 @@ from .bundle import atomic_write, atomic_write_text, check_finite
 FORMAT = "dagrow-run/1"
 CHECKPOINT = "checkpoint.safetensors"
 HISTORY = "history.jsonl"
-OUTPUTS = ("spec.yaml", "model.safetensors", "architecture.dot", "architecture.png")
+OUTPUTS = (
+    "spec.yaml",
+    "model.safetensors",
+    "architecture.dot",
+    "architecture.png",
+    "metrics.csv",
+    "growth.png",
+)
 # fault injection for the kill tests: "checkpoint:N" kills the process (SIGKILL) while the N-th
 # checkpoint of this process is written, after its temporary file and before the rename
 FAULT_ENV = "DAGROW_FAULT"
@@ -112,6 +120,7 @@ class RunDirectory:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.commits = 0  # checkpoints written by this process
+        self._drawn: Any = None  # the spec architecture.png shows (redrawn when it changes)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -218,26 +227,48 @@ class RunDirectory:
 
         atomic_write(self.checkpoint_path, write)
 
-    def write_outputs(self, model: nn.Module, *, drawing: bool = False) -> list[str]:
-        """``model.safetensors`` (a bundle) and ``spec.yaml``, each atomic; with ``drawing`` also
-        ``architecture.dot`` and ``.png``. Returns notes on what could not be written (the drawing needs
-        matplotlib, the optional ``plot`` extra)."""
+    def write_outputs(
+        self,
+        model: nn.Module,
+        *,
+        drawing: bool = False,
+        history: list[dict[str, Any]] | None = None,
+        base: Any = None,
+        start_params: int | None = None,
+    ) -> list[str]:
+        """``model.safetensors`` (a bundle) and ``spec.yaml``, each atomic; ``architecture.dot`` and
+        ``.png`` when the architecture changed since they were drawn (or with ``drawing``), growth
+        highlighted against ``base`` (the starting spec); with ``history`` also ``metrics.csv`` and
+        ``growth.png`` (``start_params``: the size at step 0). Returns notes on what could not be
+        written (the pictures need matplotlib, the optional ``plot`` extra)."""
         from .bundle import save
         from .compile import spec_of
 
         spec = spec_of(model)
         save(model, self.path / "model.safetensors")
         atomic_write_text(self.path / "spec.yaml", spec.to_yaml())
-        if not drawing:
-            return []
-        from .export import to_dot, write_png
+        notes: list[str] = []
+        if history is not None:
+            from .run_plots import write_growth_png, write_metrics_csv
 
-        atomic_write_text(self.path / "architecture.dot", to_dot(spec))
+            write_metrics_csv(history, self.path / "metrics.csv")
+            try:
+                write_growth_png(
+                    history, self.path / "growth.png", start_params=start_params, title=spec.name
+                )
+            except ImportError as exc:
+                notes.append(f"growth.png not written ({exc})")
+        if not drawing and spec == self._drawn:
+            return notes
+        from .drawing import to_dot, write_png
+
+        atomic_write_text(self.path / "architecture.dot", to_dot(spec, base))
         try:
-            write_png(spec, self.path / "architecture.png")
+            write_png(spec, self.path / "architecture.png", base)
+            self._drawn = spec
         except ImportError as exc:
-            return [f"architecture.png not written ({exc})"]
-        return []
+            notes.append(f"architecture.png not written ({exc})")
+        return notes
 
     def load(self) -> Checkpoint:
         path = self.checkpoint_path

@@ -25,7 +25,7 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
-from . import cli_compare, cli_growth
+from . import cli_compare, cli_growth, cli_tasks
 from .activations import activation_info, list_activations
 from .bundle import atomic_write_text, check_output_file, load_model_or_spec
 from .compile import compile
@@ -67,12 +67,31 @@ def _usage_errors_exit_1() -> Iterator[None]:
 app = typer.Typer(
     name="dagrow",
     cls=_Group,
-    help="Compile YAML DAG architectures to torch.fx and grow them while they train. "
-    "`dagrow ops` lists the edge ops and node activations a spec can use.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        print(f"dagrow {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="print the version and exit"),
+    ] = False,
+) -> None:
+    """Compile YAML DAG architectures to torch.fx and grow them while they train. `dagrow ops` lists the
+    edge ops and node activations a spec can use; `dagrow list` every vocabulary; `dagrow tasks` the
+    built-in tasks."""
 
 
 def _print_error(line: str) -> None:
@@ -105,11 +124,16 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     _print_error(f"warning: {message}")
 
 
+def _count(n: int, word: str) -> str:
+    """``1 input``, ``2 inputs``, ``1,024 parameters``."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
 def _summary(path: Path, spec: GraphSpec) -> str:
     n_params = analyze(spec).num_params()
     return (
-        f"{path}: ok: {spec.name}: {len(spec.inputs)} inputs, {len(spec.nodes)} nodes, "
-        f"{len(spec.edges)} edges, {n_params:,} parameters"
+        f"{path}: ok: {spec.name}: {_count(len(spec.inputs), 'input')}, {_count(len(spec.nodes), 'node')}, "
+        f"{_count(len(spec.edges), 'edge')}, {_count(n_params, 'parameter')}"
     )
 
 
@@ -270,7 +294,7 @@ def _fields(model, tag: str) -> str:
 
 
 def _register_command_modules() -> None:
-    for module in (cli_growth, cli_compare):
+    for module in (cli_growth, cli_tasks, cli_compare):
         module.register(app)
     for command in app.registered_commands:
         if command.callback is not None:

@@ -8,6 +8,14 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from .compare import Experiment, RunKey, TaskSource, run_experiment
 from .config import GrowthConfig, parse_config
@@ -138,12 +146,25 @@ def compare_command(
         exp.task.make()  # an unknown task or unreadable data fails here, once
     exp.check()
     started = time.perf_counter()
+    progress = Progress(
+        TextColumn("[bold]comparing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=err,
+    )
 
-    def on_done(key: RunKey, seconds: float | None) -> None:
-        note = "already done" if seconds is None else f"{seconds:.1f} s"
-        err.print(printable(f"{key.id}: {note}"), highlight=False, markup=False)
+    with progress:
+        bar = progress.add_task("runs", total=len(exp.keys()))
 
-    rows = run_experiment(exp, out_dir, jobs=jobs, on_done=on_done)
+        def on_done(key: RunKey, seconds: float | None) -> None:
+            note = "already done" if seconds is None else f"{seconds:.1f} s"
+            progress.console.print(printable(f"{key.id}: {note}"), highlight=False, markup=False)
+            progress.update(bar, advance=1)
+
+        rows = run_experiment(exp, out_dir, jobs=jobs, on_done=on_done)
     for line in exp.claims(rows) if exp.claims else []:
         out.print(printable(f"claim: {line}"), highlight=False, markup=False, soft_wrap=True)
     files = ["results.csv", "summary.md"] + [

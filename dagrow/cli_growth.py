@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import json
 import typing
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -20,6 +21,7 @@ from rich.text import Text
 
 from .bundle import load_model_or_spec
 from .checkpoint import RunDirectory
+from .cli_tasks import TASK_OPTION_HELP
 from .compile import compile
 from .config import GrowthConfig, NaturalConfig, load_config, parse_config
 from .distributed import close, env_world_size, launch, rank_error
@@ -27,11 +29,14 @@ from .graph import analyze
 from .growth.proposals import INITS
 from .loop import Run, dist_rank
 from .names import printable
-from .registry import unknown_name_message
-from .site_report import score_sites
+from .planner import STRATEGIES
+from .registry import Registry, unknown_name_message
+from .run_plots import TensorBoardLogger, require_tensorboard
+from .schedule import SCHEDULES
+from .site_report import RANKINGS, score_sites
 from .spec import parse_spec
 from .stats import LOSSES
-from .tasks import DataError, Task, fit_task, list_tasks, load_data, make_task
+from .tasks import DataError, Task, fit_task, list_tasks, load_data, make_task, parse_task_options
 from .training import usable_device
 
 out = Console()
@@ -47,11 +52,18 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(1)
 
 
-def _task(task: str | None, data: Path | None, seed: int, source: Path, spec) -> Task:
-    """The task or data set, checked against the spec (errors name the spec file)."""
+def _task(
+    task: str | None, data: Path | None, seed: int, source: Path, spec, options: dict[str, Any] | None = None
+) -> Task:
+    """The task (with its ``options``) or data set, checked against the spec (errors name the spec file)."""
     if (task is None) == (data is None):
         _fail("give exactly one of --task NAME or --data FILE")
-    the_task = make_task(task, seed=seed) if task is not None else load_data(data, seed=seed)  # type: ignore[arg-type]
+    if data is not None and options:
+        _fail("--task-option goes with --task, not with --data")
+    if task is not None:
+        the_task = make_task(task, seed=seed, **(options or {}))
+    else:
+        the_task = load_data(data, seed=seed)  # type: ignore[arg-type]
     try:
         return fit_task(the_task, spec)
     except DataError as exc:
@@ -70,21 +82,31 @@ TASK_HELP = "built-in task: " + ", ".join(list_tasks())
 def sites_command(
     source: Annotated[Path, typer.Argument(help="spec (.yaml) or bundle (.safetensors)")],
     task: Annotated[str | None, typer.Option(help=TASK_HELP)] = None,
+    task_option: Annotated[list[str] | None, typer.Option("--task-option", help=TASK_OPTION_HELP)] = None,
     data: Annotated[Path | None, typer.Option(help="user data: .npz with x and y, or .csv")] = None,
     loss: Annotated[str | None, typer.Option(help="mse or cross_entropy (default: the task's)")] = None,
-    init: Annotated[str, typer.Option(help=f"initialisation ({', '.join(INITS)})")] = "tiny",
+    init: Annotated[str, typer.Option(help=f"initialisation of new neurons: {INITS.help()}")] = "tiny",
     neurons: Annotated[int, typer.Option(min=1, help="new neurons per site")] = 1,
     batch: Annotated[int, typer.Option(min=1, help="samples in the statistics pass")] = 1024,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
     seed: Annotated[int, typer.Option(help="seed of the data and of a freshly compiled spec")] = 0,
+    strategy: Annotated[
+        str,
+        typer.Option(
+            help="rank the growable sites by this strategy's score: "
+            + "; ".join(f"{k}: {v[1]}" for k, v in RANKINGS.items())
+        ),
+    ] = "amplitude_factor",
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
-    """Score every growth site of a network from one statistics pass."""
+    """Score every growth site of a network from one statistics pass: the sites that can grow, ranked by
+    the strategy's score, then the skipped ones with the reason."""
+    strategy = _check_choice(strategy, RANKINGS, "strategy")
     _check_choice(init, INITS, "init")
     if loss is not None:
         _check_choice(loss, LOSSES, "loss")
     spec, loaded = load_model_or_spec(source)
-    the_task = _task(task, data, seed, source, spec)
+    the_task = _task(task, data, seed, source, spec, parse_task_options(task_option, task))
     model = (loaded or compile(spec, seed=seed)).to(usable_device(device))
     x, y = next(the_task.batches("train", None, device=device))
     report = score_sites(
@@ -95,19 +117,17 @@ def sites_command(
         neurons=neurons,
         seed=seed,
         data_name=the_task.name,
+        strategy=strategy,
     )
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
         return
     out.print(report.table())
+    skipped = report.skipped_table()
+    if skipped is not None:
+        out.print(skipped)
     for line in report.notes():
-        out.print(
-            line,
-            style="dim" if "not supported" in line else None,
-            highlight=False,
-            markup=False,
-            soft_wrap=True,
-        )
+        out.print(line, highlight=False, markup=False)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -115,6 +135,18 @@ def sites_command(
 # --------------------------------------------------------------------------------------------------
 
 SENN_PANEL = "SENN (--strategy natural)"
+INPUT_PANEL = "What to grow on"
+OUTPUT_PANEL = "Where it goes"
+GROWTH_PANEL = "Growth"
+TRAINING_PANEL = "Training"
+TRAINING_FIELDS = {"optimizer", "lr", "batch_size", "final_steps", "seed", "device"}
+REGISTRY_HELP: dict[str, tuple[str, Registry]] = {
+    "strategy": ("where to grow", STRATEGIES),
+    "init": ("initialisation of new neurons", INITS),
+    "schedule": ("when to grow (default: rounds for natural, else fixed)", SCHEDULES),
+}
+METAVARS = {int: "N", float: "X", str: "NAME", bool: ""}
+LOGS = ("tensorboard",)
 
 
 def _option_type(annotation: Any) -> type:
@@ -130,7 +162,9 @@ def _option_type(annotation: Any) -> type:
 def _config_fields() -> list[tuple[str, Any, str | None]]:
     """(name, pydantic field, help panel) of every setting, SENN's flattened."""
     rows: list[tuple[str, Any, str | None]] = [
-        (n, f, None) for n, f in GrowthConfig.model_fields.items() if n != "natural"
+        (n, f, TRAINING_PANEL if n in TRAINING_FIELDS else GROWTH_PANEL)
+        for n, f in GrowthConfig.model_fields.items()
+        if n != "natural"
     ]
     return rows + [(n, f, SENN_PANEL) for n, f in NaturalConfig.model_fields.items()]
 
@@ -141,6 +175,9 @@ def _config_parameters() -> list[inspect.Parameter]:
         kind = _option_type(f.annotation)
         choices = typing.get_args(f.annotation) if typing.get_origin(f.annotation) is typing.Literal else ()
         text = f.description or ""
+        if name in REGISTRY_HELP:
+            what, registry = REGISTRY_HELP[name]
+            text = f"{what}: {registry.help()}"
         if choices and not text.startswith(tuple(choices)):
             text += f" ({', '.join(choices)})"
         default = f.get_default(call_default_factory=True)
@@ -151,6 +188,7 @@ def _config_parameters() -> list[inspect.Parameter]:
             help=f"{text} (default: {default})" if "default" not in text else text,
             show_default=False,
             rich_help_panel=panel,
+            metavar=METAVARS[kind] if kind is not str or name != "device" else "DEVICE",
         )
         params.append(_keyword(name, kind | None, option))
     return params
@@ -172,12 +210,14 @@ def _refuse_conflicts(saved: dict[str, Any], given: dict[str, Any], where: Path)
 def grow_command(
     source: Path | None,
     task: str | None,
+    task_option: list[str] | None,
     data: Path | None,
     config: Path | None,
     out_dir: Path | None,
     resume: Path | None,
     overwrite: bool,
     quiet: bool,
+    log: str | None,
     nproc: int = 1,
     **settings: Any,
 ) -> None:
@@ -188,33 +228,59 @@ def grow_command(
     growth count is needed: the network grows while the natural expansion score says so and stops on
     its own. With --nproc N (or under torchrun) the run is data parallel: see docs/distributed.md."""
     given = _given(settings)
+    if log is not None:
+        _check_choice(log, LOGS, "log")
+        require_tensorboard()
+    args = GrowArgs(source, task, task_option or [], data, config, out_dir, resume, overwrite, quiet, log)
     if nproc > 1:
         if env_world_size() > 1:
             _fail("--nproc starts the processes itself: do not give it under torchrun")
-        _launch(source, task, data, config, out_dir, resume, overwrite, quiet, nproc, given)
+        _launch(args, nproc, given)
         return
     if env_world_size() > 1:
-        _grow_rank(source, task, data, config, out_dir, resume, overwrite, quiet, given)
+        _grow_rank(args, given)
         return
-    _grow(source, task, data, config, out_dir, resume, overwrite, quiet, given)
+    _grow(args, given)
 
 
-def _launch(source, task, data, config, out_dir, resume, overwrite, quiet, nproc: int, given) -> None:
+@dataclass(frozen=True)
+class GrowArgs:
+    """The options of `dagrow grow` that are not settings of the run (those are ``given``)."""
+
+    source: Path | None
+    task: str | None
+    task_option: list[str]
+    data: Path | None
+    config: Path | None
+    out_dir: Path | None
+    resume: Path | None
+    overwrite: bool
+    quiet: bool
+    log: str | None
+
+
+def _launch(args: GrowArgs, nproc: int, given: dict[str, Any]) -> None:
     """Check what can be checked here, then run the same command in ``nproc`` processes."""
-    argv = ["grow"] + ([str(source)] if source is not None else [])
-    for flag, value in (("--task", task), ("--data", data), ("--config", config)):
+    argv = ["grow"] + ([str(args.source)] if args.source is not None else [])
+    for flag, value in (("--task", args.task), ("--data", args.data), ("--config", args.config)):
         if value is not None:
             argv += [flag, str(value)]
-    if resume is not None:
-        argv += ["--resume", str(resume)]
+    for option in args.task_option:
+        argv += ["--task-option", option]
+    if args.log is not None:
+        argv += ["--log", args.log]
+    if args.resume is not None:
+        argv += ["--resume", str(args.resume)]
     else:
-        if source is None or out_dir is None:
+        if args.source is None or args.out_dir is None:
             _fail("give a SPEC_OR_BUNDLE and --out DIR (or --resume DIR)")
-        base = load_config(config) if config is not None else {}
-        parse_config({**base, **given}, str(config) if config else "")
-        RunDirectory(out_dir).prepare(overwrite=overwrite)  # refused here, before any process starts
-        argv += ["--out", str(out_dir)]
-    if quiet:
+        base = load_config(args.config) if args.config is not None else {}
+        parse_config({**base, **given}, str(args.config) if args.config else "")
+        RunDirectory(args.out_dir).prepare(
+            overwrite=args.overwrite
+        )  # refused here, before any process starts
+        argv += ["--out", str(args.out_dir)]
+    if args.quiet:
         argv.append("--quiet")
     for name, value in given.items():
         flag = "--" + name.replace("_", "-")
@@ -224,12 +290,12 @@ def _launch(source, task, data, config, out_dir, resume, overwrite, quiet, nproc
         raise typer.Exit(code)
 
 
-def _grow_rank(source, task, data, config, out_dir, resume, overwrite, quiet, given) -> None:
+def _grow_rank(args: GrowArgs, given: dict[str, Any]) -> None:
     """One rank of a distributed run: rank 0 writes and prints; any failure names the rank."""
     rank = dist_rank()
     timeout = float(given.get("collective_timeout", GrowthConfig.model_fields["collective_timeout"].default))
     try:
-        _grow(source, task, data, config, out_dir, resume, overwrite and rank == 0, quiet or rank > 0, given)
+        _grow(replace(args, overwrite=args.overwrite and rank == 0, quiet=args.quiet or rank > 0), given)
     except (typer.Exit, KeyboardInterrupt):
         raise
     except Exception as exc:
@@ -238,12 +304,23 @@ def _grow_rank(source, task, data, config, out_dir, resume, overwrite, quiet, gi
         close()
 
 
-def _grow(source, task, data, config, out_dir, resume, overwrite, quiet, given) -> None:
+def _grow(args: GrowArgs, given: dict[str, Any]) -> None:
+    source, task, task_option, data, config = args.source, args.task, args.task_option, args.data, args.config
+    out_dir, resume, overwrite, quiet, log = args.out_dir, args.resume, args.overwrite, args.quiet, args.log
     run_dir: Path | None = None
     try:
         if resume is not None:
-            if source is not None or task is not None or data is not None or config is not None:
-                _fail("--resume DIR continues the run saved there: give no SPEC, --task, --data or --config")
+            if (
+                source is not None
+                or task is not None
+                or data is not None
+                or config is not None
+                or task_option
+            ):
+                _fail(
+                    "--resume DIR continues the run saved there: give no SPEC, --task, --task-option, --data "
+                    "or --config"
+                )
             if out_dir is not None and out_dir != resume:
                 _fail("--resume DIR writes into DIR: give no other --out")
             run_dir = resume
@@ -257,6 +334,7 @@ def _grow(source, task, data, config, out_dir, resume, overwrite, quiet, given) 
                 int(src.get("seed", 0)),
                 run_dir,
                 parse_spec(meta["spec"]),
+                src.get("task_options") or {},
             )
             run = Run.resume(directory, the_task)
             if run.finished:
@@ -274,17 +352,24 @@ def _grow(source, task, data, config, out_dir, resume, overwrite, quiet, given) 
                 directory.prepare(overwrite=overwrite)
             run_dir = out_dir
             spec, loaded = load_model_or_spec(source)  # type: ignore[arg-type]
-            the_task = _task(task, data, growth_config.seed, source, spec)  # type: ignore[arg-type]
+            options = parse_task_options(task_option, task)
+            the_task = _task(task, data, growth_config.seed, source, spec, options)  # type: ignore[arg-type]
             origin = {
                 "spec": str(source),
                 "task": task,
+                "task_options": options,
                 "data": str(data.resolve()) if data else None,
                 "seed": growth_config.seed,
                 "params": analyze(spec).num_params(),
             }
             model = loaded or compile(spec, seed=growth_config.seed)
             run = Run.start(model, the_task, growth_config, source=origin, directory=directory)
-        _run_with_progress(run, quiet)
+        logger = None if log is None else TensorBoardLogger(run_dir / "tensorboard")
+        try:
+            _run_with_progress(run, quiet, logger)
+        finally:
+            if logger is not None:
+                logger.close()
     except KeyboardInterrupt:
         err.print("interrupted", highlight=False)
         where = run_dir
@@ -305,7 +390,7 @@ def _grow(source, task, data, config, out_dir, resume, overwrite, quiet, given) 
     _print_summary(run, run_dir)
 
 
-def _run_with_progress(run: Run, quiet: bool) -> None:
+def _run_with_progress(run: Run, quiet: bool, logger: Any = None) -> None:
     schedule = run.grower.schedule
     total = schedule.growths
     progress = Progress(
@@ -323,6 +408,8 @@ def _run_with_progress(run: Run, quiet: bool) -> None:
         )
 
         def on_event(line: dict[str, Any]) -> None:
+            if logger is not None:
+                logger(line)
             if line.get("event") in ("growth", "rollback"):
                 progress.update(bar, advance=1, status=f"{line.get('site')} params={line.get('params', '')}")
 
@@ -330,7 +417,15 @@ def _run_with_progress(run: Run, quiet: bool) -> None:
         run.run()
 
 
-WRITTEN = ("spec.yaml", "model.safetensors", "history.jsonl", "architecture.dot", "architecture.png")
+WRITTEN = (
+    "spec.yaml",
+    "model.safetensors",
+    "history.jsonl",
+    "metrics.csv",
+    "growth.png",
+    "architecture.dot",
+    "architecture.png",
+)
 
 
 def _print_summary(run: Run, out_dir: Path) -> None:
@@ -370,17 +465,68 @@ _FIXED = [
             typer.Argument(metavar="SPEC_OR_BUNDLE", help="spec (.yaml) or bundle (.safetensors)"),
         ],
     ),
-    _keyword("task", str | None, typer.Option(help=TASK_HELP)),
-    _keyword("data", Path | None, typer.Option(help="user data: .npz with x and y, or .csv")),
-    _keyword("config", Path | None, typer.Option(help="run file (YAML) of settings; flags override it")),
+    _keyword("task", str | None, typer.Option(help=TASK_HELP, metavar="NAME", rich_help_panel=INPUT_PANEL)),
     _keyword(
-        "out_dir", Path | None, typer.Option("--out", help="output folder (refused when it holds a run)")
+        "task_option",
+        list[str] | None,
+        typer.Option(
+            "--task-option", help=TASK_OPTION_HELP, metavar="KEY=VALUE", rich_help_panel=INPUT_PANEL
+        ),
     ),
     _keyword(
-        "resume", Path | None, typer.Option(help="continue the run saved in this folder (no other flag)")
+        "data",
+        Path | None,
+        typer.Option(
+            help="user data: .npz with x and y, or .csv", metavar="FILE", rich_help_panel=INPUT_PANEL
+        ),
     ),
-    _keyword("overwrite", bool, typer.Option("--overwrite", help="replace the run in --out"), False),
-    _keyword("quiet", bool, typer.Option("--quiet", "-q", help="no progress bar"), False),
+    _keyword(
+        "config",
+        Path | None,
+        typer.Option(
+            help="run file (YAML) of settings; flags override it", metavar="FILE", rich_help_panel=INPUT_PANEL
+        ),
+    ),
+    _keyword(
+        "out_dir",
+        Path | None,
+        typer.Option(
+            "--out",
+            help="output folder (refused when it holds a run)",
+            metavar="DIR",
+            rich_help_panel=OUTPUT_PANEL,
+        ),
+    ),
+    _keyword(
+        "resume",
+        Path | None,
+        typer.Option(
+            help="continue the run saved in this folder (no other flag)",
+            metavar="DIR",
+            rich_help_panel=OUTPUT_PANEL,
+        ),
+    ),
+    _keyword(
+        "overwrite",
+        bool,
+        typer.Option("--overwrite", help="replace the run in --out", rich_help_panel=OUTPUT_PANEL),
+        False,
+    ),
+    _keyword(
+        "quiet",
+        bool,
+        typer.Option("--quiet", "-q", help="no progress bar", rich_help_panel=OUTPUT_PANEL),
+        False,
+    ),
+    _keyword(
+        "log",
+        str | None,
+        typer.Option(
+            help="also log the history to: tensorboard (DIR/tensorboard; needs tensorboard installed)",
+            metavar="NAME",
+            rich_help_panel=OUTPUT_PANEL,
+        ),
+    ),
     _keyword(
         "nproc",
         int,
@@ -397,4 +543,13 @@ grow_command.__signature__ = inspect.Signature(_FIXED + _config_parameters())  #
 
 def register(app: typer.Typer) -> None:
     app.command("sites")(sites_command)
-    app.command("grow")(grow_command)
+    app.command("grow", help=GROW_HELP)(grow_command)
+
+
+GROW_HELP = (
+    "Train and grow a network; write the grown spec, bundle, history, metrics.csv, growth.png and the "
+    "architecture drawing.\n\n"
+    "The run checkpoints in --out DIR after every round: a run stopped at any moment continues with "
+    "`dagrow grow --resume DIR`, exactly as it would have gone on. With --strategy natural (SENN) no growth "
+    "count is needed: the network grows while the natural expansion score says so and stops on its own."
+)

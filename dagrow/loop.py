@@ -202,7 +202,14 @@ class Run:
         rng = {"torch": torch.get_rng_state(), "growth": self.gen.get_state()}
         weights = self.model.state_dict()
         self.directory.commit(Checkpoint(meta, weights, opt.state_dict() if opt else None, rng))
-        self.notes = self.directory.write_outputs(self.model, drawing=self.finished)
+        start = self.source.get("start_spec")
+        self.notes = self.directory.write_outputs(
+            self.model,
+            drawing=self.finished,
+            history=self.history,
+            base=parse_spec(start) if start else None,
+            start_params=self.source.get("params"),
+        )
         self.committed_step = self.step
 
     @classmethod
@@ -213,7 +220,9 @@ class Run:
         grower = Grower(
             spec_or_model, loss=task.loss, config=config, dtype=dtype, distributed=parallel(config)
         )
-        run = cls(grower, fit_task(task, grower.model.spec), source=source or {}, directory=directory)
+        spec = grower.model.spec
+        source = {"params": num_params(spec), **(source or {}), "start_spec": json.loads(spec.to_json())}
+        run = cls(grower, fit_task(task, spec), source=source, directory=directory)
         run.commit()
         return run
 

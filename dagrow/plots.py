@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .bundle import atomic_write
-from .results import groups, mean_std, trained
+from .results import groups, mean_std
 
 
 def _value_at(run: list[dict[str, Any]], x: str, y: str, at: float) -> float:
@@ -102,8 +102,8 @@ def plot_metric(rows: list[dict[str, Any]], path: Path, title: str = "", split: 
     for label, runs in grouped.items():
         if x == "step":
             _plot_band(ax, runs, x, col, label)
-        elif not label.startswith("static"):  # each size after training at it (or right after growing)
-            _plot_band(ax, [trained(run) for run in runs], x, col, label)
+        elif not label.startswith("static"):  # from the untrained start, then each size as trained
+            _plot_band(ax, runs, x, col, label)
     if x == "parameters":
         _frontier(ax, grouped)
     if x == "parameters" and _spans_decades([r[x] for r in rows]):

@@ -31,6 +31,10 @@ def _fold(name: str) -> str:
     return name.strip().lower().replace("-", "_")
 
 
+def _dashes(name: str) -> str:
+    return name.replace("-", "_")
+
+
 def did_you_mean(name: str, known: Iterable[str]) -> str:
     """``" (did you mean 'x'?)"`` for the closest of ``known`` to ``name``, or ``""``.
 
@@ -93,15 +97,22 @@ class Registry(Generic[T]):
         return self.entry(name).obj
 
     def entry(self, name: str) -> Entry[T]:
+        """The entry of ``name``; the other spelling of hyphens and underscores is accepted where it names
+        one entry (``teacher-student`` for ``teacher_student``), anything else is :class:`UnknownName`."""
         try:
             return self._entries[name]
         except (KeyError, TypeError):
-            raise UnknownName(unknown_name_message(self.kind, name, self._entries)) from None
+            pass
+        if isinstance(name, str):
+            same = [k for k in self._entries if _dashes(k) == _dashes(name)]
+            if len(same) == 1:
+                return self._entries[same[0]]
+        raise UnknownName(unknown_name_message(self.kind, name, self._entries))
 
     def check(self, name: str) -> str:
-        """``name`` when registered, else :class:`UnknownName` (for validators)."""
-        self.entry(name)
-        return name
+        """The registered spelling of ``name`` (see :meth:`entry`), else :class:`UnknownName` (for
+        validators)."""
+        return self.entry(name).name
 
     def names(self) -> list[str]:
         """Registered names, in registration order."""

@@ -4,7 +4,7 @@ The same net (64 -> 2 tanh -> 10) is grown by the natural strategy on training s
 scikit-learn's 8x8 digits of increasing size; with more data the natural expansion score keeps
 finding directions worth a neuron for longer, and the final width grows with the data.
 
-    python examples/senn_digits.py                  # writes docs/img/senn_digits.png
+    python examples/senn_digits.py  # writes runs/senn_digits.png (docs: --out docs/img/...)
 """
 
 from __future__ import annotations
@@ -37,7 +37,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100,300,900,1797", help="subset sizes (before the split)")
     parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path("docs/img/senn_digits.png"))
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/senn_digits.png"),
+        help="the picture (the docs image: --out docs/img/senn_digits.png)",
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     rows = []

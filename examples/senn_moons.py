@@ -5,7 +5,7 @@ deepening of any edge (a new layer inserted so that the function is exactly unch
 basis construction with a rational activation at the identity) and the widening of hidden nodes; a
 deepening's score is divided by ``depth_cost``. The natural strategy chooses between them.
 
-    python examples/senn_moons.py                   # writes docs/img/senn_moons.png
+    python examples/senn_moons.py  # writes runs/senn_moons.png (docs: --out docs/img/...)
 """
 
 from __future__ import annotations
@@ -49,7 +49,12 @@ def main() -> None:
     parser.add_argument("--tau", type=float, default=0.05)
     parser.add_argument("--alpha", type=float, default=0.05)
     parser.add_argument("--final-steps", type=int, default=3000, help="training after growth stops")
-    parser.add_argument("--out", type=Path, default=Path("docs/img/senn_moons.png"))
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/senn_moons.png"),
+        help="the picture (the docs image: --out docs/img/senn_moons.png)",
+    )
     args = parser.parse_args()
     task = dagrow.make_task("moons", n=200, noise=0.3, seed=args.seed)
     config = dagrow.GrowthConfig(

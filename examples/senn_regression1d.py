@@ -4,7 +4,7 @@ Seed 003 (Self-Expanding Neural Networks): after every round of training the nat
 eta is measured; a neuron is added while the best candidate raises eta by more than tau (relative) and
 more than alpha times E||dL/dy||^2 (absolute). No growth count is given: the run stops on its own.
 
-    python examples/senn_regression1d.py            # writes docs/img/senn_regression1d.png
+    python examples/senn_regression1d.py  # writes runs/senn_regression1d.png (docs: --out docs/img/...)
 """
 
 from __future__ import annotations
@@ -37,7 +37,12 @@ growth: {widen: [h], new_nodes: none}
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("docs/img/senn_regression1d.png"))
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/senn_regression1d.png"),
+        help="the picture (the docs image: --out docs/img/senn_regression1d.png)",
+    )
     args = parser.parse_args()
     task = dagrow.make_task("regression1d", n=50, seed=args.seed)
     config = dagrow.GrowthConfig(

@@ -68,10 +68,10 @@ def test_validate_prints_one_summary_line_per_spec():
     result = run("validate", *SPECS)
     lines = result.stdout.splitlines()
     assert len(lines) == len(SPECS)
-    assert lines[1] == f"{DAG}: ok: dag-skip: 1 inputs, 4 nodes, 6 edges, 121 parameters"
+    assert lines[1] == f"{DAG}: ok: dag-skip: 1 input, 4 nodes, 6 edges, 121 parameters"
     for path, line in zip(SPECS, lines, strict=True):
         assert line.startswith(f"{path}: ok: ")
-        assert all(word in line for word in ("inputs", "nodes", "edges", "parameters"))
+        assert all(word in line for word in ("input", "nodes", "edges", "parameters"))
 
 
 def test_validate_reports_file_line_column_on_stderr(typo):
@@ -177,7 +177,8 @@ def test_export_dot_has_widths_on_nodes_and_ops_on_edges():
     conv = run("export", ROOT / "specs" / "conv_digits.yaml", "--to", "dot").stdout
     assert '"img" -> "c1" [label="conv2d padding=1"];' in conv
     assert '"p1" -> "flat" [label="flatten"];' in conv
-    assert "8 ch [4, 4]" in conv
+    assert "8 ch 4x4" in conv
+    assert '{ rank=same; "a"; "b"; }' in dot  # ranked by topological generation
 
 
 def test_export_yaml_is_the_canonical_spec(tmp_path, bundle):

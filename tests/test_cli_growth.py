@@ -149,7 +149,7 @@ def test_grow_writes_the_grown_model(data, tmp_path):
             "statistics=training records the statistics during sgd or adam steps",
         ),
         (["grow", "--resume", "OUT"], "nothing to resume"),
-        (["grow", "--resume", "OUT", "--data", "DATA"], "give no SPEC, --task, --data or --config"),
+        (["grow", "--resume", "OUT", "--data", "DATA"], "--task-option, --data or --config"),
         (["grow", "SPEC", "--task", "sin50", "--data", "DATA", "--out", "OUT"], "exactly one of --task"),
         (["sites", "SPEC"], "give exactly one of --task NAME or --data FILE"),
         (["sites", "SPEC", "--task", "sin5"], "unknown task 'sin5'"),

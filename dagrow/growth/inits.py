@@ -113,15 +113,20 @@ FUNCTION_PRESERVING = {"gradmax", "north", "random", "mirrored"}
 """The inits whose new neurons leave the model's function unchanged at any gamma."""
 
 
-def no_direction(U: tuple[str, ...], updates: dict[str, TargetUpdate]) -> str:
+def no_direction(U: tuple[str, ...], updates: dict[str, TargetUpdate], kind: str = "node") -> str:
     """Why a site has no bottleneck direction: below the thresholds, or zero by construction when the
-    new neurons would only see what already feeds every target (then Vperp is orthogonal to them)."""
+    new neurons would only see what already feeds every target (then Vperp is orthogonal to them).
+    ``kind`` (the site's kind) picks the advice: a deepen site is never advised to deepen."""
     if all(set(U) <= set(u.sources) for u in updates.values()):
         feeds = ", ".join(sorted(set(U) - {ONE}))
+        advice = {
+            "deepen": "deepening grows with the natural strategy, which scores it by its natural gain",
+            "widen": "grow a new node on a pair that skips a node",
+        }.get(kind, "grow a pair that skips a node, or deepen the edge")
         return (
             f"no bottleneck direction: {feeds} already feed{'s' if len(set(U) - {ONE}) == 1 else ''} "
             f"{', '.join(updates)} directly, so to first order new neurons fed by {feeds} only repeat "
-            "what dW* does (grow a pair that skips a node, or deepen the edge)"
+            f"what dW* does ({advice})"
         )
     return "no bottleneck direction above the thresholds"
 
@@ -196,7 +201,7 @@ def tiny(ctx: InitContext) -> NewNeurons:
     else:  # the same empty tensors without the products
         fan_in = torch.zeros(0, Uv.shape[0], dtype=torch.float64, device=Uv.device)
         omega = torch.zeros(Vh.shape[1], 0, dtype=torch.float64, device=Vh.device)
-    skipped = no_direction(site.sources, ctx.updates) if K == 0 else None
+    skipped = no_direction(site.sources, ctx.updates, site.kind) if K == 0 else None
     if ctx.sigma0 != 0.0:
         notes.append(
             f"{ctx.activation.name}(0) != 0: the new neurons shift the output by sqrt(gamma) omega sigma(0)"

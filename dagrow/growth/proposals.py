@@ -253,7 +253,7 @@ def _propose(
             first_order_improvement=d + dec.gain,
             sum_lambda_sq=sum_of_squares(dec.values[:count]),
             params_added=_params_added(site, 0, stats),
-            skipped=None if count else no_direction(U, updates),
+            skipped=None if count else no_direction(U, updates, site.kind),
         )
 
     slope, sigma0 = sh.slope_and_value_at_zero(act)

@@ -296,7 +296,7 @@ def make_task(
             raise ValueError(f"n must be a positive integer, got {n!r}")
         kwargs["n"] = n
     data = info.builder(np.random.default_rng(data_seq), **kwargs)
-    return build_task(name, data, np.random.default_rng(split_seq), fractions)
+    return build_task(info.name, data, np.random.default_rng(split_seq), fractions)
 
 
 def fit_task(task: Task, spec: GraphSpec) -> Task:
