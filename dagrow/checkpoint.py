@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,9 @@ OUTPUTS = (
 # fault injection for the kill tests: "checkpoint:N" kills the process (SIGKILL) while the N-th
 # checkpoint of this process is written, after its temporary file and before the rename
 FAULT_ENV = "DAGROW_FAULT"
+# the pictures of a run (growth.png, architecture.png) cost a matplotlib drawing each: at most this
+# often in seconds while the run goes on, and always at its end
+PICTURE_INTERVAL = 10.0
 
 
 META_FIELDS: dict[str, type | tuple[type, ...]] = {
@@ -121,6 +125,9 @@ class RunDirectory:
         self.path = Path(path)
         self.commits = 0  # checkpoints written by this process
         self._drawn: Any = None  # the spec architecture.png shows (redrawn when it changes)
+        self._drawn_dot: Any = None  # the spec architecture.dot shows
+        self._pictured_at: float | None = None  # when the pictures were last drawn (time.monotonic)
+        self.picture_interval = PICTURE_INTERVAL
 
     @property
     def checkpoint_path(self) -> Path:
@@ -236,11 +243,13 @@ class RunDirectory:
         base: Any = None,
         start_params: int | None = None,
     ) -> list[str]:
-        """``model.safetensors`` (a bundle) and ``spec.yaml``, each atomic; ``architecture.dot`` and
-        ``.png`` when the architecture changed since they were drawn (or with ``drawing``), growth
-        highlighted against ``base`` (the starting spec); with ``history`` also ``metrics.csv`` and
-        ``growth.png`` (``start_params``: the size at step 0). Returns notes on what could not be
-        written (the pictures need matplotlib, the optional ``plot`` extra)."""
+        """``model.safetensors`` (a bundle), ``spec.yaml`` and, with ``history``, ``metrics.csv``, each
+        atomic; ``architecture.dot`` when the architecture changed since it was written, growth
+        highlighted against ``base`` (the starting spec). The pictures, ``growth.png`` (``start_params``:
+        the size at step 0) and ``architecture.png``, cost a matplotlib drawing each: they are drawn with
+        ``drawing`` (the end of a run), the first time, and then at most every :attr:`picture_interval`
+        seconds. Returns notes on what could not be written (the pictures need matplotlib, the
+        optional ``plot`` extra)."""
         from .bundle import save
         from .compile import spec_of
 
@@ -248,21 +257,30 @@ class RunDirectory:
         save(model, self.path / "model.safetensors")
         atomic_write_text(self.path / "spec.yaml", spec.to_yaml())
         notes: list[str] = []
+        now = time.monotonic()
+        pictures = drawing or self._pictured_at is None or now - self._pictured_at >= self.picture_interval
+        if pictures:
+            self._pictured_at = now
         if history is not None:
             from .run_plots import write_growth_png, write_metrics_csv
 
             write_metrics_csv(history, self.path / "metrics.csv")
             try:
-                write_growth_png(
-                    history, self.path / "growth.png", start_params=start_params, title=spec.name
-                )
+                if pictures:
+                    write_growth_png(
+                        history, self.path / "growth.png", start_params=start_params, title=spec.name
+                    )
             except ImportError as exc:
                 notes.append(f"growth.png not written ({exc})")
-        if not drawing and spec == self._drawn:
-            return notes
-        from .drawing import to_dot, write_png
+        if spec != self._drawn_dot:
+            from .drawing import to_dot
 
-        atomic_write_text(self.path / "architecture.dot", to_dot(spec, base))
+            atomic_write_text(self.path / "architecture.dot", to_dot(spec, base))
+            self._drawn_dot = spec
+        if not pictures or spec == self._drawn:
+            return notes
+        from .drawing import write_png
+
         try:
             write_png(spec, self.path / "architecture.png", base)
             self._drawn = spec
