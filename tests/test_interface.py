@@ -197,3 +197,32 @@ def test_other_spelling_of_hyphens_and_underscores_is_accepted_where_unambiguous
     assert "1 input," in err
     result = run("grow", MLP, "--task", "sin50", "--init", "TINY", "--out", "x", ok=False)
     assert result.stderr.count("error") == 1 and "did you mean 'tiny'" in result.stderr
+
+
+def test_log_tensorboard_writes_the_history_as_scalars(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "r"
+    run(
+        "grow",
+        MLP,
+        "--task",
+        "sin50",
+        "--growths",
+        "2",
+        "--every",
+        "10",
+        "--log",
+        "tensorboard",
+        "--out",
+        out,
+        "-q",
+    )
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss/train", "params", "loss/test", "metric/test"} <= tags
+    assert [e.step for e in events.Scalars("loss/train")] == [10, 20]
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert events.Scalars("params")[-1].value == history[-1]["params"]
