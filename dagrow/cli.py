@@ -4,7 +4,8 @@ Every error is a message on stderr and exit status 1, never a traceback: spec pr
 ``FILE:LINE:COL: message`` lines, other failures (weights that do not fit, unreadable files, a missing
 optional extra, a bad option value) as one ``error: ...`` line.
 
-Commands that live in other modules (:mod:`dagrow.cli_growth`, :mod:`dagrow.cli_compare`) register
+Commands that live in other modules (:mod:`dagrow.cli_sites`, :mod:`dagrow.cli_growth`,
+:mod:`dagrow.cli_tasks`, :mod:`dagrow.cli_compare`) register
 themselves through their ``register(app)`` function; :func:`exit_on_error` then guards them like the
 commands below.
 """
@@ -25,7 +26,7 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
-from . import cli_compare, cli_growth, cli_tasks
+from . import cli_compare, cli_growth, cli_sites, cli_tasks
 from .activations import activation_info, list_activations
 from .bundle import atomic_write_text, check_output_file, load_model_or_spec
 from .compile import compile
@@ -294,7 +295,7 @@ def _fields(model, tag: str) -> str:
 
 
 def _register_command_modules() -> None:
-    for module in (cli_growth, cli_tasks, cli_compare):
+    for module in (cli_sites, cli_growth, cli_tasks, cli_compare):
         module.register(app)
     for command in app.registered_commands:
         if command.callback is not None:

@@ -1,4 +1,4 @@
-"""`dagrow sites` and `dagrow grow`: the growth commands (registered on the app of dagrow.cli).
+"""`dagrow grow`: train and grow a network (registered on the app of dagrow.cli).
 
 The options of `dagrow grow` are generated from :class:`~dagrow.config.GrowthConfig` (names, help,
 defaults and choices): a flag overrides the run file given with ``--config``, which overrides the
@@ -8,190 +8,28 @@ defaults. Resuming, checkpoints and the history live in :mod:`dagrow.loop` and :
 from __future__ import annotations
 
 import inspect
-import json
-import typing
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.text import Text
 
 from .bundle import load_model_or_spec
 from .checkpoint import RunDirectory
+from .cli_common import TASK_HELP, check_choice, err, error_line, fail, out, task_for
+from .cli_options import INPUT_PANEL, LOGS, OUTPUT_PANEL, config_parameters, keyword
 from .cli_tasks import TASK_OPTION_HELP
 from .compile import compile
-from .config import GrowthConfig, NaturalConfig, load_config, parse_config
+from .config import GrowthConfig, load_config, parse_config
 from .distributed import close, env_world_size, launch, rank_error
 from .graph import analyze
-from .growth.proposals import INITS
 from .loop import Run, dist_rank
 from .names import printable
-from .planner import STRATEGIES
-from .registry import Registry, unknown_name_message
 from .run_plots import TensorBoardLogger, require_tensorboard
-from .schedule import SCHEDULES
-from .site_report import RANKINGS, score_sites
 from .spec import parse_spec
-from .stats import LOSSES
-from .tasks import DataError, Task, fit_task, list_tasks, load_data, make_task, parse_task_options
+from .tasks import parse_task_options
 from .training import usable_device
-
-out = Console()
-err = Console(stderr=True)
-
-
-def _error_line(message: str) -> None:
-    err.print(Text.assemble(("error:", "red"), " " + printable(message)), highlight=False, soft_wrap=True)
-
-
-def _fail(message: str) -> NoReturn:
-    _error_line(message)
-    raise typer.Exit(1)
-
-
-def _task(
-    task: str | None, data: Path | None, seed: int, source: Path, spec, options: dict[str, Any] | None = None
-) -> Task:
-    """The task (with its ``options``) or data set, checked against the spec (errors name the spec file)."""
-    if (task is None) == (data is None):
-        _fail("give exactly one of --task NAME or --data FILE")
-    if data is not None and options:
-        _fail("--task-option goes with --task, not with --data")
-    if task is not None:
-        the_task = make_task(task, seed=seed, **(options or {}))
-    else:
-        the_task = load_data(data, seed=seed)  # type: ignore[arg-type]
-    try:
-        return fit_task(the_task, spec)
-    except DataError as exc:
-        raise DataError(f"{source}: {exc}") from None
-
-
-def _check_choice(value: str, choices, what: str) -> str:
-    if value not in choices:
-        _fail(unknown_name_message(what, value, choices))
-    return value
-
-
-TASK_HELP = "built-in task: " + ", ".join(list_tasks())
-
-
-def sites_command(
-    source: Annotated[Path, typer.Argument(help="spec (.yaml) or bundle (.safetensors)")],
-    task: Annotated[str | None, typer.Option(help=TASK_HELP)] = None,
-    task_option: Annotated[list[str] | None, typer.Option("--task-option", help=TASK_OPTION_HELP)] = None,
-    data: Annotated[Path | None, typer.Option(help="user data: .npz with x and y, or .csv")] = None,
-    loss: Annotated[str | None, typer.Option(help="mse or cross_entropy (default: the task's)")] = None,
-    init: Annotated[str, typer.Option(help=f"initialisation of new neurons: {INITS.help()}")] = "tiny",
-    neurons: Annotated[int, typer.Option(min=1, help="new neurons per site")] = 1,
-    batch: Annotated[int, typer.Option(min=1, help="samples in the statistics pass")] = 1024,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
-    seed: Annotated[int, typer.Option(help="seed of the data and of a freshly compiled spec")] = 0,
-    strategy: Annotated[
-        str,
-        typer.Option(
-            help="rank the growable sites by this strategy's score: "
-            + "; ".join(f"{k}: {v[1]}" for k, v in RANKINGS.items())
-        ),
-    ] = "amplitude_factor",
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
-) -> None:
-    """Score every growth site of a network from one statistics pass: the sites that can grow, ranked by
-    the strategy's score, then the skipped ones with the reason."""
-    strategy = _check_choice(strategy, RANKINGS, "strategy")
-    _check_choice(init, INITS, "init")
-    if loss is not None:
-        _check_choice(loss, LOSSES, "loss")
-    spec, loaded = load_model_or_spec(source)
-    the_task = _task(task, data, seed, source, spec, parse_task_options(task_option, task))
-    model = (loaded or compile(spec, seed=seed)).to(usable_device(device))
-    x, y = next(the_task.batches("train", None, device=device))
-    report = score_sites(
-        model,
-        (x[:batch], y[:batch]),
-        loss or the_task.loss,
-        init=init,
-        neurons=neurons,
-        seed=seed,
-        data_name=the_task.name,
-        strategy=strategy,
-    )
-    if as_json:
-        print(json.dumps(report.to_dict(), indent=2))
-        return
-    out.print(report.table())
-    skipped = report.skipped_table()
-    if skipped is not None:
-        out.print(skipped)
-    for line in report.notes():
-        out.print(line, highlight=False, markup=False)
-
-
-# --------------------------------------------------------------------------------------------------
-# dagrow grow: options generated from the config models
-# --------------------------------------------------------------------------------------------------
-
-SENN_PANEL = "SENN (--strategy natural)"
-INPUT_PANEL = "What to grow on"
-OUTPUT_PANEL = "Where it goes"
-GROWTH_PANEL = "Growth"
-TRAINING_PANEL = "Training"
-TRAINING_FIELDS = {"optimizer", "lr", "batch_size", "final_steps", "seed", "device"}
-REGISTRY_HELP: dict[str, tuple[str, Registry]] = {
-    "strategy": ("where to grow", STRATEGIES),
-    "init": ("initialisation of new neurons", INITS),
-    "schedule": ("when to grow (default: rounds for natural, else fixed)", SCHEDULES),
-}
-METAVARS = {int: "N", float: "X", str: "NAME", bool: ""}
-LOGS = ("tensorboard",)
-
-
-def _option_type(annotation: Any) -> type:
-    """The CLI type of a config field: its scalar type (Literal choices and registry names are str)."""
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if typing.get_origin(annotation) is typing.Literal:
-        return str
-    if args:
-        return _option_type(args[0])
-    return annotation if annotation in (int, float, bool) else str
-
-
-def _config_fields() -> list[tuple[str, Any, str | None]]:
-    """(name, pydantic field, help panel) of every setting, SENN's flattened."""
-    rows: list[tuple[str, Any, str | None]] = [
-        (n, f, TRAINING_PANEL if n in TRAINING_FIELDS else GROWTH_PANEL)
-        for n, f in GrowthConfig.model_fields.items()
-        if n != "natural"
-    ]
-    return rows + [(n, f, SENN_PANEL) for n, f in NaturalConfig.model_fields.items()]
-
-
-def _config_parameters() -> list[inspect.Parameter]:
-    params = []
-    for name, f, panel in _config_fields():
-        kind = _option_type(f.annotation)
-        choices = typing.get_args(f.annotation) if typing.get_origin(f.annotation) is typing.Literal else ()
-        text = f.description or ""
-        if name in REGISTRY_HELP:
-            what, registry = REGISTRY_HELP[name]
-            text = f"{what}: {registry.help()}"
-        if choices and not text.startswith(tuple(choices)):
-            text += f" ({', '.join(choices)})"
-        default = f.get_default(call_default_factory=True)
-        flag = "--" + name.replace("_", "-")
-        decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
-        option = typer.Option(
-            *decls,
-            help=f"{text} (default: {default})" if "default" not in text else text,
-            show_default=False,
-            rich_help_panel=panel,
-            metavar=METAVARS[kind] if kind is not str or name != "device" else "DEVICE",
-        )
-        params.append(_keyword(name, kind | None, option))
-    return params
 
 
 def _given(settings: dict[str, Any]) -> dict[str, Any]:
@@ -204,7 +42,7 @@ def _refuse_conflicts(saved: dict[str, Any], given: dict[str, Any], where: Path)
     wrong = [k for k, v in given.items() if flat.get(k, v) != v]
     if wrong:
         listed = ", ".join(f"--{k.replace('_', '-')} {given[k]} (the run has {flat[k]})" for k in wrong)
-        _fail(f"{where} was started with other settings: {listed}; resume with --resume {where} alone")
+        fail(f"{where} was started with other settings: {listed}; resume with --resume {where} alone")
 
 
 def grow_command(
@@ -229,12 +67,12 @@ def grow_command(
     its own. With --nproc N (or under torchrun) the run is data parallel: see docs/distributed.md."""
     given = _given(settings)
     if log is not None:
-        _check_choice(log, LOGS, "log")
+        check_choice(log, LOGS, "log")
         require_tensorboard()
     args = GrowArgs(source, task, task_option or [], data, config, out_dir, resume, overwrite, quiet, log)
     if nproc > 1:
         if env_world_size() > 1:
-            _fail("--nproc starts the processes itself: do not give it under torchrun")
+            fail("--nproc starts the processes itself: do not give it under torchrun")
         _launch(args, nproc, given)
         return
     if env_world_size() > 1:
@@ -273,7 +111,7 @@ def _launch(args: GrowArgs, nproc: int, given: dict[str, Any]) -> None:
         argv += ["--resume", str(args.resume)]
     else:
         if args.source is None or args.out_dir is None:
-            _fail("give a SPEC_OR_BUNDLE and --out DIR (or --resume DIR)")
+            fail("give a SPEC_OR_BUNDLE and --out DIR (or --resume DIR)")
         base = load_config(args.config) if args.config is not None else {}
         parse_config({**base, **given}, str(args.config) if args.config else "")
         RunDirectory(args.out_dir).prepare(
@@ -285,7 +123,7 @@ def _launch(args: GrowArgs, nproc: int, given: dict[str, Any]) -> None:
     for name, value in given.items():
         flag = "--" + name.replace("_", "-")
         argv += [flag if value else "--no-" + flag[2:]] if isinstance(value, bool) else [flag, str(value)]
-    code = launch(argv, nproc, log=_error_line)
+    code = launch(argv, nproc, log=error_line)
     if code:
         raise typer.Exit(code)
 
@@ -299,7 +137,7 @@ def _grow_rank(args: GrowArgs, given: dict[str, Any]) -> None:
     except (typer.Exit, KeyboardInterrupt):
         raise
     except Exception as exc:
-        _fail(str(rank_error(exc, timeout)))
+        fail(str(rank_error(exc, timeout)))
     finally:
         close()
 
@@ -317,18 +155,18 @@ def _grow(args: GrowArgs, given: dict[str, Any]) -> None:
                 or config is not None
                 or task_option
             ):
-                _fail(
+                fail(
                     "--resume DIR continues the run saved there: give no SPEC, --task, --task-option, --data "
                     "or --config"
                 )
             if out_dir is not None and out_dir != resume:
-                _fail("--resume DIR writes into DIR: give no other --out")
+                fail("--resume DIR writes into DIR: give no other --out")
             run_dir = resume
             directory = RunDirectory(run_dir)
             meta = directory.load().meta
             _refuse_conflicts(meta["config"], given, run_dir)
             src = meta.get("source", {})
-            the_task = _task(
+            the_task = task_for(
                 src.get("task"),
                 Path(src["data"]) if src.get("data") else None,
                 int(src.get("seed", 0)),
@@ -343,7 +181,7 @@ def _grow(args: GrowArgs, given: dict[str, Any]) -> None:
                 return
         else:
             if source is None or out_dir is None:
-                _fail("give a SPEC_OR_BUNDLE and --out DIR (or --resume DIR)")
+                fail("give a SPEC_OR_BUNDLE and --out DIR (or --resume DIR)")
             base = load_config(config) if config is not None else {}
             growth_config = parse_config({**base, **given}, str(config) if config else "")
             usable_device(growth_config.device)
@@ -353,7 +191,7 @@ def _grow(args: GrowArgs, given: dict[str, Any]) -> None:
             run_dir = out_dir
             spec, loaded = load_model_or_spec(source)  # type: ignore[arg-type]
             options = parse_task_options(task_option, task)
-            the_task = _task(task, data, growth_config.seed, source, spec, options)  # type: ignore[arg-type]
+            the_task = task_for(task, data, growth_config.seed, source, spec, options)  # type: ignore[arg-type]
             origin = {
                 "spec": str(source),
                 "task": task,
@@ -449,12 +287,6 @@ def _print_summary(run: Run, out_dir: Path) -> None:
     )
 
 
-def _keyword(name: str, kind: Any, option: Any, default: Any = None) -> inspect.Parameter:
-    return inspect.Parameter(
-        name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[kind, option]
-    )
-
-
 _FIXED = [
     inspect.Parameter(
         "source",
@@ -465,29 +297,29 @@ _FIXED = [
             typer.Argument(metavar="SPEC_OR_BUNDLE", help="spec (.yaml) or bundle (.safetensors)"),
         ],
     ),
-    _keyword("task", str | None, typer.Option(help=TASK_HELP, metavar="NAME", rich_help_panel=INPUT_PANEL)),
-    _keyword(
+    keyword("task", str | None, typer.Option(help=TASK_HELP, metavar="NAME", rich_help_panel=INPUT_PANEL)),
+    keyword(
         "task_option",
         list[str] | None,
         typer.Option(
             "--task-option", help=TASK_OPTION_HELP, metavar="KEY=VALUE", rich_help_panel=INPUT_PANEL
         ),
     ),
-    _keyword(
+    keyword(
         "data",
         Path | None,
         typer.Option(
             help="user data: .npz with x and y, or .csv", metavar="FILE", rich_help_panel=INPUT_PANEL
         ),
     ),
-    _keyword(
+    keyword(
         "config",
         Path | None,
         typer.Option(
             help="run file (YAML) of settings; flags override it", metavar="FILE", rich_help_panel=INPUT_PANEL
         ),
     ),
-    _keyword(
+    keyword(
         "out_dir",
         Path | None,
         typer.Option(
@@ -497,7 +329,7 @@ _FIXED = [
             rich_help_panel=OUTPUT_PANEL,
         ),
     ),
-    _keyword(
+    keyword(
         "resume",
         Path | None,
         typer.Option(
@@ -506,19 +338,19 @@ _FIXED = [
             rich_help_panel=OUTPUT_PANEL,
         ),
     ),
-    _keyword(
+    keyword(
         "overwrite",
         bool,
         typer.Option("--overwrite", help="replace the run in --out", rich_help_panel=OUTPUT_PANEL),
         False,
     ),
-    _keyword(
+    keyword(
         "quiet",
         bool,
         typer.Option("--quiet", "-q", help="no progress bar", rich_help_panel=OUTPUT_PANEL),
         False,
     ),
-    _keyword(
+    keyword(
         "log",
         str | None,
         typer.Option(
@@ -527,7 +359,7 @@ _FIXED = [
             rich_help_panel=OUTPUT_PANEL,
         ),
     ),
-    _keyword(
+    keyword(
         "nproc",
         int,
         typer.Option(
@@ -538,11 +370,10 @@ _FIXED = [
         1,
     ),
 ]
-grow_command.__signature__ = inspect.Signature(_FIXED + _config_parameters())  # type: ignore[attr-defined]
+grow_command.__signature__ = inspect.Signature(_FIXED + config_parameters())  # type: ignore[attr-defined]
 
 
 def register(app: typer.Typer) -> None:
-    app.command("sites")(sites_command)
     app.command("grow", help=GROW_HELP)(grow_command)
 
 
