@@ -238,6 +238,10 @@ def load_yaml(text: str) -> tuple[Any, dict[Path_, tuple[int, int]]]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or str(exc)
+        if "maximum nesting depth" in problem:  # libyaml >= 0.2.5 (PyYAML 6.0.4's wheels) stops first
+            raise YamlErrors(
+                [YamlProblem(*_where(mark), f"more than {MAX_DEPTH} levels of nesting")]
+            ) from None
         raise YamlErrors([YamlProblem(*_where(mark), f"YAML syntax error: {problem}")]) from None
     except yaml.reader.ReaderError as exc:
         exc.position = min(exc.position, len(text))
