@@ -66,3 +66,16 @@ def test_ddp_loop_as_one_process():
     """examples/ddp_loop.py without torchrun: a process group of one (tests/test_distributed.py runs 2)."""
     text = run_example("ddp_loop.py", "--rounds", "2", "--steps", "20")
     assert re.search(r"^ranks: 1  parameters: \d+  test accuracy: [\d.]+$", text, re.M), text
+
+
+def test_own_loop(tmp_path):
+    """examples/own_loop.py: a plain loop (DataLoader, AdamW, cosine schedule) grows five times."""
+    text = run_example("own_loop.py", "--epochs", "6", "--n", "2000", "--out", tmp_path)
+    events = re.findall(r"^epoch (\d+): (\w+) (\S+)", text, re.M)
+    assert [int(e) for e, _, _ in events] == [0, 1, 2, 3, 4]  # five growth steps, then the grower is done
+    grown = re.search(r"^actions: (.+)$", text, re.M).group(1).split(", add")
+    assert 1 <= len(grown) <= 5
+    accuracy = float(re.search(r"^test accuracy: ([\d.]+)$", text, re.M).group(1))
+    assert 0.0 <= accuracy <= 1.0
+    model = dagrow.load(tmp_path / "model.safetensors")
+    assert dagrow.num_params(model.spec) > 274
