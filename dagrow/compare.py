@@ -296,7 +296,7 @@ def static_run(exp: Experiment, key: RunKey) -> list[dict[str, Any]]:
     device = torch.device(config.device)
     model = compile(spec, seed=config.seed, device=device)
     params = num_params(spec)
-    opt = make_optimizer(model.parameters(), config.optimizer, config.lr)
+    opt = make_optimizer(model.parameters(), config.optimizer, config.lr, config.momentum)
     batches = BatchStream(task, config.batch_size, config.seed, device)
     assert config.growths is not None, "a static baseline copies the schedule of a number of growths"
     total = config.every * config.growths + (config.final_steps or config.every)

@@ -115,9 +115,10 @@ class GrowthConfig(_Model):
     every: int = Field(200, description="training steps between growths")
     neurons: int = Field(1, description="neurons per growth")
     optimizer: Literal["sgd", "adam", "best_update"] = Field(
-        "adam", description="adam, sgd (momentum 0.9) or best_update (the seeds' dW* per node)"
+        "adam", description="adam, sgd (with momentum) or best_update (the seeds' dW* per node)"
     )
     lr: float = Field(1e-2, description="learning rate")
+    momentum: float = Field(0.9, description="sgd: momentum in [0, 1) (0 is plain gradient descent)")
     batch_size: int = Field(128, description="training minibatch")
     growth_batch: int = Field(1024, description="samples for statistics and amplitude")
     statistics: Literal["pass", "training"] = Field(
@@ -189,6 +190,13 @@ class GrowthConfig(_Model):
     def _budget(cls, v: int | None) -> int | None:
         if v is not None and v < 1:
             raise ValueError("max_params must be at least 1")
+        return v
+
+    @field_validator("momentum")
+    @classmethod
+    def _momentum(cls, v: float) -> float:
+        if not (math.isfinite(v) and 0 <= v < 1):
+            raise ValueError(f"momentum must be a finite number with 0 <= momentum < 1, got {v!r}")
         return v
 
     @field_validator("collective_timeout")

@@ -67,7 +67,9 @@ class Run:
         )
         self.device = usable_device(self.config.device)
         grower.model.to(self.device)
-        self.opt = make_optimizer(grower.model.parameters(), self.config.optimizer, self.config.lr)
+        self.opt = make_optimizer(
+            grower.model.parameters(), self.config.optimizer, self.config.lr, self.config.momentum
+        )
         self.dtype = floating_dtype(grower.model)
         self.stream = BatchStream(task, self.config.batch_size, self.config.seed, self.device, self.dtype)
         self.parallel: DataParallel | None = (
@@ -242,7 +244,7 @@ class Run:
         if run.opt is not None and ckpt.optimizer is not None:
             named = dict(model.named_parameters())
             groups = [{"params": [named[n] for n in names]} for names in m["optimizer_names"]]
-            run.opt = make_optimizer(groups, config.optimizer, config.lr)
+            run.opt = make_optimizer(groups, config.optimizer, config.lr, config.momentum)
             run.opt.load_state_dict(ckpt.optimizer)  # type: ignore[union-attr]
         run.step, run.finished = int(m["step"]), bool(m["finished"])
         run.committed_step, run.guard.reference = run.step, m.get("divergence_reference")

@@ -25,7 +25,7 @@ from torch import Tensor
 from .compile import compile as compile_spec
 from .compile import weights_problems
 from .graph import analyze
-from .names import MAX_NAME_LENGTH, name_problem
+from .names import name_problem
 from .registry import Registry, unknown_name_message
 from .sites import ONE
 from .spec import GraphSpec, SpecError, parse_spec
@@ -174,14 +174,19 @@ class AddNeurons(Action):
         return f"add_neurons({self.node}, +{_t(self.fan_in).shape[0]})"
 
 
-def new_node_name(spec: GraphSpec, u: str, w: str) -> str:
-    """A fresh node name for a node inserted between u and w: ``u_w``, or ``u_w_2``, ... when that is
-    taken or not a valid name (``state`` + ``dict`` would be ``state_dict``, a module attribute)."""
-    base = f"{u}_{w}".replace("__", "_")[: MAX_NAME_LENGTH - 8]
-    name, i = base, 2
-    while name in spec.nodes or name in spec.inputs or name_problem(name) is not None:
-        name, i = f"{base}_{i}", i + 1
-    return name
+def new_node_name(spec: GraphSpec, u: str | None = None, w: str | None = None) -> str:
+    """A fresh name for a node that growth inserts (between u and w, or on the edge u -> w when
+    deepening): ``n{k}`` with the smallest ``k >= 1`` that no node or input of ``spec`` uses and that
+    passes the naming rule (:func:`~dagrow.names.name_problem`).
+
+    The pair does not enter the name, so names never concatenate and stay short on long runs (the
+    k-th grown node is ``n{k}`` at most; ``x_h_h_2``-style nesting cannot occur), and the same spec
+    always gives the same name. ``u`` and ``w`` are accepted for callers that name the pair."""
+    taken = set(spec.nodes) | set(spec.inputs)
+    k = 1
+    while f"n{k}" in taken or name_problem(f"n{k}") is not None:
+        k += 1
+    return f"n{k}"
 
 
 def _insert_node(data: dict, before: str, name: str, node: dict) -> None:

@@ -95,16 +95,16 @@ class BatchStream:
         self.epoch, self.position, self._it = int(state["epoch"]), int(state["position"]), None
 
 
-def make_optimizer(params, optimizer: str, lr: float) -> torch.optim.Optimizer | None:
-    """``adam``, ``sgd`` (momentum 0.9) over ``params`` (tensors, or param groups as dicts), or None for
-    ``best_update`` (no optimizer)."""
+def make_optimizer(params, optimizer: str, lr: float, momentum: float = 0.9) -> torch.optim.Optimizer | None:
+    """``adam``, ``sgd`` (with ``momentum``, 0.9 by default; 0 is plain SGD) over ``params`` (tensors, or
+    param groups as dicts), or None for ``best_update`` (no optimizer)."""
     params = list(params)
     if not (params and isinstance(params[0], dict)):
         params = [p for p in params if p.requires_grad]
     if optimizer == "adam":
         return torch.optim.Adam(params, lr=lr)
     if optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+        return torch.optim.SGD(params, lr=lr, momentum=momentum)
     if optimizer == "best_update":
         return None
     raise ValueError(f"unknown optimizer {optimizer!r}; expected adam, sgd or best_update")

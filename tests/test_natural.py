@@ -556,7 +556,7 @@ def test_a_proposal_is_scored_with_the_features_its_rewrite_really_adds():
             assert float(delta_eta(state, site.targets, F_new)) == pytest.approx(p.delta_eta, rel=1e-9)
         else:
             assert p.score == pytest.approx(p.delta_eta / settings.depth_cost)
-            assert spec2.nodes["layer1"].activation.name == "rational"
+            assert spec2.nodes["n1"].activation.name == "rational"
 
 
 def test_a_sample_with_zero_output_gradient_keeps_the_unit_fisher_finite():

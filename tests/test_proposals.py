@@ -29,7 +29,7 @@ from dagrow.stats import measure
 REL = ProposalSettings().numerical_threshold
 STAT = ProposalSettings().statistical_threshold
 TOL = dict(rtol=1e-7, atol=1e-9)
-PRESERVING = ("gradmax", "north", "random", "mirrored")
+PRESERVING = ("gradmax", "north", "random", "random_fan_out", "mirrored")
 
 
 @dataclass
@@ -255,7 +255,7 @@ def _preserving_specs():
 @pytest.mark.parametrize("init", PRESERVING)
 @pytest.mark.parametrize(("name", "text"), list(_preserving_specs()))
 def test_function_preserving_inits_leave_outputs_unchanged(init, name, text):
-    if init == "gradmax":  # needs sigma(0) = 0 on the widened node: use tanh where the spec has others
+    if init in ("gradmax", "random_fan_out"):  # sigma(0) = 0 on the widened node: tanh where needed
         text = with_activation(text, "tanh") if "identity" not in name else text
     spec, model, xs, y, stats, ref = measured(text, n=32)
     base = model(*xs)
@@ -275,6 +275,34 @@ def test_function_preserving_inits_leave_outputs_unchanged(init, name, text):
         assert (grown(*xs) - base).abs().max() <= 1e-12, site.id
         checked += 1
     assert checked >= 5
+
+
+@pytest.mark.parametrize("site_id", ["widen:h2", "widen:h1", "node:h1->out", "node:x->out"])
+def test_random_fan_out_is_gradmax_random_baseline(site_id):
+    """random_fan_out: fan-in exactly 0, every fan-out column (stacked over the targets) with the mean
+    norm of the existing weight columns into the targets, and the rewritten model computes the same
+    outputs."""
+    spec, model, xs, y, stats, ref = measured(with_activation(HAND_WRITTEN["mlp"], "tanh"))
+    site = find_site(spec, site_id)
+    weights = model.state_dict()
+    p = propose(stats, site, "random_fan_out", 3, weights=weights)
+    assert p.neurons == 3
+    assert torch.equal(p.fan_in, torch.zeros_like(p.fan_in))
+    into = [weights.get(f"edges.{e.key}.weight") for w in site.targets for e in spec.edges if e.target == w]
+    norms = [t.double().norm(dim=0) for t in into if t is not None and t.dim() == 2]  # brute force
+    expected = float(torch.cat(norms).mean())
+    omega = torch.cat([p.fan_out[w] for w in site.targets], 0)
+    assert omega.shape == (sum(stats.widths[w] for w in site.targets), 3)
+    torch.testing.assert_close(omega.norm(dim=0), torch.full((3,), expected, dtype=torch.float64))
+    assert torch.linalg.matrix_rank(omega) == min(omega.shape)  # random directions, not one repeated
+    base = model(*xs)
+    spec2, w2 = replay(spec, weights, proposal_actions(p, spec, 1.0, update=False))
+    assert sum(t.numel() for t in w2.values()) > sum(t.numel() for t in weights.values())
+    grown = dagrow.compile(spec2, w2, dtype=torch.float64)
+    assert (grown(*xs) - base).abs().max() <= 1e-12
+    # the fan-out really is in the grown weights (not dropped by the rewrite)
+    mass = sum(float(t.abs().sum()) for t in w2.values())
+    assert mass > sum(float(t.abs().sum()) for t in weights.values())
 
 
 def test_gradmax_warns_when_sigma_at_zero_is_not_zero():

@@ -313,14 +313,46 @@ def test_apply_does_not_mutate_its_inputs(source):
 
 
 def test_a_new_node_name_is_always_a_valid_fresh_name():
-    """``state`` + ``dict`` would name the new node ``state_dict``, a module attribute the spec refuses."""
+    """``n<k>`` with the smallest free k: names taken by nodes or inputs are skipped, and the pair's
+    names (``state`` + ``dict`` would once have made ``state_dict``, a module attribute) do not enter."""
     from dagrow.names import name_problem
     from dagrow.rewrite import new_node_name
 
     spec = dagrow.load_spec(
-        "version: 1\ninputs: {state: {shape: [2]}}\nnodes: {dict: {width: 2}, state_dict_2: {width: 2}}\n"
-        "edges: [{from: state, to: dict}, {from: state, to: state_dict_2}, {from: state_dict_2, to: dict}]\n"
-        "outputs: [dict]\n"
+        "version: 1\ninputs: {n1: {shape: [2]}}\nnodes: {dict: {width: 2}, n2: {width: 2}, n4: {width: 2}}\n"
+        "edges: [{from: n1, to: dict}, {from: n1, to: n2}, {from: n2, to: dict}, {from: n2, to: n4}]\n"
+        "outputs: [dict, n4]\n"
     )
-    name = new_node_name(spec, "state", "dict")
-    assert name == "state_dict_3" and name_problem(name) is None
+    name = new_node_name(spec, "n1", "dict")
+    assert name == "n3" and name_problem(name) is None
+    assert new_node_name(spec) == name  # the same spec, the same name
+
+
+@pytest.mark.parametrize("chain", [False, True], ids=["same-pair", "nested"])
+def test_twenty_insertions_give_short_distinct_names(chain):
+    """20 insertions between x and out (or each between x and the last inserted node, where the old
+    ``u_w`` names nested) give n1 ... n20: bounded length, never a concatenation of inserted names."""
+    from dagrow.names import name_problem
+
+    spec = dagrow.load_spec(
+        "version: 1\ninputs: {x: {shape: [3]}}\nnodes: {h: {width: 4, activation: tanh}, out: {width: 2}}\n"
+        "edges: [{from: x, to: h}, {from: h, to: out}, {from: x, to: out}]\noutputs: [out]\n"
+    )
+    model = dagrow.compile(spec, seed=0, dtype=torch.float64)
+    weights = dict(model.state_dict())
+    x = torch.randn(5, 3, dtype=torch.float64)
+    base = model(x)
+    names, w = [], "out"
+    for _ in range(20):
+        name = new_node_name(spec, "x", w)
+        width = spec.nodes[w].width
+        fan_in = torch.randn(2, 4, dtype=torch.float64)
+        spec, weights = AddNode(
+            "x", w, name, fan_in, torch.zeros(width, 2, dtype=torch.float64), "tanh"
+        ).apply(spec, weights)
+        names.append(name)
+        w = name if chain else w
+    assert names == [f"n{k}" for k in range(1, 21)]
+    assert all(len(n) <= 3 and name_problem(n) is None for n in names)
+    grown = dagrow.compile(spec, weights, dtype=torch.float64)
+    torch.testing.assert_close(grown(x), base, rtol=0, atol=1e-12)  # zero fan-out: unchanged

@@ -111,9 +111,7 @@ def deepen_action(p: Any, spec: GraphSpec, gamma: float) -> Action | None:
     if not hasattr(p, "basis"):
         raise ValueError(f"{p.site.id}: deepen sites are proposed by the natural strategy only")
     u, w = p.site.pair
-    taken = set(spec.nodes) | set(spec.inputs)
-    name = next(f"layer{i}" for i in range(1, len(taken) + 2) if f"layer{i}" not in taken)
-    return DeepenEdge(u, w, name, p.activation, basis=p.basis, shift=p.shift)
+    return DeepenEdge(u, w, new_node_name(spec, u, w), p.activation, basis=p.basis, shift=p.shift)
 
 
 def proposal_actions(

@@ -12,6 +12,8 @@ order of ``site.sources``, bias last) and fan-out ``Omega_w`` ``[width_w, K]`` p
   and against each other (the new pre-activations are orthogonal, over the measured samples, to the
   existing ones);
 - ``random``: fan-out 0, fan-in ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` like the default initialisation;
+- ``random_fan_out``: GradMax's random baseline: fan-in 0, fan-out random columns with gradmax's norm (the
+  mean norm of the existing fan-out columns into W, times ``gradmax_scale``);
 - ``mirrored``: pairs with equal fan-in and opposite fan-out (the output is unchanged).
 
 All but ``tiny`` are function preserving (:data:`FUNCTION_PRESERVING`): at any gamma the grown model
@@ -49,10 +51,11 @@ __all__ = [
     "no_direction",
     "north",
     "random",
+    "random_fan_out",
     "tiny",
 ]
 
-Init = Literal["tiny", "gradmax", "north", "random", "mirrored"]
+Init = Literal["tiny", "gradmax", "north", "random", "random_fan_out", "mirrored"]
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,7 @@ InitFn = Callable[[InitContext], NewNeurons]
 INITS: Registry[InitFn] = Registry("init")
 """The initialisations of new neurons, name -> function of an :class:`InitContext`."""
 
-FUNCTION_PRESERVING = {"gradmax", "north", "random", "mirrored"}
+FUNCTION_PRESERVING = {"gradmax", "north", "random", "random_fan_out", "mirrored"}
 """The inits whose new neurons leave the model's function unchanged at any gamma."""
 
 
@@ -230,18 +233,24 @@ def gradmax(ctx: InitContext) -> NewNeurons:
     omega = Vh[:K].T * scale
     fan_in = torch.zeros(K, stats.dim(site.sources), dtype=torch.float64)
     init_score = ctx.slope**2 * float((ctx.M_UW @ omega).pow(2).sum())
-    notes = []
-    if ctx.slope == 0.0 or ctx.sigma0 != 0.0:
-        msg = (
-            f"gradmax needs sigma(0) = 0 and sigma'(0) != 0 but {ctx.activation.name} has "
-            f"sigma'(0) = {ctx.slope:g}, sigma(0) = {ctx.sigma0:g}: zero fan-in neurons will not learn "
-            "(use relu_grad1)"
-        )
-        warnings.warn(msg, stacklevel=4)  # the caller of propose (gradmax <- _propose <- propose <- caller)
-        notes.append(msg)
+    notes = _zero_fan_in_notes(ctx, "gradmax")
     return NewNeurons(
         fan_in, _split_rows(omega, site.targets, stats), omega=omega, init_score=init_score, notes=notes
     )
+
+
+def _zero_fan_in_notes(ctx: InitContext, name: str) -> list[str]:
+    """Warn (and note) when zero fan-in neurons cannot learn or shift the output: sigma(0) != 0 or
+    sigma'(0) = 0."""
+    if ctx.slope != 0.0 and ctx.sigma0 == 0.0:
+        return []
+    msg = (
+        f"{name} needs sigma(0) = 0 and sigma'(0) != 0 but {ctx.activation.name} has "
+        f"sigma'(0) = {ctx.slope:g}, sigma(0) = {ctx.sigma0:g}: zero fan-in neurons will not learn "
+        "(use relu_grad1)"
+    )
+    warnings.warn(msg, stacklevel=5)  # the caller of propose (here <- init <- _propose <- propose <- caller)
+    return [msg]
 
 
 @INITS.register(
@@ -312,6 +321,27 @@ def random(ctx: InitContext) -> NewNeurons:
     gen = torch.Generator().manual_seed(ctx.seed)
     fan_in = _default_fan_in(ctx.neurons, ctx.site.sources, ctx.stats, gen)
     return NewNeurons(fan_in, _zero_fan_out(ctx, ctx.neurons))
+
+
+@INITS.register(
+    "random_fan_out", "random fan-out: fan-in 0, random fan-out columns with gradmax's norm (its baseline)"
+)
+def random_fan_out(ctx: InitContext) -> NewNeurons:
+    """GradMax's random baseline: fan-in 0 and fan-out ``Omega = scale R``, ``R`` ``[sum widths, K]``
+    with standard normal entries (seeded by ``seed``) and every column normalised to 1, ``scale`` the
+    same as gradmax's (``gradmax_scale`` times the mean norm of the existing fan-out columns into W).
+    Warns like gradmax when sigma(0) != 0 or sigma'(0) = 0."""
+    site, stats = ctx.site, ctx.stats
+    gen = torch.Generator().manual_seed(ctx.seed)
+    scale = ctx.gradmax_scale * _reference_fan_out_norm(ctx.spec, site.targets, ctx.weights)
+    R = torch.randn(stats.dim(site.targets), ctx.neurons, generator=gen, dtype=torch.float64)
+    omega = R / R.norm(dim=0).clamp_min(1e-300) * scale
+    fan_in = torch.zeros(ctx.neurons, stats.dim(site.sources), dtype=torch.float64)
+    init_score = ctx.slope**2 * float((ctx.M_UW @ omega).pow(2).sum())
+    notes = _zero_fan_in_notes(ctx, "random_fan_out")
+    return NewNeurons(
+        fan_in, _split_rows(omega, site.targets, stats), omega=omega, init_score=init_score, notes=notes
+    )
 
 
 @INITS.register("mirrored", "mirrored: pairs with equal fan-in and opposite fan-out (output unchanged)")
