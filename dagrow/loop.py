@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import Checkpoint, RunDirectory, RunError, optimizer_names
+from .checkpoint import Checkpoint, RunDirectory, optimizer_names
 from .compile import DagModel, compile
 from .config import GrowthConfig, parse_config
 from .distributed import DataParallel, Ranks
@@ -333,6 +333,3 @@ def train_static(spec_or_model, task: Task, config: GrowthConfig) -> GrowthResul
         final_steps=config.every * config.growths + final,
     )
     return grow(spec_or_model, task, static)
-
-
-__all__ += ["RunError", "TrainingDiverged"]

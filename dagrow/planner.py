@@ -281,13 +281,29 @@ class Natural(Strategy):
             best = dataclasses.replace(best, basis=None, shift=None)
         return proposal_actions(best, model.spec)  # type: ignore[arg-type]
 
+    def _params_added(self, p: NaturalProposal, model: nn.Module) -> int:
+        """Parameters the candidate's rewrite adds: fan-in (with bias) and fan-out of new neurons, or
+        for a deepening (built with this strategy's construction) the grown spec's count minus the
+        current one."""
+        spec: GraphSpec = model.spec  # type: ignore[assignment]
+        sg = analyze(spec)
+        if p.site.kind in ("widen", "node") and p.fan_in is not None:
+            K = p.fan_in.shape[0]
+            targets = p.site.targets if p.site.kind == "widen" else (p.site.pair[1],)  # type: ignore[index]
+            return p.fan_in.numel() + K * sum(math.prod(sg.shapes[w]) for w in targets)
+        weights = {k: v.detach() for k, v in model.state_dict().items()}
+        grown, _ = replay(spec, weights, self.actions(p, model))
+        return analyze(grown).num_params() - sg.num_params()
+
     def plan(self, model, batch, loss, sites, *, statistics=None, growth=0, budget=None) -> Plan:
         sites = list(sites)
         if budget is not None and budget <= 0:
             sites = []
         ev = self.evaluate(model, batch, loss, sites)
         best, s = ev.best, self.settings
-        scored = [SiteScore(p.site.id, p.site.kind, p.score, _params_added(p, model)) for p in ev.proposals]
+        scored = [
+            SiteScore(p.site.id, p.site.kind, p.score, self._params_added(p, model)) for p in ev.proposals
+        ]
         figures = {**ev.report(), "tau": s.tau, "alpha": s.alpha}
         common = dict(
             site=best.site.id if best else None,
@@ -310,20 +326,6 @@ class Natural(Strategy):
             f"Delta eta / eta = {ev.relative:.3g} > tau, Delta eta / E||dL/dy||^2 = {ev.absolute:.3g} > alpha"
         )
         return Plan(self.name, self.actions(best, model), reason=note, **common)  # type: ignore[arg-type]
-
-
-def _params_added(p: NaturalProposal, model: nn.Module) -> int:
-    """Parameters the candidate's rewrite adds: fan-in (with bias) and fan-out of new neurons, or for a
-    deepening the grown spec's count minus the current one."""
-    spec: GraphSpec = model.spec  # type: ignore[assignment]
-    sg = analyze(spec)
-    if p.site.kind in ("widen", "node") and p.fan_in is not None:
-        K = p.fan_in.shape[0]
-        targets = p.site.targets if p.site.kind == "widen" else (p.site.pair[1],)  # type: ignore[index]
-        return p.fan_in.numel() + K * sum(math.prod(sg.shapes[w]) for w in targets)
-    weights = {k: v.detach() for k, v in model.state_dict().items()}
-    grown, _ = replay(spec, weights, Natural(settings=NaturalSettings()).actions(p, model))
-    return analyze(grown).num_params() - sg.num_params()
 
 
 def make_strategy(name: str, **options: Any) -> Strategy:

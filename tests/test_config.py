@@ -66,7 +66,7 @@ def test_senn_keys_may_be_flat_and_replace_revalidates():
 def test_bad_settings_give_one_line_each_naming_the_key(data, says):
     with pytest.raises(ConfigError) as info:
         parse_config(data, "run.yaml")
-    assert f"run.yaml: {says}" in str(info.value) or says in str(info.value)
+    assert says in str(info.value)
     assert all(line.startswith("run.yaml: ") for line in str(info.value).splitlines())
 
 
