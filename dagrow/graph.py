@@ -250,12 +250,12 @@ def _check_growth(spec: GraphSpec) -> list[Problem]:
                     )
                 if key == "deepen" and not unknown:
                     edge = edges.get((u, w))
-                    if edge is None or edge.op.type != "linear":
+                    if edge is None or edge.op.type not in ("linear", "conv2d"):
                         what = "is not an edge" if edge is None else f"is a {edge.op.type} edge"
                         problems.append(
                             Problem(
                                 ("growth", key, i),
-                                f"cannot deepen {u}->{w}: it {what} (deepen takes existing linear edges)",
+                                f"cannot deepen {u}->{w}: it {what} (deepen takes existing linear or conv2d edges)",
                             )
                         )
     return problems

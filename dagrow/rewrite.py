@@ -24,10 +24,11 @@ from torch import Tensor
 
 from .compile import compile as compile_spec
 from .compile import weights_problems
+from .features import Geometry, as_parameter, feature_width, parameter, patch_feature
 from .graph import analyze
 from .names import name_problem
 from .registry import Registry, unknown_name_message
-from .sites import ONE
+from .sites import linear_sources
 from .spec import GraphSpec, SpecError, parse_spec
 
 Weights = dict[str, Tensor]
@@ -112,11 +113,11 @@ class UpdateWeights(Action):
 
 
 def _split_columns(
-    t: Tensor, sources: Iterable[str], widths: Mapping[str, int], what: str = "fan-in"
+    t: Tensor, sources: Iterable[str], shapes: Mapping[str, tuple[int, ...]], what: str = "fan-in"
 ) -> dict[str, Tensor]:
     out, col = {}, 0
     for s in sources:
-        k = 1 if s == ONE else widths[s]
+        k = feature_width(s, shapes)  # type: ignore[arg-type]
         out[s] = t[:, col : col + k]
         col += k
     _require(col == t.shape[1], f"{what} has {t.shape[1]} columns but the sources need {col}")
@@ -144,7 +145,7 @@ class AddNeurons(Action):
         _require(h in spec.nodes, f"add_neurons: unknown node {h!r}")
         sg = analyze(spec)
         K = fan_in.shape[0]
-        expected = tuple(e.source for e in sg.in_edges(h)) + ((ONE,) if spec.nodes[h].bias else ())
+        expected = linear_sources(sg, h)
         _require(
             tuple(self.sources) == expected,
             f"add_neurons: sources {list(self.sources)} do not match the edges into {h}: {list(expected)}",
@@ -154,10 +155,10 @@ class AddNeurons(Action):
             f"add_neurons: fan-out targets {sorted(self.fan_out)} != successors of {h} {sg.succs(h)}",
         )
         root = math.sqrt(self.gamma)
-        blocks = _split_columns(fan_in, self.sources, _widths(spec), f"add_neurons: fan-in of {h}")
+        blocks = _split_columns(fan_in, self.sources, sg.shapes, f"add_neurons: fan-in of {h}")
         for s, block in blocks.items():
-            name = f"nodes.{h}.bias" if s == ONE else f"edges.{s}__{h}.weight"
-            new = root * (block.reshape(-1) if s == ONE else block)
+            name = parameter(s, h)
+            new = as_parameter(root * block, s)
             weights[name] = torch.cat([weights[name], _like(new, weights[name])], 0)
         for w, om in self.fan_out.items():
             name = f"edges.{h}__{w}.weight"
@@ -167,11 +168,30 @@ class AddNeurons(Action):
                 f"add_neurons: fan-out of {h} into {w} has shape "
                 f"{list(om.shape)}, expected {[weights[name].shape[0], K]}",
             )
-            weights[name] = torch.cat([weights[name], _like(root * om, weights[name])], 1)
-        data["nodes"][h]["width"] = spec.nodes[h].width + K
+            weights[name] = torch.cat(
+                [weights[name], _like(_at_centre(root * om, weights[name]), weights[name])], 1
+            )
+        size = "width" if spec.nodes[h].width is not None else "channels"
+        data["nodes"][h][size] = spec.nodes[h].size + K
 
     def describe(self) -> str:
         return f"add_neurons({self.node}, +{_t(self.fan_in).shape[0]})"
+
+
+def _at_centre(columns: Tensor, weight: Tensor) -> Tensor:
+    """New input columns ``[out, K]`` of an edge weight: as they are for a linear weight; for a conv
+    weight ``[out, in, kh, kw]`` a kernel slice ``[out, K, kh, kw]`` that is zero but at the centre tap."""
+    if weight.dim() != 4:
+        return columns
+    kh, kw = weight.shape[2:]
+    out = torch.zeros(*columns.shape, kh, kw, dtype=columns.dtype)
+    out[:, :, kh // 2, kw // 2] = columns
+    return out
+
+
+def _conv_op(kernel: int | None) -> dict[str, Any]:
+    """The spec data of a grown edge: linear, or a conv2d that keeps the grid."""
+    return {"type": "linear"} if kernel is None else Geometry.same(kernel).op()
 
 
 def new_node_name(spec: GraphSpec, u: str | None = None, w: str | None = None) -> str:
@@ -210,6 +230,7 @@ class AddNode(Action):
     fan_out: Tensor
     activation: Any = "relu"
     gamma: float = 1.0
+    kernel: int | None = None  # image nodes: the (odd) kernel of both conv edges (stride 1, same grid)
     kind: ClassVar[str] = "add_node"
 
     def _apply(self, data, weights, spec) -> None:
@@ -218,32 +239,58 @@ class AddNode(Action):
         _require(w in spec.nodes, f"add_node: unknown target {w!r}")
         fan_in, fan_out = _t(self.fan_in), _t(self.fan_out)
         K = fan_in.shape[0]
-        widths = _widths(spec)
-        _require(u in widths, f"add_node: unknown source {u!r}")
+        shapes = analyze(spec).shapes
+        _require(u in shapes, f"add_node: unknown source {u!r}")
+        feature = _grown_feature(u, shapes, self.kernel, f"add_node {u}->{m}->{w}")
+        width_u, width_w = feature_width(feature, shapes), _size(shapes[w])
         _require(
-            fan_in.shape == (K, widths[u] + 1),
-            f"add_node {u}->{m}->{w}: fan-in shape {list(fan_in.shape)}, expected {[K, widths[u] + 1]}",
+            fan_in.shape == (K, width_u + 1),
+            f"add_node {u}->{m}->{w}: fan-in shape {list(fan_in.shape)}, expected {[K, width_u + 1]}",
         )
         _require(
-            fan_out.shape == (widths[w], K),
-            f"add_node {u}->{m}->{w}: fan-out shape {list(fan_out.shape)}, expected {[widths[w], K]}",
+            fan_out.shape == (width_w, K),
+            f"add_node {u}->{m}->{w}: fan-out shape {list(fan_out.shape)}, expected {[width_w, K]}",
         )
         act = self.activation if isinstance(self.activation, str | dict) else self.activation.model_dump()
-        _insert_node(data, w, m, {"width": K, "activation": act, "bias": True})
+        size = "width" if self.kernel is None else "channels"
+        _insert_node(data, w, m, {size: K, "activation": act, "bias": True})
         data["edges"] += [
-            {"from": u, "to": m, "op": {"type": "linear"}},
-            {"from": m, "to": w, "op": {"type": "linear"}},
+            {"from": u, "to": m, "op": _conv_op(self.kernel)},
+            {"from": m, "to": w, "op": _conv_op(self.kernel)},
         ]
         ref = weights[f"nodes.{w}.bias"] if f"nodes.{w}.bias" in weights else next(iter(weights.values()))
         root = math.sqrt(self.gamma)
-        weights[f"edges.{u}__{m}.weight"] = _like(root * fan_in[:, :-1], ref)
+        weights[f"edges.{u}__{m}.weight"] = _like(as_parameter(root * fan_in[:, :-1], feature), ref)
         weights[f"nodes.{m}.bias"] = _like(root * fan_in[:, -1], ref)
-        weights[f"edges.{m}__{w}.weight"] = _like(root * fan_out, ref)
+        out = root * fan_out
+        if self.kernel is not None:
+            out = _at_centre(out, torch.zeros(width_w, K, self.kernel, self.kernel))
+        weights[f"edges.{m}__{w}.weight"] = _like(out, ref)
         for pname, value in _activation_params(self.activation).items():
             weights[f"nodes.{m}.activation.{pname}"] = _like(value, ref)
 
     def describe(self) -> str:
         return f"add_node({self.source}->{self.name}->{self.target}, width {_t(self.fan_in).shape[0]})"
+
+
+def _size(shape: tuple[int, ...]) -> int:
+    """The growable size of a node of this shape: its width or its channels."""
+    return shape[0] if len(shape) == 3 else math.prod(shape)
+
+
+def _grown_feature(u: str, shapes: Mapping[str, tuple[int, ...]], kernel: int | None, what: str) -> str:
+    """What a grown edge out of ``u`` reads: u itself (linear) or u's patches under a conv that keeps
+    the grid; refused when the kernel does not fit the node's kind."""
+    image = len(shapes[u]) == 3
+    _require(
+        image == (kernel is not None),
+        f"{what}: {u} is {'an image' if image else 'a flat'} node"
+        + (", a conv kernel is needed" if image else " but a conv kernel was given"),
+    )
+    if kernel is None:
+        return u
+    _require(kernel % 2 == 1, f"{what}: the kernel must be odd to keep the grid, got {kernel}")
+    return patch_feature(u, Geometry.same(kernel))
 
 
 def _activation_params(activation: Any) -> dict[str, Tensor]:
@@ -263,22 +310,25 @@ class AddEdge(Action):
     target: str
     weight: Tensor
     gamma: float = 1.0
+    kernel: int | None = None  # between image nodes: a conv2d with this (odd) kernel, stride 1, same grid
     kind: ClassVar[str] = "add_edge"
 
     def _apply(self, data, weights, spec) -> None:
         u, w = self.source, self.target
         _require(all(not (e.source == u and e.target == w) for e in spec.edges), f"add_edge: {u}->{w} exists")
-        widths = _widths(spec)
-        _require(u in widths, f"add_edge: unknown source {u!r}")
+        shapes = analyze(spec).shapes
+        _require(u in shapes, f"add_edge: unknown source {u!r}")
         _require(w in spec.nodes, f"add_edge: unknown target {w!r}")
+        feature = _grown_feature(u, shapes, self.kernel, f"add_edge {u}->{w}")
+        expected = [_size(shapes[w]), feature_width(feature, shapes)]
         wt = _t(self.weight)
         _require(
-            wt.shape == (widths[w], widths[u]),
-            f"add_edge {u}->{w}: weight shape {list(wt.shape)}, expected {[widths[w], widths[u]]}",
+            list(wt.shape) == expected,
+            f"add_edge {u}->{w}: weight shape {list(wt.shape)}, expected {expected}",
         )
-        data["edges"].append({"from": u, "to": w, "op": {"type": "linear"}})
+        data["edges"].append({"from": u, "to": w, "op": _conv_op(self.kernel)})
         ref = next(iter(weights.values()))
-        weights[f"edges.{u}__{w}.weight"] = _like(self.gamma * wt, ref)
+        weights[f"edges.{u}__{w}.weight"] = _like(as_parameter(self.gamma * wt, feature), ref)
 
     def describe(self) -> str:
         return f"add_edge({self.source}->{self.target})"
@@ -296,6 +346,9 @@ class DeepenEdge(Action):
     - SENN's basis: ``u -> m`` gets ``basis`` B ([width m, width u], full column rank), ``m`` the bias
       ``shift`` c (default 0), ``m -> w`` gets ``W B^+`` and w's bias loses ``W B^+ c``, so that
       ``W B^+ (B b_u + c) - W B^+ c = W b_u``.
+
+    A conv2d edge (identity construction only) becomes ``u -> m`` a conv with ``kernel`` (odd, stride
+    1, same grid, the identity at the kernel's centre) and ``m -> w`` the old conv with its geometry.
     """
 
     source: str
@@ -304,15 +357,21 @@ class DeepenEdge(Action):
     activation: Any = field(default_factory=lambda: {"name": "prelu", "init": 1.0})
     basis: Tensor | None = None
     shift: Tensor | None = None
+    kernel: int = 3  # conv2d edges: the kernel of the identity conv u -> m
     kind: ClassVar[str] = "deepen_edge"
 
     def _apply(self, data, weights, spec) -> None:
         u, w, m = self.source, self.target, self.name
         index = [i for i, e in enumerate(spec.edges) if e.source == u and e.target == w]
+        op = spec.edges[index[0]].op if index else None
         _require(
-            bool(index) and spec.edges[index[0]].op.type == "linear", f"deepen_edge: no linear edge {u}->{w}"
+            op is not None and op.type in ("linear", "conv2d"),
+            f"deepen_edge: no linear or conv2d edge {u}->{w}",
         )
         _require(m not in spec.nodes and m not in spec.inputs, f"deepen_edge: {m!r} already exists")
+        if op.type == "conv2d":  # type: ignore[union-attr]
+            self._apply_conv(data, weights, spec, index[0])
+            return
         width_u = _widths(spec)[u]
         old = weights.pop(f"edges.{u}__{w}.weight")
         new_bias = None
@@ -348,6 +407,26 @@ class DeepenEdge(Action):
         weights[f"edges.{m}__{w}.weight"] = _like(out, old)
         if new_bias is not None:
             weights[f"nodes.{w}.bias"] = _like(new_bias, old)
+        for pname, value in _activation_params(self.activation).items():
+            weights[f"nodes.{m}.activation.{pname}"] = _like(value, old)
+
+    def _apply_conv(self, data, weights, spec, index: int) -> None:
+        u, w, m = self.source, self.target, self.name
+        _require(
+            self.basis is None and self.shift is None, f"deepen_edge {u}->{w}: a conv edge takes no basis"
+        )
+        _require(self.kernel % 2 == 1, f"deepen_edge {u}->{w}: the kernel must be odd, got {self.kernel}")
+        channels = analyze(spec).shapes[u][0]
+        old = weights.pop(f"edges.{u}__{w}.weight")
+        identity = _at_centre(torch.eye(channels), torch.zeros(channels, channels, self.kernel, self.kernel))
+        _insert_node(data, w, m, {"channels": channels, "activation": self.activation, "bias": True})
+        data["edges"][index : index + 1] = [
+            {"from": u, "to": m, "op": _conv_op(self.kernel)},
+            {"from": m, "to": w, "op": spec.edges[index].op.model_dump(mode="json")},
+        ]
+        weights[f"edges.{u}__{m}.weight"] = _like(identity, old)
+        weights[f"nodes.{m}.bias"] = _like(torch.zeros(channels), old)
+        weights[f"edges.{m}__{w}.weight"] = old
         for pname, value in _activation_params(self.activation).items():
             weights[f"nodes.{m}.activation.{pname}"] = _like(value, old)
 

@@ -11,10 +11,14 @@ edge       ``edge:u->w``         u                            w
 deepen     ``deepen:u->w``       u (+ 1)                      w (the edge u->w is replaced)
 =========  ====================  ==========================  =====================================
 
-``"1"`` in a source list stands for the constant feature that carries a bias. Only legal sites are
-offered: tied sizes (inputs, outputs, parameter-free edges), cycles, image nodes (conv statistics come
-in a later issue) and the growth limits are checked here, and sites that the spec allows but dagrow
-cannot measure yet are listed with ``supported=False`` and the reason.
+``"1"`` in a source list stands for the constant feature that carries a bias. On image nodes the
+sources are features of :mod:`dagrow.features` (a conv edge's patches ``u#3x3s1x1p1x1``, the grid's
+constant ``1#8x8``): new channels read patches and write into each successor through the centre tap of
+its kernel, so they act position by position; grown conv edges and nodes use ``growth.conv_kernel``
+with stride 1 and the padding that keeps the grid. Only legal sites are offered: tied sizes (inputs,
+outputs, parameter-free edges), cycles, flat/image mismatches, grids and kernels that new channels
+cannot write through, and the growth limits are checked here, and sites that the spec allows but
+dagrow cannot measure yet are listed with ``supported=False`` and the reason.
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ from typing import Literal
 
 import networkx as nx
 
+from .features import ONE, Geometry, grid_one, node_grid, patch_feature
 from .graph import SpecGraph, analyze
 from .ops import op_info
 from .spec import GraphSpec
 
-ONE = "1"
+__all__ = ["ONE", "Site", "SiteKind", "enumerate_sites", "find_site", "linear_sources", "parse_site_id"]
 SiteKind = Literal["widen", "node", "edge", "deepen"]
 
 
@@ -67,26 +72,62 @@ def parse_site_id(site_id: str) -> tuple[SiteKind, str | tuple[str, str]]:
 
 
 def linear_sources(sg: SpecGraph, v: str) -> tuple[str, ...]:
-    """The feature blocks B_v of node v: sources of its linear edges, then "1" if it has a bias."""
-    srcs = tuple(e.source for e in sg.in_edges(v) if e.op.type == "linear")
-    return srcs + ((ONE,) if sg.spec.nodes[v].bias else ())
+    """The feature blocks B_v of node v (:mod:`dagrow.features`): one per linear edge (its source) or
+    conv2d edge (its source's patches) into v, then the constant of v's bias ("1" on a flat node, "1#HxW"
+    on an image node)."""
+    if sg.is_flat(v):
+        srcs = tuple(e.source for e in sg.in_edges(v) if e.op.type == "linear")
+        one = ONE
+    else:
+        srcs = tuple(
+            patch_feature(e.source, Geometry.of(e.op)) for e in sg.in_edges(v) if e.op.type == "conv2d"
+        )
+        one = grid_one(node_grid(sg.shapes[v]))  # type: ignore[arg-type]
+    return srcs + ((one,) if sg.spec.nodes[v].bias else ())
+
+
+def _measured_op(sg: SpecGraph, v: str) -> str:
+    """The parametric edge type whose statistics dagrow measures into v."""
+    return "linear" if sg.is_flat(v) else "conv2d"
 
 
 def _measurable_target(sg: SpecGraph, w: str) -> str | None:
     """Why target w cannot be measured (None when it can)."""
-    if not sg.is_flat(w):
-        return f"{w} is an image node (conv statistics come in a later issue)"
-    others = [e for e in sg.in_edges(w) if op_info(e.op.type).parametric and e.op.type != "linear"]
+    kind = _measured_op(sg, w)
+    others = [e for e in sg.in_edges(w) if op_info(e.op.type).parametric and e.op.type != kind]
     if others:
         return f"{w} has a {others[0].op.type} edge (its statistics come in a later issue)"
     return None
+
+
+def _widen_reason(sg: SpecGraph, h: str) -> str | None:
+    """Why node h cannot take new neurons or channels (None when it can)."""
+    spec, g = sg.spec, sg.spec.growth
+    reason = sg.tied.get(h)
+    if reason:
+        return f"{h} is {reason}"
+    kind = _measured_op(sg, h)
+    bad = [e for e in sg.in_edges(h) + sg.out_edges(h) if e.op.type != kind]
+    if bad:
+        return f"{h} has a {bad[0].op.type} edge {bad[0].source}->{bad[0].target}"
+    for e in sg.out_edges(h):
+        if kind == "conv2d" and not Geometry.of(e.op).centred:
+            geo = Geometry.of(e.op)
+            return (
+                f"{h}->{e.target} is a conv2d with kernel {geo.kernel}, stride {geo.stride}, padding "
+                f"{geo.padding}: new channels write at the kernel's centre, which needs an odd kernel, "
+                "stride 1 and padding (k - 1) / 2"
+            )
+    if spec.nodes[h].size >= g.max_width:
+        return f"{h} has reached max_width {g.max_width}"
+    return next(filter(None, (_measurable_target(sg, w) for w in sg.succs(h))), None)
 
 
 def _pairs(spec: GraphSpec, setting, sg: SpecGraph, existing: bool) -> list[tuple[str, str]]:
     if setting == "none":
         return []
     if setting == "edges":
-        return [(e.source, e.target) for e in spec.edges if e.op.type == "linear"]  # type: ignore[attr-defined]
+        return [(e.source, e.target) for e in spec.edges if e.op.type in ("linear", "conv2d")]  # type: ignore[attr-defined]
     if setting == "all":
         names = [v for v in sg.order]
         return [
@@ -101,6 +142,36 @@ def _pairs(spec: GraphSpec, setting, sg: SpecGraph, existing: bool) -> list[tupl
     return [tuple(p) for p in setting]
 
 
+def _pair_reason(sg: SpecGraph, kind: str, u: str, w: str) -> str | None:
+    """Why the pair (u, w) cannot take a new node, a new edge or a deepening (None when it can)."""
+    spec = sg.spec
+    if u not in sg.shapes or w not in spec.nodes:
+        return f"{u}->{w} does not join two known nodes"
+    if w != u and nx.has_path(sg.dag, w, u):
+        return f"{w} reaches {u}: a path {u}->...->{w} would close a cycle"
+    if sg.is_flat(u) != sg.is_flat(w):
+        return f"{u}->{w} joins an image node and a flat node (growth adds linear or conv2d edges only)"
+    op = _measured_op(sg, w)
+    if kind == "edge" and sg.dag.has_edge(u, w):
+        return f"{u}->{w} already exists"
+    if kind == "deepen" and not (sg.dag.has_edge(u, w) and spec.edge(u, w).op.type == op):
+        return f"deepen needs an existing {op} edge {u}->{w}"
+    if op == "conv2d" and kind != "deepen" and node_grid(sg.shapes[u]) != node_grid(sg.shapes[w]):
+        return (
+            f"{u} ({sg.shapes[u][1]}x{sg.shapes[u][2]}) and {w} ({sg.shapes[w][1]}x{sg.shapes[w][2]}) are "
+            "on different grids: grown convs have stride 1 and keep the grid"
+        )
+    return _measurable_target(sg, w)
+
+
+def _pair_sources(sg: SpecGraph, kind: str, u: str) -> tuple[str, ...]:
+    """The features of the new neurons (node, deepen: with a bias) or of the new edge at a pair."""
+    if u in sg.shapes and not sg.is_flat(u):
+        feature = patch_feature(u, Geometry.same(sg.spec.growth.conv_kernel))
+        return (feature,) if kind == "edge" else (feature, grid_one(node_grid(sg.shapes[u])))  # type: ignore[arg-type]
+    return (u,) if kind == "edge" else (u, ONE)
+
+
 def enumerate_sites(spec: GraphSpec | SpecGraph, *, include_unsupported: bool = True) -> list[Site]:
     """Every growth site the spec allows, in a deterministic order (widen, node, edge, deepen)."""
     sg = spec if isinstance(spec, SpecGraph) else analyze(spec)
@@ -110,47 +181,21 @@ def enumerate_sites(spec: GraphSpec | SpecGraph, *, include_unsupported: bool = 
 
     widen = list(spec.nodes) if g.widen == "all" else [] if g.widen == "none" else g.widen
     for h in [v for v in sg.order if v in widen]:
-        reason = sg.tied.get(h)
-        reason = f"{h} is {reason}" if reason else None
-        if reason is None and not sg.is_flat(h):
-            reason = f"{h} is an image node (channel growth comes in a later issue)"
-        if reason is None:
-            bad = [e for e in sg.in_edges(h) + sg.out_edges(h) if e.op.type != "linear"]
-            if bad:
-                reason = f"{h} has a {bad[0].op.type} edge {bad[0].source}->{bad[0].target}"
-        if reason is None and spec.nodes[h].size >= g.max_width:
-            reason = f"{h} has reached max_width {g.max_width}"
-        if reason is None:
-            reason = next(filter(None, (_measurable_target(sg, w) for w in sg.succs(h))), None)
-        sites.append(
-            Site(
-                "widen",
-                linear_sources(sg, h),
-                tuple(sg.succs(h)),
-                node=h,
-                supported=reason is None,
-                reason=reason,
-            )
+        reason = _widen_reason(sg, h)
+        site = Site(
+            "widen",
+            linear_sources(sg, h),
+            tuple(sg.succs(h)),
+            node=h,
+            supported=reason is None,
+            reason=reason,
         )
+        sites.append(site)
 
     for kind, setting in (("node", g.new_nodes), ("edge", g.new_edges), ("deepen", g.deepen)):
         for u, w in _pairs(spec, setting, sg, existing=kind != "edge"):
-            reason = None
-            if u not in sg.shapes or w not in spec.nodes:
-                reason = f"{u}->{w} does not join two known nodes"
-            elif w != u and nx.has_path(sg.dag, w, u):
-                reason = f"{w} reaches {u}: a path {u}->...->{w} would close a cycle"
-            elif not sg.is_flat(u) or not sg.is_flat(w):
-                reason = f"{u}->{w} involves an image node (conv growth comes in a later issue)"
-            elif kind == "edge" and sg.dag.has_edge(u, w):
-                reason = f"{u}->{w} already exists"
-            elif kind == "deepen" and not (
-                sg.dag.has_edge(u, w) and spec.edge(u, w).op.type == "linear"  # type: ignore[attr-defined]
-            ):
-                reason = f"deepen needs an existing linear edge {u}->{w}"
-            else:
-                reason = _measurable_target(sg, w)
-            sources = (u,) if kind == "edge" else (u, ONE)
+            reason = _pair_reason(sg, kind, u, w)
+            sources = _pair_sources(sg, kind, u) if reason is None or u in sg.shapes else (u,)
             site = Site(kind, sources, (w,), pair=(u, w), supported=reason is None, reason=reason)  # type: ignore[arg-type]
             sites.append(site)
     seen: set[str] = set()

@@ -135,6 +135,14 @@ class EdgeSpec(SpecModel):
 Pair = tuple[Name, Name]
 
 
+def _odd(k: int) -> int:
+    if k % 2 == 0:
+        raise ValueError(
+            f"conv_kernel must be odd (a grown conv keeps the grid with padding (k - 1) / 2), got {k}"
+        )
+    return k
+
+
 class GrowthSpec(SpecModel):
     """Where growth may happen and its limits.
 
@@ -143,6 +151,9 @@ class GrowthSpec(SpecModel):
     by an existing linear edge), ``all`` (every ordered pair that keeps the graph acyclic), ``none`` or a
     list of pairs. ``new_edges``: pairs that may take a direct linear edge (same choices). ``deepen``:
     existing linear edges that may take an identity-initialised block (``all``, ``none`` or pairs).
+    ``conv_kernel``: the (odd) kernel of the conv edges that growth adds between image nodes (a new
+    node's two edges, a new edge, a deepened edge's identity block), with stride 1 and the padding that
+    keeps the grid.
     """
 
     widen: Literal["all", "none"] | list[Name] = "all"
@@ -151,6 +162,7 @@ class GrowthSpec(SpecModel):
     deepen: Literal["all", "none"] | list[Pair] = "none"
     new_node_activation: ActivationField = Field(default_factory=lambda: _activation("relu"))
     max_width: Size = 1024
+    conv_kernel: Annotated[StrictInt, Field(gt=0, le=31), AfterValidator(_odd)] = 3
     max_params: Annotated[StrictInt, Field(gt=0)] | None = None
 
 

@@ -16,6 +16,7 @@ Only the blocks the sites need are computed, one matrix product per block.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -23,10 +24,16 @@ import torch
 from torch import Tensor, nn
 
 from .compile import spec_of
+from .features import ONE, base, feature_grid, feature_width, image_rows, is_one, node_grid
+from .features import rows as feature_rows
 from .graph import analyze
 from .losses import LOSSES as LOSSES  # re-exported: dagrow.stats.LOSSES
 from .losses import LossFn, loss_function
-from .sites import ONE, Site, enumerate_sites, linear_sources
+from .sites import Site, enumerate_sites, linear_sources
+
+
+def first_device(values: dict[str, Tensor]) -> torch.device:
+    return next(iter(values.values())).device
 
 
 class StatsError(ValueError):
@@ -62,8 +69,9 @@ def requirements(
     output_factors: bool = True,
 ) -> Requirements:
     """The blocks needed for ``sites`` (default: every supported site) and, with ``all_nodes``, for
-    S_v, M_v and G_v of every flat node whose incoming edges are linear (G_v only with
-    ``output_factors``; the squared gradient norm always)."""
+    S_v, M_v and G_v of every node whose parametric incoming edges are measured (linear into a flat
+    node, conv2d into an image node; G_v only with ``output_factors``; the squared gradient norm
+    always)."""
     spec = model_or_spec if not isinstance(model_or_spec, nn.Module) else spec_of(model_or_spec)
     sg = analyze(spec)
     req = Requirements(output_factors=output_factors)
@@ -72,7 +80,10 @@ def requirements(
         [
             v
             for v in sg.hidden_and_outputs
-            if sg.is_flat(v) and all(e.op.type == "linear" or not _parametric(e) for e in sg.in_edges(v))
+            if all(
+                e.op.type == ("linear" if sg.is_flat(v) else "conv2d") or not _parametric(e)
+                for e in sg.in_edges(v)
+            )
         ]
         if all_nodes
         else []
@@ -147,11 +158,19 @@ class Statistics:
         raise KeyError(f"the gradient of {w!r} was not measured: pass a site that targets it to measure()")
 
 
+MEMORY_BUDGET = 256 * 2**20
+"""Bytes that the rows of one image grid's features may take at once: a batch is measured in chunks
+of samples that fit (the unfolded patches of a conv are ``kh * kw`` times larger than its input)."""
+
+
 class Accumulator:
     """The sums of :class:`Statistics`, fed one batch at a time with the batch's post-activations and
     pre-activation gradients (:meth:`accumulate`); :meth:`add` measures a batch by itself (one
     forward and one ``autograd.grad`` to the pre-activations), :class:`Recorder` feeds it from
-    training steps."""
+    training steps.
+
+    Features of image nodes (:mod:`dagrow.features`) are unfolded per chunk of samples so that the rows
+    of one grid never take more than ``memory_budget`` bytes; the sums do not depend on the chunking."""
 
     def __init__(
         self,
@@ -159,17 +178,27 @@ class Accumulator:
         req: Requirements,
         dtype: torch.dtype | None,
         products: torch.dtype | None = None,
+        memory_budget: int = MEMORY_BUDGET,
     ) -> None:
         self.spec = spec_of(model)
         self.sg = analyze(self.spec)
         self.model, self.req, self.dtype, self.products = model, req, dtype, products
-        self.sources = sorted(
-            {s for p in req.pairs for s in p} | {s for s, _ in req.grads} - {ONE},
-            key=lambda v: self.sg.position.get(v, -1),
-        )
-        self.sources = [s for s in self.sources if s != ONE]
+        self.memory_budget = memory_budget
+        shapes = self.sg.shapes
+        features = ({s for p in req.pairs for s in p} | {s for s, _ in req.grads}) - {ONE}
+        self.sources = sorted(features, key=lambda f: (self.sg.position.get(base(f), -1), f))
         rank = {ONE: -1, **{s: i for i, s in enumerate(self.sources)}}
         self.rank = rank
+        self.grid = {f: feature_grid(f, shapes) for f in self.sources}
+        self.grid.update({w: node_grid(shapes[w]) for w in req.targets})
+        self.widths = {f: feature_width(f, shapes) for f in self.sources}
+        for x, y in [*req.pairs, *req.grads]:
+            if ONE not in (x, y) and self.grid[x] != self.grid[y]:
+                raise StatsError(f"the blocks {x} and {y} live on different grids and cannot be multiplied")
+        # the nodes whose post-activations the features read
+        self.nodes = sorted(
+            {base(f) for f in self.sources if not is_one(f)}, key=self.sg.position.__getitem__
+        )
         # canonical (lower rank first) pairs per source
         self.partners: dict[str, list[str]] = {s: [] for s in [ONE, *self.sources]}
         for x, y in req.pairs:
@@ -182,6 +211,7 @@ class Accumulator:
         for x, w in sorted(req.grads, key=lambda p: (rank[p[0]], self.sg.position[p[1]])):
             self.grad_targets[x].append(w)
         self.targets = sorted(req.targets, key=self.sg.position.__getitem__)
+        self.grids = sorted({gr for gr in self.grid.values() if gr is not None})
         self.n = 0
         self.loss_sum = 0.0
         self.pair_sums: dict[tuple[str, str], Tensor] = {}
@@ -193,7 +223,7 @@ class Accumulator:
         """Forward hooks that put the needed post-activations into ``post`` and the targets'
         pre-activations into ``pre`` (and call ``on_pre(w, value)``)."""
         model, handles = self.model, []
-        for v in set(self.sources) - set(self.spec.inputs):
+        for v in set(self.nodes) - set(self.spec.inputs):
             handles.append(
                 model.get_submodule(f"nodes.{v}.activation").register_forward_hook(
                     lambda m, i, o, v=v: post.__setitem__(v, o)
@@ -249,17 +279,41 @@ class Accumulator:
         mean loss, ``known`` blocks ``sum b_s g_w^T`` already computed (from weight gradients)."""
         first = next(iter(post.values()), next(iter(pre.values())))
         n, dtype = first.shape[0], self.products or first.dtype
-        z = {s: post[s].detach().flatten(1).to(dtype) for s in self.sources}
+
+        def grad_of(w: str) -> Tensor:
+            grad = grads.get(w)
+            return (torch.zeros_like(pre[w]) if grad is None else grad).detach()
+
         # g = n dL/da: the factor n is applied to the small products (alpha), not to g
-        g = {
-            w: (torch.zeros_like(pre[w]) if grads.get(w) is None else grads[w].detach())  # type: ignore[union-attr]
-            .flatten(1)
-            .to(dtype)
-            for w in self.targets
-        }
-        self._accumulate(z, g, n, dtype, known or {})
+        flat = [s for s in self.sources if self.grid[s] is None]
+        z = {s: post[s].detach().flatten(1).to(dtype) for s in flat}
+        g = {w: grad_of(w).flatten(1).to(dtype) for w in self.targets if self.grid[w] is None}
+        self._accumulate(z, g, n, dtype, known or {}, flat=True)
+        for grid in self.grids:
+            self._accumulate_grid(
+                grid, post, {w: grad_of(w) for w in self.targets if self.grid[w] == grid}, n, dtype
+            )
         self.n += n
         self.loss_sum += loss * n
+
+    def _accumulate_grid(
+        self, grid: tuple[int, int], post: dict[str, Tensor], grads: dict[str, Tensor], n: int, dtype
+    ) -> None:
+        """The blocks of one image grid, over chunks of samples whose rows fit the memory budget."""
+        features = [s for s in self.sources if self.grid[s] == grid]
+        positions = grid[0] * grid[1]
+        width = sum(self.widths[s] for s in features) + sum(g.shape[1] for g in grads.values())
+        per_sample = 2 * width * positions * torch.empty((), dtype=dtype).element_size()
+        chunk = max(1, self.memory_budget // max(per_sample, 1))
+        for start in range(0, n, chunk):
+            part = slice(start, min(start + chunk, n))
+            m = part.stop - part.start
+            z = {}
+            for s in features:
+                value = None if is_one(s) else post[base(s)][part].detach()
+                z[s] = feature_rows(s, value, m, grid, dtype=dtype, device=first_device(post))
+            g = {w: image_rows(grad[part]).to(dtype) for w, grad in grads.items()}
+            self._accumulate(z, g, n, dtype, {}, flat=False)
 
     def _add(self, store: dict, key, value: Tensor) -> None:
         """store[key] += value, summed in ``dtype`` (the first value is copied, never aliased)."""
@@ -281,28 +335,41 @@ class Accumulator:
         self._add(store, key, product)
 
     def _accumulate(
-        self, z: dict[str, Tensor], g: dict[str, Tensor], n: int, dtype, known: dict[tuple[str, str], Tensor]
+        self,
+        z: dict[str, Tensor],
+        g: dict[str, Tensor],
+        n: int,
+        dtype,
+        known: dict[tuple[str, str], Tensor],
+        flat: bool,
     ) -> None:
+        """Add the blocks among the rows ``z`` (features) and ``g`` (targets' gradients) of one batch
+        of ``n`` samples (or one chunk of it); the flat constant "1" only with ``flat``."""
         # one product per block: no concatenated copy of the features, and each accumulator is
         # updated in place (addmm_) after the first batch
-        device = next(iter(z.values()), next(iter(g.values()))).device
-        for s in [ONE, *self.sources]:
+        device = next(iter(z.values()), next(iter(g.values()), None))
+        device = device.device if device is not None else None
+        for s in [ONE, *z] if flat else list(z):
             for p in self.partners[s]:
                 if p == ONE:  # only s == ONE pairs with ONE (it ranks lowest)
                     count = torch.full((1, 1), float(n), dtype=dtype, device=device)
                     self._add(self.pair_sums, (s, p), count)
+                elif p not in z:
+                    continue
                 elif s == ONE:
                     self._add(self.pair_sums, (s, p), z[p].sum(0, keepdim=True))
                 else:
                     self._add_mm(self.pair_sums, (s, p), z[s], z[p])
             for w in self.grad_targets[s]:
+                if w not in g:
+                    continue
                 if (s, w) in known:
                     self._add(self.grad_sums, (s, w), known[(s, w)])
                 elif s == ONE:
                     self._add(self.grad_sums, (s, w), g[w].sum(0, keepdim=True).mul_(n))
                 else:
                     self._add_mm(self.grad_sums, (s, w), z[s], g[w], alpha=n)
-        for w in self.targets:  # the squared gradient norm always (one pass over g), G on request
+        for w in g:  # the squared gradient norm always (one pass over g), G on request
             self._add(self.g_sq_sums, w, torch.linalg.vector_norm(g[w]).square().mul_(n * n))
             if self.req.output_factors:
                 self._add_mm(self.g_sums, w, g[w], g[w], alpha=n * n)
@@ -319,7 +386,9 @@ class Accumulator:
                         raise StatsError(
                             f"non-finite statistics for {key} (NaN or overflow in activations or gradients)"
                         )
-        widths = {v: int(torch.tensor(s).prod()) for v, s in self.sg.shapes.items()}
+        # a node's width is what its gradient g has per row: channels for an image node
+        widths = {v: s[0] if len(s) == 3 else math.prod(s) for v, s in self.sg.shapes.items()}
+        widths.update(self.widths)
         return Statistics(
             self.n,
             self.pair_sums,

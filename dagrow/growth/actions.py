@@ -19,10 +19,11 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from ..features import as_parameter, feature_width, parameter
 from ..graph import analyze
 from ..registry import Registry
 from ..rewrite import Action, AddEdge, AddNeurons, AddNode, DeepenEdge, UpdateWeights, new_node_name
-from ..sites import ONE, Site
+from ..sites import Site
 from ..spec import GraphSpec
 from .proposals import TargetUpdate
 
@@ -47,12 +48,8 @@ def update_action(
     for w, upd in updates.items():
         col = 0
         for s in upd.sources:
-            width = 1 if s == ONE else math.prod(shapes[s])
-            block = upd.delta[:, col : col + width]
-            if s == ONE:
-                deltas[f"nodes.{w}.bias"] = block.reshape(-1)
-            else:
-                deltas[f"edges.{s}__{w}.weight"] = block
+            width = feature_width(s, shapes)
+            deltas[parameter(s, w)] = as_parameter(upd.delta[:, col : col + width], s)
             col += width
     return UpdateWeights(deltas, gamma) if deltas else None
 
@@ -74,8 +71,15 @@ def _has_neurons(p: Any) -> bool:
     return getattr(p, "neurons", 1) > 0 and p.fan_in is not None and p.fan_in.shape[0] > 0
 
 
-def _widths(spec: GraphSpec) -> dict[str, int]:
-    return {v: math.prod(sh) for v, sh in analyze(spec).shapes.items()}
+def _sizes(spec: GraphSpec) -> dict[str, int]:
+    """The growable size of every node: its width, or its channels for an image node (a new neuron's
+    fan-out into an image node is one value per channel, written at the centre of the kernel)."""
+    return {v: sh[0] if len(sh) == 3 else math.prod(sh) for v, sh in analyze(spec).shapes.items()}
+
+
+def _kernel(spec: GraphSpec, u: str) -> int | None:
+    """The kernel of the conv edges grown out of ``u`` (None: u is flat, growth adds linear edges)."""
+    return spec.growth.conv_kernel if len(analyze(spec).shapes[u]) == 3 else None
 
 
 @SITE_ACTIONS.register(
@@ -85,8 +89,8 @@ def widen_action(p: Any, spec: GraphSpec, gamma: float) -> Action | None:
     site = p.site
     if not _has_neurons(p):
         return None
-    widths = _widths(spec)
-    fan_out = {w: _fan_out(p, w, widths[w]) for w in site.targets}
+    sizes = _sizes(spec)
+    fan_out = {w: _fan_out(p, w, sizes[w]) for w in site.targets}
     return AddNeurons(site.node, site.sources, p.fan_in, fan_out, gamma)
 
 
@@ -95,15 +99,16 @@ def node_action(p: Any, spec: GraphSpec, gamma: float) -> Action | None:
     if not _has_neurons(p):
         return None
     u, w = p.site.pair
-    fan_out = _fan_out(p, w, _widths(spec)[w])
-    return AddNode(u, w, new_node_name(spec, u, w), p.fan_in, fan_out, _activation(p), gamma)
+    fan_out = _fan_out(p, w, _sizes(spec)[w])
+    name = new_node_name(spec, u, w)
+    return AddNode(u, w, name, p.fan_in, fan_out, _activation(p), gamma, kernel=_kernel(spec, u))
 
 
 @SITE_ACTIONS.register("edge", "a direct linear edge u -> w, least-squares initialised")
 def edge_action(p: Any, spec: GraphSpec, gamma: float) -> Action | None:
     u, w = p.site.pair
     weight = getattr(p, "edge_weight", None)
-    return AddEdge(u, w, weight, gamma) if weight is not None else None
+    return AddEdge(u, w, weight, gamma, kernel=_kernel(spec, u)) if weight is not None else None
 
 
 @SITE_ACTIONS.register("deepen", "a function-preserving node m inserted on an edge u -> m -> w")
@@ -111,7 +116,8 @@ def deepen_action(p: Any, spec: GraphSpec, gamma: float) -> Action | None:
     if not hasattr(p, "basis"):
         raise ValueError(f"{p.site.id}: deepen sites are proposed by the natural strategy only")
     u, w = p.site.pair
-    return DeepenEdge(u, w, new_node_name(spec, u, w), p.activation, basis=p.basis, shift=p.shift)
+    name = new_node_name(spec, u, w)
+    return DeepenEdge(u, w, name, p.activation, basis=p.basis, shift=p.shift, kernel=spec.growth.conv_kernel)
 
 
 def proposal_actions(

@@ -31,9 +31,10 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from ..features import as_columns, is_one, parameter
 from ..graph import analyze
 from ..registry import Registry
-from ..sites import ONE, Site, linear_sources
+from ..sites import Site, linear_sources
 from ..spec import GraphSpec
 from ..stats import Statistics
 from .decompositions import Decomposition, Shared, TargetUpdate
@@ -121,13 +122,14 @@ def no_direction(U: tuple[str, ...], updates: dict[str, TargetUpdate], kind: str
     new neurons would only see what already feeds every target (then Vperp is orthogonal to them).
     ``kind`` (the site's kind) picks the advice: a deepen site is never advised to deepen."""
     if all(set(U) <= set(u.sources) for u in updates.values()):
-        feeds = ", ".join(sorted(set(U) - {ONE}))
+        fed = {s for s in U if not is_one(s)}
+        feeds = ", ".join(sorted(fed))
         advice = {
             "deepen": "deepening grows with the natural strategy, which scores it by its natural gain",
             "widen": "grow a new node on a pair that skips a node",
         }.get(kind, "grow a pair that skips a node, or deepen the edge")
         return (
-            f"no bottleneck direction: {feeds} already feed{'s' if len(set(U) - {ONE}) == 1 else ''} "
+            f"no bottleneck direction: {feeds} already feed{'s' if len(fed) == 1 else ''} "
             f"{', '.join(updates)} directly, so to first order new neurons fed by {feeds} only repeat "
             f"what dW* does ({advice})"
         )
@@ -155,11 +157,10 @@ def _existing_fan_in(h: str, sources: tuple[str, ...], weights: Mapping[str, Ten
     """Rows of the weights into h over ``sources`` (bias column for "1"), [width_h, dim U]."""
     cols = []
     for s in sources:
-        name = f"nodes.{h}.bias" if s == ONE else f"edges.{s}__{h}.weight"
-        t = _weights(weights, name)
+        t = _weights(weights, parameter(s, h))
         if t is None:
             return None
-        cols.append(t.reshape(-1, 1) if s == ONE else t)
+        cols.append(as_columns(t))
     return torch.cat(cols, 1)
 
 
@@ -171,15 +172,15 @@ def _reference_fan_out_norm(
     for w in targets:
         for e in spec.edges:
             t = _weights(weights, f"edges.{e.key}.weight") if e.target == w else None
-            if t is not None and t.dim() == 2:
-                norms.append(t.norm(dim=0))
+            if t is not None and t.dim() in (2, 4):  # a conv's fan-out column: its kernel slice
+                norms.append(t.transpose(0, 1).reshape(t.shape[1], -1).norm(dim=1))
     return float(torch.cat(norms).mean()) if norms else 1.0
 
 
 def _default_fan_in(K: int, sources: tuple[str, ...], stats: Statistics, gen: torch.Generator) -> Tensor:
     """``[K, dim U]`` drawn from U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in the sources' width without
     the bias (as ``nn.Linear`` initialises)."""
-    fan_in = max(stats.dim([s for s in sources if s != ONE]), 1)
+    fan_in = max(stats.dim([s for s in sources if not is_one(s)]), 1)
     bound = 1.0 / math.sqrt(fan_in)
     return (torch.rand(K, stats.dim(sources), generator=gen, dtype=torch.float64) * 2 - 1) * bound
 
@@ -358,7 +359,7 @@ def mirrored(ctx: InitContext) -> NewNeurons:
     fan_out = {}
     sg = analyze(ctx.spec)
     for w in site.targets:
-        fan_w = max(stats.dim([s for s in linear_sources(sg, w) if s != ONE]), 1)
+        fan_w = max(stats.dim([s for s in linear_sources(sg, w) if not is_one(s)]), 1)
         om = torch.rand(stats.widths[w], neurons // 2, generator=gen, dtype=torch.float64) * 2 - 1
         om = om / math.sqrt(fan_w)
         fan_out[w] = torch.cat([om, -om], 1)

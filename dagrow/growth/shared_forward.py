@@ -24,7 +24,9 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
-from ..sites import ONE
+from ..compile import spec_of
+from ..features import base, feature_grid, is_one, rows
+from ..graph import analyze
 from .proposals import Proposal
 
 Outputs = Any  # a tensor, or a tuple of tensors for several outputs
@@ -51,19 +53,26 @@ class SharedForward:
             elif role.get("role") in ("activation", "input"):
                 self.post[role["id"]] = n
         self.n = args[0].shape[0]
+        self.shapes = analyze(spec_of(model)).shapes
         self.ref = next(iter(self.values.values()))
         self._programs: dict[tuple[str, ...], _Downstream] = {}
         self._features: dict[str, Tensor] = {}
 
+    def feature(self, s: str, value: Tensor | None = None) -> Tensor:
+        """The rows of feature ``s`` (:mod:`dagrow.features`): the current value of its node, or
+        ``value`` in its place; [n, dim] (flat) or [n * H * W, dim] (on an image grid)."""
+        if value is None:
+            value = None if is_one(s) else self.values[self.post[base(s)]]
+        grid = feature_grid(s, self.shapes)
+        return rows(s, value, self.n, grid, dtype=self.ref.dtype, device=self.ref.device)
+
     def features(self, sources: Sequence[str]) -> Tensor:
-        """B for ``sources`` (post-activations flattened, ``"1"`` a column of ones): [n, dim]."""
+        """B for ``sources`` (post-activations flattened, ``"1"`` a column of ones): [n, dim] (flat) or
+        [n * H * W, dim] (on an image grid)."""
         blocks = []
         for s in sources:
             if s not in self._features:
-                if s == ONE:
-                    self._features[s] = torch.ones(self.n, 1, dtype=self.ref.dtype, device=self.ref.device)
-                else:
-                    self._features[s] = self.values[self.post[s]].flatten(1)
+                self._features[s] = self.feature(s)
             blocks.append(self._features[s])
         return blocks[0] if len(blocks) == 1 else torch.cat(blocks, 1)
 
@@ -129,12 +138,22 @@ class _Downstream:
             if target is not None:
                 if target in scaled:
                     t, c = scaled[target]
-                    v = torch.add(v, t, alpha=c)
+                    v = torch.add(v, _like_value(t, v), alpha=c)
                 for b, m in products.get(target, ()):
-                    b = value(self.forward.post[b]).flatten(1) if isinstance(b, str) else b
-                    v = torch.addmm(v, b, m)
+                    if isinstance(b, str):
+                        b = self.forward.feature(b, None if is_one(b) else value(self.forward.post[base(b)]))
+                    v = v + _like_value(b @ m, v) if v.dim() == 4 else torch.addmm(v, b, m)
             local[n] = v
         return fx.node.map_arg(self.output.args[0], value)
+
+
+def _like_value(rows: Tensor, value: Tensor) -> Tensor:
+    """A change given as rows ([n, width], or [n * H * W, C] for an image node) shaped like the
+    pre-activation it is added to."""
+    if value.dim() != 4:
+        return rows
+    n, c, h, w = value.shape
+    return rows.reshape(n, h, w, c).permute(0, 3, 1, 2)
 
 
 def proposal_outputs(
@@ -159,15 +178,15 @@ def proposal_outputs(
     linear: dict[str, list[Tensor]] = {w: [] for w in targets}
     products: dict[str, list[tuple[Tensor | str, Tensor]]] = {}
     if edge and proposal.edge_weight is not None:
-        u, w = site.pair  # type: ignore[misc]
-        linear[w].append(forward.features([u]) @ cast(proposal.edge_weight).T)
+        w = site.pair[1]  # type: ignore[index]
+        linear[w].append(forward.features(site.sources) @ cast(proposal.edge_weight).T)
     for w, upd in proposal.updates.items() if update else ():
         col, fixed = 0, []
         for s in upd.sources:
-            width = 1 if s == ONE else forward.features([s]).shape[1]
+            width = forward.features([s]).shape[1]
             block = -cast(upd.delta[:, col : col + width]).T  # [width_s, width_w]
             col += width
-            if s != ONE and program.moves(s):
+            if not is_one(s) and program.moves(base(s)):
                 products.setdefault(w, []).append((s, block))
             else:
                 fixed.append((s, block))
