@@ -270,7 +270,14 @@ class Natural(Strategy):
     ) -> NaturalEvaluation:
         """Measure eta on ``batch``, search every site, and apply the when-to-grow test."""
         state = observe(model, batch, loss, self.settings)
-        found = score_sites(state, sites)
+        sg = analyze(model.spec)  # type: ignore[arg-type]
+        # SENN's factors cover flat nodes: image sites are left to the proposal strategies
+        flat = [
+            s
+            for s in sites
+            if all(sg.is_flat(v) for v in (*s.targets, *(s.pair or ()), *([s.node] if s.node else [])))
+        ]
+        found = score_sites(state, flat)
         if not found:
             return NaturalEvaluation(state, [], False, 0.0, 0.0)
         ok, rel, absolute = passes(state, found[0])

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..features import Geometry, parse_geometry
 from ..graph import SpecGraph, analyze
 from ..sites import Site
 from ..spec import GraphSpec
@@ -148,9 +149,19 @@ def _activation_of(spec: GraphSpec, site: Site) -> Any:
 
 
 def _params_added(site: Site, K: int, stats: Statistics) -> int:
+    """Parameters the site's growth adds: the edge's weight, or the new neurons' fan-in (with bias)
+    and fan-out (on an image node, a whole kernel slice per channel of each target)."""
     if site.kind == "edge":
         return stats.dim(site.sources) * stats.widths[site.targets[0]]
-    return K * stats.dim(site.sources) + K * sum(stats.widths[w] for w in site.targets)
+    spec: GraphSpec = stats.spec  # type: ignore[assignment]
+
+    def area(w: str) -> int:
+        if site.kind == "widen":
+            op = spec.edge(site.node, w).op  # type: ignore[arg-type]
+            return Geometry.of(op).area if op.type == "conv2d" else 1
+        return spec.growth.conv_kernel**2 if parse_geometry(site.sources[0]) is not None else 1
+
+    return K * stats.dim(site.sources) + K * sum(stats.widths[w] * area(w) for w in site.targets)
 
 
 def _above(values: list[float], threshold: float) -> int:
