@@ -8,7 +8,9 @@ contributes the sum over its positions):
 - ``"u#3x3s1x1p1x1"``: the patches of ``u``'s post-activation that a conv2d edge with kernel 3x3, stride
   1 and padding 1 reads (``torch.nn.functional.unfold``; ``C_u * kh * kw`` values, channel-major,
   in the order of the conv weight flattened as ``weight.reshape(C_out, -1)``);
-- ``"1#8x8"``: the constant 1 at every position of an 8x8 grid (the bias of an image node).
+- ``"1#8x8"``: the constant 1 at every position of an 8x8 grid (the bias of an image node);
+- ``"u#3x3s1x1p1x1/sum"``, ``"1#8x8/sum"``: the same summed over the grid's positions, one row per
+  sample (what a new channel writes through a flatten when its fan-out is the same at every position).
 
 Only features on the same grid are ever multiplied together (pairs of rows must be the same samples at
 the same positions). The pre-activation gradient of an image node is read on its grid too: ``g_w`` has
@@ -100,6 +102,22 @@ def grid_one(grid: Pair) -> str:
     return f"{ONE}#{grid[0]}x{grid[1]}"
 
 
+SUM = "/sum"
+
+
+def summed(feature: str) -> str:
+    """The feature summed over the positions of its grid (a flat feature)."""
+    return feature + SUM
+
+
+def unsummed(feature: str) -> str:
+    return feature.removesuffix(SUM)
+
+
+def is_summed(feature: str) -> bool:
+    return feature.endswith(SUM)
+
+
 def is_one(feature: str) -> bool:
     """Whether the feature is a constant 1 (the flat ``"1"`` or an image grid's ``"1#HxW"``)."""
     return feature == ONE or feature.startswith(ONE + "#")
@@ -112,7 +130,7 @@ def base(feature: str) -> str:
 
 def parse_geometry(feature: str) -> Geometry | None:
     """The geometry of a patch feature, None for a plain feature or a constant."""
-    name, _, tag = feature.partition("#")
+    name, _, tag = unsummed(feature).partition("#")
     if not tag or name == ONE:
         return None
     k, _, rest = tag.partition("s")
@@ -137,7 +155,7 @@ def feature_width(feature: str, shapes: dict[str, tuple[int, ...]]) -> int:
 
 def feature_grid(feature: str, shapes: dict[str, tuple[int, ...]]) -> Pair | None:
     """The grid a feature's rows live on (None: flat, one row per sample)."""
-    if feature == ONE:
+    if feature == ONE or is_summed(feature):
         return None
     name, _, tag = feature.partition("#")
     if name == ONE:
@@ -149,6 +167,11 @@ def feature_grid(feature: str, shapes: dict[str, tuple[int, ...]]) -> Pair | Non
         return None if len(shape) == 1 else (shape[1], shape[2])
     shape = shapes[name]
     return geometry.out_grid((shape[1], shape[2]))
+
+
+def _tag_grid(one: str) -> Pair:
+    h, _, w = one.partition("#")[2].partition("x")
+    return (int(h), int(w))
 
 
 def node_grid(shape: tuple[int, ...]) -> Pair | None:
@@ -169,6 +192,13 @@ def rows(
 
     ``value`` is the post-activation of the feature's node (None for a constant, whose rows are ones
     in ``dtype`` on ``device``)."""
+    if is_summed(feature):
+        inner = unsummed(feature)
+        grid = _tag_grid(inner) if is_one(inner) else None
+        if grid is not None:
+            return torch.full((n, 1), float(grid[0] * grid[1]), dtype=dtype, device=device)
+        grid_rows = rows(inner, value, n, (0, 0), dtype=dtype, device=device)
+        return grid_rows.reshape(n, -1, grid_rows.shape[1]).sum(1)
     if is_one(feature):
         count = n if grid is None else n * grid[0] * grid[1]
         return torch.ones(count, 1, dtype=dtype, device=device)

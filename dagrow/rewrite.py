@@ -24,11 +24,11 @@ from torch import Tensor
 
 from .compile import compile as compile_spec
 from .compile import weights_problems
-from .features import Geometry, as_parameter, feature_width, parameter, patch_feature
+from .features import Geometry, as_parameter, feature_width, parameter, patch_feature, unsummed
 from .graph import analyze
 from .names import name_problem
 from .registry import Registry, unknown_name_message
-from .sites import linear_sources
+from .sites import flatten_passes, linear_sources, widen_targets
 from .spec import GraphSpec, SpecError, parse_spec
 
 Weights = dict[str, Tensor]
@@ -131,7 +131,13 @@ def _widths(spec: GraphSpec) -> dict[str, int]:
 @dataclass(frozen=True)
 class AddNeurons(Action):
     """Widen ``node`` by K neurons: new rows of every linear edge into it (columns of ``fan_in`` in
-    the order of ``sources``, bias last as "1"), new columns of every edge out of it (``fan_out``)."""
+    the order of ``sources``, bias last as "1"), new columns of every edge out of it (``fan_out``).
+
+    An image node takes K channels: new output channels of every conv edge into it, new input channels
+    of every conv edge out of it (``fan_out[w]`` ``[C_w, K]`` at the kernel's centre, zero elsewhere),
+    and through a flatten into a flat node f, H * W new entries of f per channel and as many new
+    columns of every linear edge out of f (``fan_out[w]`` ``[width_w, K]``, the same at every
+    position)."""
 
     node: str
     sources: tuple[str, ...]
@@ -147,30 +153,34 @@ class AddNeurons(Action):
         K = fan_in.shape[0]
         expected = linear_sources(sg, h)
         _require(
-            tuple(self.sources) == expected,
+            tuple(unsummed(s) for s in self.sources) == expected,
             f"add_neurons: sources {list(self.sources)} do not match the edges into {h}: {list(expected)}",
         )
+        targets = widen_targets(sg, h)
         _require(
-            set(self.fan_out) == set(sg.succs(h)),
-            f"add_neurons: fan-out targets {sorted(self.fan_out)} != successors of {h} {sg.succs(h)}",
+            set(self.fan_out) == set(targets),
+            f"add_neurons: fan-out targets {sorted(self.fan_out)} != targets of {h} {list(targets)}",
         )
+        through = {w: f for f in flatten_passes(sg, h) for w in sg.succs(f)} if not sg.is_flat(h) else {}
         root = math.sqrt(self.gamma)
         blocks = _split_columns(fan_in, self.sources, sg.shapes, f"add_neurons: fan-in of {h}")
         for s, block in blocks.items():
             name = parameter(s, h)
             new = as_parameter(root * block, s)
             weights[name] = torch.cat([weights[name], _like(new, weights[name])], 0)
+        positions = math.prod(sg.shapes[h][1:]) if through else 1
         for w, om in self.fan_out.items():
-            name = f"edges.{h}__{w}.weight"
+            name = f"edges.{through.get(w, h)}__{w}.weight"
             om = _t(om)
             _require(
                 om.shape == (weights[name].shape[0], K),
                 f"add_neurons: fan-out of {h} into {w} has shape "
                 f"{list(om.shape)}, expected {[weights[name].shape[0], K]}",
             )
-            weights[name] = torch.cat(
-                [weights[name], _like(_at_centre(root * om, weights[name]), weights[name])], 1
-            )
+            new = om.repeat_interleave(positions, 1) if w in through else _at_centre(om, weights[name])
+            weights[name] = torch.cat([weights[name], _like(root * new, weights[name])], 1)
+        for f in set(through.values()):
+            data["nodes"][f]["width"] = spec.nodes[f].size + K * positions
         size = "width" if spec.nodes[h].width is not None else "channels"
         data["nodes"][h][size] = spec.nodes[h].size + K
 

@@ -28,7 +28,7 @@ from typing import Literal
 
 import networkx as nx
 
-from .features import ONE, Geometry, grid_one, node_grid, patch_feature
+from .features import ONE, Geometry, grid_one, node_grid, patch_feature, summed
 from .graph import SpecGraph, analyze
 from .ops import op_info
 from .spec import GraphSpec
@@ -100,18 +100,66 @@ def _measurable_target(sg: SpecGraph, w: str) -> str | None:
     return None
 
 
+def flatten_passes(sg: SpecGraph, h: str) -> dict[str, str | None]:
+    """For each flatten edge out of image node h, its flat node f -> why new channels of h cannot
+    pass through f (None when they can: f takes only that flatten, no bias, no norm, the identity
+    activation, is not an output and feeds linear edges only; f then grows by H * W entries per new
+    channel and its successors take the new columns)."""
+    out: dict[str, str | None] = {}
+    for e in sg.out_edges(h):
+        if e.op.type != "flatten":
+            continue
+        f, node = e.target, sg.spec.nodes[e.target]
+        reason = None
+        if len(sg.in_edges(f)) != 1:
+            reason = f"{f} sums more than the flatten of {h}"
+        elif f in sg.spec.outputs:
+            reason = f"{f} is an output"
+        elif node.bias or node.activation.name != "identity" or getattr(node, "norm", None) is not None:
+            reason = f"{f} is not a plain flatten (it has a bias, a norm or an activation)"
+        elif any(x.op.type != "linear" for x in sg.out_edges(f)) or not sg.out_edges(f):
+            reason = f"{f} must feed linear edges only"
+        out[f] = reason
+    return out
+
+
+def widen_targets(sg: SpecGraph, h: str) -> tuple[str, ...]:
+    """The nodes whose pre-activations new neurons of h write into: h's successors, and through a
+    flatten the successors of the flat node."""
+    passes = flatten_passes(sg, h) if not sg.is_flat(h) else {}
+    out: list[str] = []
+    for w in sg.succs(h):
+        out += sg.succs(w) if w in passes else [w]
+    return tuple(out)
+
+
+def widen_sources(sg: SpecGraph, h: str) -> tuple[str, ...]:
+    """The features of new neurons of h: h's own features, summed over the grid when they reach their
+    targets through a flatten (a new channel's fan-out is then the same at every position)."""
+    feats = linear_sources(sg, h)
+    if not sg.is_flat(h) and flatten_passes(sg, h):
+        return tuple(summed(f) for f in feats)
+    return feats
+
+
 def _widen_reason(sg: SpecGraph, h: str) -> str | None:
     """Why node h cannot take new neurons or channels (None when it can)."""
     spec, g = sg.spec, sg.spec.growth
-    reason = sg.tied.get(h)
+    passes = flatten_passes(sg, h) if not sg.is_flat(h) else {}
+    for f, why in passes.items():
+        if why:
+            return f"new channels of {h} cannot pass the flatten into {f}: {why}"
+    if passes and len(passes) != len(sg.out_edges(h)):
+        return f"{h} feeds a flatten and other edges: new channels need one kind of fan-out"
+    reason = None if passes and _only_flatten_ties(sg, h) else sg.tied.get(h)
     if reason:
         return f"{h} is {reason}"
     kind = _measured_op(sg, h)
-    bad = [e for e in sg.in_edges(h) + sg.out_edges(h) if e.op.type != kind]
+    bad = [e for e in sg.in_edges(h) + sg.out_edges(h) if e.op.type != kind and e.op.type != "flatten"]
     if bad:
         return f"{h} has a {bad[0].op.type} edge {bad[0].source}->{bad[0].target}"
     for e in sg.out_edges(h):
-        if kind == "conv2d" and not Geometry.of(e.op).centred:
+        if e.op.type == "conv2d" and not Geometry.of(e.op).centred:
             geo = Geometry.of(e.op)
             return (
                 f"{h}->{e.target} is a conv2d with kernel {geo.kernel}, stride {geo.stride}, padding "
@@ -120,7 +168,15 @@ def _widen_reason(sg: SpecGraph, h: str) -> str | None:
             )
     if spec.nodes[h].size >= g.max_width:
         return f"{h} has reached max_width {g.max_width}"
-    return next(filter(None, (_measurable_target(sg, w) for w in sg.succs(h))), None)
+    return next(filter(None, (_measurable_target(sg, w) for w in widen_targets(sg, h))), None)
+
+
+def _only_flatten_ties(sg: SpecGraph, h: str) -> bool:
+    """Whether h's size is tied only by flatten edges out of it (and it is no input or output)."""
+    if h in sg.spec.inputs or h in sg.spec.outputs:
+        return False
+    free = [e for e in sg.spec.edges if h in (e.source, e.target) and not op_info(e.op.type).parametric]
+    return all(e.op.type == "flatten" and e.source == h for e in free)
 
 
 def _pairs(spec: GraphSpec, setting, sg: SpecGraph, existing: bool) -> list[tuple[str, str]]:
@@ -184,8 +240,8 @@ def enumerate_sites(spec: GraphSpec | SpecGraph, *, include_unsupported: bool = 
         reason = _widen_reason(sg, h)
         site = Site(
             "widen",
-            linear_sources(sg, h),
-            tuple(sg.succs(h)),
+            widen_sources(sg, h),
+            widen_targets(sg, h),
             node=h,
             supported=reason is None,
             reason=reason,

@@ -286,7 +286,13 @@ class Accumulator:
 
         # g = n dL/da: the factor n is applied to the small products (alpha), not to g
         flat = [s for s in self.sources if self.grid[s] is None]
-        z = {s: post[s].detach().flatten(1).to(dtype) for s in flat}
+        device = first.device
+        z = {
+            s: feature_rows(
+                s, None if is_one(s) else post[base(s)].detach(), n, None, dtype=dtype, device=device
+            )
+            for s in flat
+        }
         g = {w: grad_of(w).flatten(1).to(dtype) for w in self.targets if self.grid[w] is None}
         self._accumulate(z, g, n, dtype, known or {}, flat=True)
         for grid in self.grids:

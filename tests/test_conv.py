@@ -70,6 +70,26 @@ def _patches(x: Tensor, g: Geometry) -> Tensor:
     return torch.stack(rows)
 
 
+FLAT = """
+version: 1
+name: flat-head
+inputs: {img: {shape: [3, 5, 5]}}
+nodes:
+  c1: {channels: 3, activation: tanh}
+  c2: {channels: 2, activation: tanh}
+  f: {width: 50, bias: false}
+  out: {width: 3}
+edges:
+  - {from: img, to: c1, op: {type: conv2d, kernel: 3, padding: 1}}
+  - {from: c1, to: c2, op: {type: conv2d, kernel: 3, padding: 1}}
+  - {from: c2, to: f, op: flatten}
+  - {from: f, to: out}
+outputs: [out]
+growth: {new_node_activation: tanh}
+"""
+SPECS = {"cnn": CNN, "flat": FLAT}
+
+
 def _image_rows(t: Tensor) -> Tensor:
     n, c, h, w = t.shape
     return torch.stack([t[i, :, a, b] for i in range(n) for a in range(h) for b in range(w)])
@@ -139,6 +159,14 @@ class Ref:
 
     def rows(self, feature: str, grid_of: str) -> Tensor:
         """Rows of a feature on the grid of node ``grid_of`` (or flat)."""
+        if feature.endswith("/sum"):  # summed over the grid of the node the features feed
+            inner = feature.removesuffix("/sum")
+            node = base(inner) if not is_one(inner) else None
+            if node is None:
+                h, w = (int(v) for v in inner.partition("#")[2].split("x"))
+                return torch.full((self.n, 1), float(h * w), dtype=torch.float64)
+            patches = _patches(self.post[node].detach(), parse_geometry(inner))
+            return patches.reshape(self.n, -1, patches.shape[1]).sum(1)
         g = self.grad[grid_of]
         count = self.n * (g.shape[2] * g.shape[3] if g.dim() == 4 else 1)
         if is_one(feature):
@@ -237,9 +265,13 @@ def _brute_site(ref: Ref, spec, site):
     return BU, d, psi, lam, vperps
 
 
-@pytest.mark.parametrize("site_id", ["widen:c1", "node:img->c2", "node:c1->r", "edge:img->r", "edge:c1->r"])
-def test_conv_proposals_match_brute_force(site_id):
-    spec, model, x, y = setup(n=6, seed=1)
+@pytest.mark.parametrize(
+    "name, site_id",
+    [("cnn", "widen:c1"), ("cnn", "node:img->c2"), ("cnn", "node:c1->r"), ("cnn", "edge:img->r")]
+    + [("cnn", "edge:c1->r"), ("flat", "widen:c2"), ("flat", "widen:c1")],
+)
+def test_conv_proposals_match_brute_force(name, site_id):
+    spec, model, x, y = setup(SPECS[name], n=6 if name == "cnn" else 80, seed=1)
     ref = Ref(spec, model.state_dict(), x, y)
     site = find_site(spec, site_id)
     stats = measure(model, [(x, y)], "mse", sites=[site])
@@ -252,12 +284,16 @@ def test_conv_proposals_match_brute_force(site_id):
     torch.testing.assert_close(p.lambdas, lam[:k], rtol=1e-8, atol=1e-12)
 
 
-@pytest.mark.parametrize("site_id", ["widen:c1", "node:c1->r", "node:img->c2"])
-def test_conv_bottleneck_theorem_with_identity_activation(site_id):
-    """New channels (identity activation, fan-out at the kernel's centre) move the targets'
-    pre-activations by the rows B_U alpha^T omega, and lower the bottleneck by sum lambda_k^2."""
-    text = CNN.replace("activation: tanh", "activation: identity")
-    spec, model, x, y = setup(text, n=6, seed=2)
+@pytest.mark.parametrize(
+    "name, site_id",
+    [("cnn", "widen:c1"), ("cnn", "node:c1->r"), ("cnn", "node:img->c2"), ("flat", "widen:c2")],
+)
+def test_conv_bottleneck_theorem_with_identity_activation(name, site_id):
+    """New channels (identity activation, fan-out at the kernel's centre, or the same at every position
+    through a flatten) move the targets' pre-activations by the rows B_U alpha^T omega, and lower the
+    bottleneck by sum lambda_k^2."""
+    text = SPECS[name].replace("activation: tanh", "activation: identity")
+    spec, model, x, y = setup(text, n=6 if name == "cnn" else 80, seed=2)
     ref = Ref(spec, model.state_dict(), x, y)
     site = find_site(spec, site_id)
     stats = measure(model, [(x, y)], "mse", sites=[site])
@@ -270,7 +306,8 @@ def test_conv_bottleneck_theorem_with_identity_activation(site_id):
     pre2, _, _ = ref_forward(spec2, w2, x)
     after = 0.0
     for w in site.targets:
-        moved = _image_rows(pre2[w] - pre1[w])
+        moved = pre2[w] - pre1[w]
+        moved = _image_rows(moved) if moved.dim() == 4 else moved
         torch.testing.assert_close(moved, BU @ (p.fan_out[w] @ p.fan_in).T, **TOL)
         after += float((vperps[w] + moved).pow(2).sum()) / ref.n
     assert after == pytest.approx(psi - float(lam[:K].pow(2).sum()), rel=1e-8, abs=1e-12)
@@ -285,9 +322,13 @@ def _loss(spec, weights, x, y) -> float:
         return float(F.mse_loss(dagrow.compile(spec, weights, dtype=torch.float64)(x), y))
 
 
-@pytest.mark.parametrize("site_id", ["widen:c1", "node:img->c2", "node:c1->r", "edge:img->r"])
-def test_conv_first_order_prediction_matches_finite_differences(site_id):
-    spec, model, x, y = setup(n=6, seed=3)
+@pytest.mark.parametrize(
+    "name, site_id",
+    [("cnn", "widen:c1"), ("cnn", "node:img->c2"), ("cnn", "node:c1->r"), ("cnn", "edge:img->r")]
+    + [("flat", "widen:c2")],
+)
+def test_conv_first_order_prediction_matches_finite_differences(name, site_id):
+    spec, model, x, y = setup(SPECS[name], n=6 if name == "cnn" else 80, seed=3)
     site = find_site(spec, site_id)
     stats = measure(model, [(x, y)], "mse", sites=[site])
     p = propose(stats, site, "tiny", 2, weights=model.state_dict())
@@ -298,9 +339,10 @@ def test_conv_first_order_prediction_matches_finite_differences(site_id):
     assert slope == pytest.approx(p.first_order_improvement, rel=1e-4)
 
 
+@pytest.mark.parametrize("name", sorted(SPECS))
 @pytest.mark.parametrize("init", sorted(FUNCTION_PRESERVING))
-def test_conv_function_preserving_inits(init):
-    spec, model, x, y = setup(n=4, seed=4)
+def test_conv_function_preserving_inits(init, name):
+    spec, model, x, y = setup(SPECS[name], n=4, seed=4)
     sites = _supported(spec)
     stats = measure(model, [(x, y)], "mse", sites=sites)
     before = model(x)
@@ -406,3 +448,17 @@ def test_recorded_conv_statistics_equal_a_separate_pass():
         torch.testing.assert_close(recorded.pair_sums[key], value, rtol=1e-12, atol=1e-12)
     for key, value in measured.grad_sums.items():
         torch.testing.assert_close(recorded.grad_sums[key], value, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.gpu
+def test_cuda_conv_statistics_equal_cpu():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    spec, model, x, y = setup(n=64, seed=8)
+    sites = _supported(spec)
+    cpu = measure(model, [(x, y)], "mse", sites=sites)
+    gpu_model = dagrow.compile(spec, model.state_dict(), dtype=torch.float64, device="cuda")
+    gpu = measure(gpu_model, [(x.cuda(), y.cuda())], "mse", sites=sites)
+    for store in ("pair_sums", "grad_sums", "g_sums"):
+        for key, value in getattr(cpu, store).items():
+            torch.testing.assert_close(getattr(gpu, store)[key].cpu(), value, rtol=1e-10, atol=1e-12)

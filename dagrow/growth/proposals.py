@@ -157,6 +157,9 @@ def _params_added(site: Site, K: int, stats: Statistics) -> int:
 
     def area(w: str) -> int:
         if site.kind == "widen":
+            if not any(e.source == site.node and e.target == w for e in spec.edges):
+                shape = analyze(spec).shapes[site.node]  # type: ignore[index]
+                return shape[1] * shape[2]  # through a flatten: one column per position
             op = spec.edge(site.node, w).op  # type: ignore[arg-type]
             return Geometry.of(op).area if op.type == "conv2d" else 1
         return spec.growth.conv_kernel**2 if parse_geometry(site.sources[0]) is not None else 1
