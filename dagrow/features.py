@@ -105,17 +105,54 @@ def grid_one(grid: Pair) -> str:
 SUM = "/sum"
 
 
+def pool_tag(op) -> str:
+    """The transform of an avg_pool edge: ``/avg2x2s2x2p0x0``."""
+    stride = op.kernel if op.stride is None else op.stride
+    return "/avg" + Geometry(_pair(op.kernel), _pair(stride), _pair(op.padding)).tag
+
+
 def summed(feature: str) -> str:
     """The feature summed over the positions of its grid (a flat feature)."""
     return feature + SUM
 
 
+def core(feature: str) -> str:
+    """The feature before its transforms (``"c1#3x3s1x1p1x1/avg2x2s2x2p0x0/sum"`` -> ``"c1#3x3s1x1p1x1"``)."""
+    return feature.partition("/")[0]
+
+
+def transform(feature: str) -> str:
+    """The transforms of a feature (``"/avg2x2s2x2p0x0/sum"``): average pools, then a sum over the grid."""
+    return feature[len(core(feature)) :]
+
+
 def unsummed(feature: str) -> str:
-    return feature.removesuffix(SUM)
+    return core(feature)
 
 
 def is_summed(feature: str) -> bool:
     return feature.endswith(SUM)
+
+
+def _pools(transforms: str) -> list[Geometry]:
+    return [_parse_tag(t[3:]) for t in transforms.split("/") if t.startswith("avg")]
+
+
+def apply_transform(rows_: Tensor, n: int, grid: Pair, transforms: str) -> Tensor:
+    """Rows ``[n * H * W, D]`` on ``grid`` through the transforms: average pools (as the avg_pool op
+    computes them), then the sum over the positions (rows ``[n, D]``) or the rows on the pooled grid."""
+    if not transforms:
+        return rows_
+    image = rows_.reshape(n, grid[0], grid[1], -1).permute(0, 3, 1, 2)
+    for g in _pools(transforms):
+        image = F.avg_pool2d(image, g.kernel, g.stride, g.padding)
+    return image.sum((2, 3)) if transforms.endswith(SUM) else image_rows(image)
+
+
+def transformed_grid(grid: Pair, transforms: str) -> Pair | None:
+    for g in _pools(transforms):
+        grid = g.out_grid(grid)
+    return None if transforms.endswith(SUM) else grid
 
 
 def is_one(feature: str) -> bool:
@@ -130,9 +167,13 @@ def base(feature: str) -> str:
 
 def parse_geometry(feature: str) -> Geometry | None:
     """The geometry of a patch feature, None for a plain feature or a constant."""
-    name, _, tag = unsummed(feature).partition("#")
+    name, _, tag = core(feature).partition("#")
     if not tag or name == ONE:
         return None
+    return _parse_tag(tag)
+
+
+def _parse_tag(tag: str) -> Geometry:
     k, _, rest = tag.partition("s")
     s, _, p = rest.partition("p")
 
@@ -155,8 +196,11 @@ def feature_width(feature: str, shapes: dict[str, tuple[int, ...]]) -> int:
 
 def feature_grid(feature: str, shapes: dict[str, tuple[int, ...]]) -> Pair | None:
     """The grid a feature's rows live on (None: flat, one row per sample)."""
-    if feature == ONE or is_summed(feature):
+    if feature == ONE:
         return None
+    if transform(feature):
+        inner = feature_grid(core(feature), shapes)
+        return None if inner is None else transformed_grid(inner, transform(feature))
     name, _, tag = feature.partition("#")
     if name == ONE:
         h, _, w = tag.partition("x")
@@ -167,6 +211,13 @@ def feature_grid(feature: str, shapes: dict[str, tuple[int, ...]]) -> Pair | Non
         return None if len(shape) == 1 else (shape[1], shape[2])
     shape = shapes[name]
     return geometry.out_grid((shape[1], shape[2]))
+
+
+def _value_grid(feature: str, value: Tensor | None) -> Pair:
+    """The grid of a patch feature's rows, from its node's value."""
+    geometry = parse_geometry(feature)
+    assert value is not None and geometry is not None
+    return geometry.out_grid((value.shape[2], value.shape[3]))
 
 
 def _tag_grid(one: str) -> Pair:
@@ -192,13 +243,11 @@ def rows(
 
     ``value`` is the post-activation of the feature's node (None for a constant, whose rows are ones
     in ``dtype`` on ``device``)."""
-    if is_summed(feature):
-        inner = unsummed(feature)
-        grid = _tag_grid(inner) if is_one(inner) else None
-        if grid is not None:
-            return torch.full((n, 1), float(grid[0] * grid[1]), dtype=dtype, device=device)
-        grid_rows = rows(inner, value, n, (0, 0), dtype=dtype, device=device)
-        return grid_rows.reshape(n, -1, grid_rows.shape[1]).sum(1)
+    if transform(feature):
+        inner = core(feature)
+        inner_grid = _tag_grid(inner) if is_one(inner) else _value_grid(inner, value)
+        inner_rows = rows(inner, value, n, inner_grid, dtype=dtype, device=device)
+        return apply_transform(inner_rows, n, inner_grid, transform(feature))
     if is_one(feature):
         count = n if grid is None else n * grid[0] * grid[1]
         return torch.ones(count, 1, dtype=dtype, device=device)

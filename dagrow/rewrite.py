@@ -24,11 +24,11 @@ from torch import Tensor
 
 from .compile import compile as compile_spec
 from .compile import weights_problems
-from .features import Geometry, as_parameter, feature_width, parameter, patch_feature, unsummed
+from .features import SUM, Geometry, as_parameter, feature_width, parameter, patch_feature, unsummed
 from .graph import analyze
 from .names import name_problem
 from .registry import Registry, unknown_name_message
-from .sites import flatten_passes, linear_sources, widen_targets
+from .sites import channel_paths, linear_sources, widen_targets
 from .spec import GraphSpec, SpecError, parse_spec
 
 Weights = dict[str, Tensor]
@@ -161,28 +161,34 @@ class AddNeurons(Action):
             set(self.fan_out) == set(targets),
             f"add_neurons: fan-out targets {sorted(self.fan_out)} != targets of {h} {list(targets)}",
         )
-        through = {w: f for f in flatten_passes(sg, h) for w in sg.succs(f)} if not sg.is_flat(h) else {}
+        paths = {p.target: p for p in channel_paths(sg, h)} if not sg.is_flat(h) else {}
         root = math.sqrt(self.gamma)
         blocks = _split_columns(fan_in, self.sources, sg.shapes, f"add_neurons: fan-in of {h}")
         for s, block in blocks.items():
             name = parameter(s, h)
             new = as_parameter(root * block, s)
             weights[name] = torch.cat([weights[name], _like(new, weights[name])], 0)
-        positions = math.prod(sg.shapes[h][1:]) if through else 1
+        grown: dict[str, int] = {}  # the nodes that pass the new channels on, and their new size
         for w, om in self.fan_out.items():
-            name = f"edges.{through.get(w, h)}__{w}.weight"
+            path = paths.get(w)
+            last = path.via[-1] if path and path.via else h
+            name = f"edges.{last}__{w}.weight"
             om = _t(om)
             _require(
                 om.shape == (weights[name].shape[0], K),
                 f"add_neurons: fan-out of {h} into {w} has shape "
                 f"{list(om.shape)}, expected {[weights[name].shape[0], K]}",
             )
-            new = om.repeat_interleave(positions, 1) if w in through else _at_centre(om, weights[name])
+            flattened = path is not None and path.transform.endswith(SUM)
+            before = path.via[-2] if path and len(path.via) > 1 else h  # the image node the flatten reads
+            positions = spec.nodes[last].size // spec.nodes[before].size if flattened else 1
+            new = om.repeat_interleave(positions, 1) if flattened else _at_centre(om, weights[name])
             weights[name] = torch.cat([weights[name], _like(root * new, weights[name])], 1)
-        for f in set(through.values()):
-            data["nodes"][f]["width"] = spec.nodes[f].size + K * positions
-        size = "width" if spec.nodes[h].width is not None else "channels"
-        data["nodes"][h][size] = spec.nodes[h].size + K
+            for v in path.via if path else ():
+                grown[v] = spec.nodes[v].size + (K * positions if sg.is_flat(v) else K)
+        grown[h] = spec.nodes[h].size + K
+        for v, new_size in grown.items():
+            data["nodes"][v]["width" if sg.is_flat(v) else "channels"] = new_size
 
     def describe(self) -> str:
         return f"add_neurons({self.node}, +{_t(self.fan_in).shape[0]})"

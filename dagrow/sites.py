@@ -28,12 +28,24 @@ from typing import Literal
 
 import networkx as nx
 
-from .features import ONE, Geometry, grid_one, node_grid, patch_feature, summed
+from .features import ONE, SUM, Geometry, grid_one, node_grid, patch_feature, pool_tag
 from .graph import SpecGraph, analyze
 from .ops import op_info
 from .spec import GraphSpec
 
-__all__ = ["ONE", "Site", "SiteKind", "enumerate_sites", "find_site", "linear_sources", "parse_site_id"]
+__all__ = [
+    "ONE",
+    "ChannelPath",
+    "Site",
+    "channel_paths",
+    "widen_sources",
+    "widen_targets",
+    "SiteKind",
+    "enumerate_sites",
+    "find_site",
+    "linear_sources",
+    "parse_site_id",
+]
 SiteKind = Literal["widen", "node", "edge", "deepen"]
 
 
@@ -100,83 +112,128 @@ def _measurable_target(sg: SpecGraph, w: str) -> str | None:
     return None
 
 
-def flatten_passes(sg: SpecGraph, h: str) -> dict[str, str | None]:
-    """For each flatten edge out of image node h, its flat node f -> why new channels of h cannot
-    pass through f (None when they can: f takes only that flatten, no bias, no norm, the identity
-    activation, is not an output and feeds linear edges only; f then grows by H * W entries per new
-    channel and its successors take the new columns)."""
-    out: dict[str, str | None] = {}
-    for e in sg.out_edges(h):
-        if e.op.type != "flatten":
-            continue
-        f, node = e.target, sg.spec.nodes[e.target]
-        reason = None
-        if len(sg.in_edges(f)) != 1:
-            reason = f"{f} sums more than the flatten of {h}"
-        elif f in sg.spec.outputs:
-            reason = f"{f} is an output"
-        elif node.bias or node.activation.name != "identity" or getattr(node, "norm", None) is not None:
-            reason = f"{f} is not a plain flatten (it has a bias, a norm or an activation)"
-        elif any(x.op.type != "linear" for x in sg.out_edges(f)) or not sg.out_edges(f):
-            reason = f"{f} must feed linear edges only"
-        out[f] = reason
-    return out
+@dataclass(frozen=True)
+class ChannelPath:
+    """How new channels of an image node h reach a node whose pre-activation they change: through
+    ``via`` (nodes that only pass channels on: an avg_pool or identity edge into a node with no other
+    input, no bias, no norm and the identity activation; or a flatten into such a flat node), then a
+    conv2d (at the centre of its kernel) or, after a flatten, a linear edge (the same fan-out at every
+    position). ``transform`` is what the way does to h's features (:mod:`dagrow.features`)."""
+
+    target: str
+    via: tuple[str, ...]
+    transform: str
+
+
+class _Refused(Exception):
+    pass
+
+
+def _pass_reason(sg: SpecGraph, h: str, p: str) -> str | None:
+    """Why node p cannot pass new channels of h on (None when it can)."""
+    node = sg.spec.nodes.get(p)
+    if node is None or len(sg.in_edges(p)) != 1:
+        return f"{p} sums more than what {h} sends it (a join grows with all its inputs or not at all)"
+    if p in sg.spec.outputs:
+        return f"{p} is an output"
+    if node.bias or node.activation.name != "identity" or getattr(node, "norm", None) is not None:
+        return f"{p} is not a plain pass-through (it has a bias, a norm or an activation)"
+    return None
+
+
+def channel_paths(sg: SpecGraph, h: str) -> list[ChannelPath]:
+    """The ways new channels of image node h reach their targets; :class:`_Refused` with the reason
+    when one of h's edges cannot carry them."""
+    paths: list[ChannelPath] = []
+
+    def walk(v: str, via: tuple[str, ...], transform: str) -> None:
+        for e in sg.out_edges(v):
+            kind, p = e.op.type, e.target
+            if kind == "conv2d":
+                geo = Geometry.of(e.op)
+                if not geo.centred:
+                    raise _Refused(
+                        f"{v}->{p} is a conv2d with kernel {geo.kernel}, stride {geo.stride}, padding "
+                        f"{geo.padding}: new channels write at the kernel's centre, which needs an odd "
+                        "kernel, stride 1 and padding (k - 1) / 2"
+                    )
+                paths.append(ChannelPath(p, via, transform))
+            elif kind in ("avg_pool", "identity", "flatten"):
+                why = _pass_reason(sg, h, p)
+                if why:
+                    raise _Refused(f"new channels of {h} cannot pass {v}->{p}: {why}")
+                if kind != "flatten":
+                    walk(p, (*via, p), transform + (pool_tag(e.op) if kind == "avg_pool" else ""))
+                    continue
+                for x in sg.out_edges(p):
+                    if x.op.type != "linear":
+                        raise _Refused(
+                            f"{p} feeds a {x.op.type} edge: after a flatten new channels need linear edges"
+                        )
+                    paths.append(ChannelPath(x.target, (*via, p), transform + SUM))
+            else:
+                raise _Refused(f"{v}->{p} is a {kind} edge, which is not linear in new channels")
+
+    walk(h, (), "")
+    return paths
+
+
+def _paths(sg: SpecGraph, h: str) -> tuple[list[ChannelPath], str | None]:
+    if sg.is_flat(h):
+        return [ChannelPath(w, (), "") for w in sg.succs(h)], None
+    try:
+        paths = channel_paths(sg, h)
+    except _Refused as exc:
+        return [], str(exc)
+    if len({p.transform for p in paths}) > 1:
+        return (
+            paths,
+            f"new channels of {h} would reach its targets in different ways (pooled, flattened or not)",
+        )
+    if not paths:
+        return paths, f"{h} feeds no parametric edge"
+    return paths, None
 
 
 def widen_targets(sg: SpecGraph, h: str) -> tuple[str, ...]:
-    """The nodes whose pre-activations new neurons of h write into: h's successors, and through a
-    flatten the successors of the flat node."""
-    passes = flatten_passes(sg, h) if not sg.is_flat(h) else {}
-    out: list[str] = []
-    for w in sg.succs(h):
-        out += sg.succs(w) if w in passes else [w]
-    return tuple(out)
+    """The nodes whose pre-activations new neurons of h write into: h's successors, or for an image
+    node the ends of its :class:`ChannelPath` s."""
+    return tuple(dict.fromkeys(p.target for p in _paths(sg, h)[0]))
 
 
 def widen_sources(sg: SpecGraph, h: str) -> tuple[str, ...]:
-    """The features of new neurons of h: h's own features, summed over the grid when they reach their
-    targets through a flatten (a new channel's fan-out is then the same at every position)."""
-    feats = linear_sources(sg, h)
-    if not sg.is_flat(h) and flatten_passes(sg, h):
-        return tuple(summed(f) for f in feats)
-    return feats
+    """The features of new neurons of h: h's own features, transformed as the way to the targets
+    transforms them (pooled, or summed over the grid through a flatten)."""
+    paths = _paths(sg, h)[0]
+    suffix = paths[0].transform if paths else ""
+    return tuple(f + suffix for f in linear_sources(sg, h))
 
 
 def _widen_reason(sg: SpecGraph, h: str) -> str | None:
     """Why node h cannot take new neurons or channels (None when it can)."""
     spec, g = sg.spec, sg.spec.growth
-    passes = flatten_passes(sg, h) if not sg.is_flat(h) else {}
-    for f, why in passes.items():
-        if why:
-            return f"new channels of {h} cannot pass the flatten into {f}: {why}"
-    if passes and len(passes) != len(sg.out_edges(h)):
-        return f"{h} feeds a flatten and other edges: new channels need one kind of fan-out"
-    reason = None if passes and _only_flatten_ties(sg, h) else sg.tied.get(h)
-    if reason:
-        return f"{h} is {reason}"
+    if h in spec.inputs or h in spec.outputs:
+        return f"{h} is {sg.tied[h]}"
     kind = _measured_op(sg, h)
-    bad = [e for e in sg.in_edges(h) + sg.out_edges(h) if e.op.type != kind and e.op.type != "flatten"]
+    bad = [e for e in sg.in_edges(h) if e.op.type != kind]
     if bad:
+        if not op_info(bad[0].op.type).parametric:
+            return f"{h} is {sg.tied[h]}"
         return f"{h} has a {bad[0].op.type} edge {bad[0].source}->{bad[0].target}"
-    for e in sg.out_edges(h):
-        if e.op.type == "conv2d" and not Geometry.of(e.op).centred:
-            geo = Geometry.of(e.op)
-            return (
-                f"{h}->{e.target} is a conv2d with kernel {geo.kernel}, stride {geo.stride}, padding "
-                f"{geo.padding}: new channels write at the kernel's centre, which needs an odd kernel, "
-                "stride 1 and padding (k - 1) / 2"
-            )
+    if sg.is_flat(h):
+        reason = sg.tied.get(h)
+        if reason:
+            return f"{h} is {reason}"
+        bad = [e for e in sg.out_edges(h) if e.op.type != kind]
+        if bad:
+            return f"{h} has a {bad[0].op.type} edge {bad[0].source}->{bad[0].target}"
+    else:
+        reason = _paths(sg, h)[1]
+        if reason:
+            return reason
     if spec.nodes[h].size >= g.max_width:
         return f"{h} has reached max_width {g.max_width}"
     return next(filter(None, (_measurable_target(sg, w) for w in widen_targets(sg, h))), None)
-
-
-def _only_flatten_ties(sg: SpecGraph, h: str) -> bool:
-    """Whether h's size is tied only by flatten edges out of it (and it is no input or output)."""
-    if h in sg.spec.inputs or h in sg.spec.outputs:
-        return False
-    free = [e for e in sg.spec.edges if h in (e.source, e.target) and not op_info(e.op.type).parametric]
-    return all(e.op.type == "flatten" and e.source == h for e in free)
 
 
 def _pairs(spec: GraphSpec, setting, sg: SpecGraph, existing: bool) -> list[tuple[str, str]]:

@@ -87,7 +87,28 @@ edges:
 outputs: [out]
 growth: {new_node_activation: tanh}
 """
-SPECS = {"cnn": CNN, "flat": FLAT}
+POOL = """
+version: 1
+name: pooled
+inputs: {img: {shape: [2, 6, 6]}}
+nodes:
+  c1: {channels: 3, activation: tanh}
+  p: {channels: 3, bias: false}
+  c2: {channels: 2, activation: tanh}
+  q: {channels: 2, bias: false}
+  f: {width: 8, bias: false}
+  out: {width: 3}
+edges:
+  - {from: img, to: c1, op: {type: conv2d, kernel: 3, padding: 1}}
+  - {from: c1, to: p, op: {type: avg_pool, kernel: 2}}
+  - {from: p, to: c2, op: {type: conv2d, kernel: 3, padding: 1}}
+  - {from: c2, to: q, op: {type: avg_pool, kernel: 2, stride: 1}}
+  - {from: q, to: f, op: flatten}
+  - {from: f, to: out}
+outputs: [out]
+growth: {new_node_activation: tanh}
+"""
+SPECS = {"cnn": CNN, "flat": FLAT, "pool": POOL}
 
 
 def _image_rows(t: Tensor) -> Tensor:
@@ -123,7 +144,7 @@ def ref_forward(spec: GraphSpec, weights, x: Tensor, eps=None):
             elif t == "identity":
                 a = a + b
             elif t == "avg_pool":
-                a = a + F.avg_pool2d(b, e.op.kernel)
+                a = a + F.avg_pool2d(b, e.op.kernel, e.op.stride or e.op.kernel)
             elif t == "flatten":
                 a = a + b.flatten(1)
             else:  # pragma: no cover
@@ -159,14 +180,24 @@ class Ref:
 
     def rows(self, feature: str, grid_of: str) -> Tensor:
         """Rows of a feature on the grid of node ``grid_of`` (or flat)."""
-        if feature.endswith("/sum"):  # summed over the grid of the node the features feed
-            inner = feature.removesuffix("/sum")
-            node = base(inner) if not is_one(inner) else None
+        if "/" in feature:  # pooled and/or summed on the way to the targets
+            inner, *steps = feature.split("/")
+            node = None if is_one(inner) else base(inner)
             if node is None:
                 h, w = (int(v) for v in inner.partition("#")[2].split("x"))
-                return torch.full((self.n, 1), float(h * w), dtype=torch.float64)
-            patches = _patches(self.post[node].detach(), parse_geometry(inner))
-            return patches.reshape(self.n, -1, patches.shape[1]).sum(1)
+                image = torch.ones(self.n, 1, h, w, dtype=torch.float64)
+            else:
+                value = self.post[node].detach()
+                geo = parse_geometry(inner)
+                patches = _patches(value, geo)
+                oh, ow = geo.out_grid(tuple(value.shape[2:]))
+                image = patches.reshape(self.n, oh, ow, -1).permute(0, 3, 1, 2)
+            for step in steps:
+                if step.startswith("avg"):
+                    k, _, rest = step[3:].partition("s")
+                    stride = rest.partition("p")[0]
+                    image = F.avg_pool2d(image, int(k.split("x")[0]), int(stride.split("x")[0]))
+            return image.sum((2, 3)) if steps[-1] == "sum" else _image_rows(image)
         g = self.grad[grid_of]
         count = self.n * (g.shape[2] * g.shape[3] if g.dim() == 4 else 1)
         if is_one(feature):
@@ -202,7 +233,7 @@ def test_conv_sites_and_their_reasons():
     assert sites["widen:c1"].targets == ("c2",)
     assert sites["node:c1->r"].supported and sites["edge:img->r"].supported
     assert sites["deepen:c1->c2"].supported
-    assert "parameter-free identity" in sites["widen:c2"].reason  # residual join: tied
+    assert "s sums more than what c2 sends it" in sites["widen:c2"].reason  # a residual join
     assert "flat node" in sites["node:c2->out"].reason
     assert "different grids" in sites["node:img->p"].reason
     strided = CNN.replace(
@@ -268,7 +299,8 @@ def _brute_site(ref: Ref, spec, site):
 @pytest.mark.parametrize(
     "name, site_id",
     [("cnn", "widen:c1"), ("cnn", "node:img->c2"), ("cnn", "node:c1->r"), ("cnn", "edge:img->r")]
-    + [("cnn", "edge:c1->r"), ("flat", "widen:c2"), ("flat", "widen:c1")],
+    + [("cnn", "edge:c1->r"), ("flat", "widen:c2"), ("flat", "widen:c1"), ("pool", "widen:c1")]
+    + [("pool", "widen:c2")],
 )
 def test_conv_proposals_match_brute_force(name, site_id):
     spec, model, x, y = setup(SPECS[name], n=6 if name == "cnn" else 80, seed=1)
@@ -325,7 +357,7 @@ def _loss(spec, weights, x, y) -> float:
 @pytest.mark.parametrize(
     "name, site_id",
     [("cnn", "widen:c1"), ("cnn", "node:img->c2"), ("cnn", "node:c1->r"), ("cnn", "edge:img->r")]
-    + [("flat", "widen:c2")],
+    + [("flat", "widen:c2"), ("pool", "widen:c1"), ("pool", "widen:c2")],
 )
 def test_conv_first_order_prediction_matches_finite_differences(name, site_id):
     spec, model, x, y = setup(SPECS[name], n=6 if name == "cnn" else 80, seed=3)

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from ..compile import spec_of
-from ..features import base, feature_grid, is_one, is_summed, rows, unsummed
+from ..features import apply_transform, base, core, feature_grid, is_one, rows, transform
 from ..graph import analyze
 from .proposals import Proposal
 
@@ -198,10 +198,13 @@ def proposal_outputs(
     fan_out: dict[str, Tensor] = {}
     activation: nn.Module | None = None
     if neurons:
-        # a new channel that writes through a flatten acts at every position: its values on the grid,
-        # summed over the positions after the activation (its fan-out is the same at each)
-        summed = any(is_summed(s) for s in site.sources)
-        z = forward.features([unsummed(s) for s in site.sources]) @ cast(proposal.fan_in).T  # [rows, K]
+        # new channels act on h's grid; on their way to the targets they may be averaged by pools or
+        # summed over the grid through a flatten (their fan-out is then the same at every position)
+        # (pooled or summed over the grid after the activation, as the way to the targets does)
+        way = transform(site.sources[0])
+        cores = [core(s) for s in site.sources]
+        z = forward.features(cores) @ cast(proposal.fan_in).T  # [rows, K]
+        grid = feature_grid(cores[0], forward.shapes)
         fan_out = {w: cast(t).T for w, t in proposal.fan_out.items()}  # [K, width_w]
         if site.kind == "widen":
             activation = forward.model.get_submodule(f"nodes.{site.node}.activation")
@@ -216,8 +219,8 @@ def proposal_outputs(
         if z is not None and activation is not None:
             root = math.sqrt(gamma)
             hidden = activation(root * z)
-            if summed:
-                hidden = hidden.reshape(forward.n, -1, hidden.shape[1]).sum(1)
+            if way:
+                hidden = apply_transform(hidden, forward.n, grid, way)  # type: ignore[arg-type]
             for w, omega in fan_out.items():
                 terms.setdefault(w, []).append((hidden, root * omega))
         return program({w: (t, gamma) for w, t in slope.items()}, terms)
