@@ -160,6 +160,19 @@ def is_one(feature: str) -> bool:
     return feature == ONE or feature.startswith(ONE + "#")
 
 
+def describe(feature: str) -> str:
+    """A feature in words, for messages: ``"c1#3x3s1x1p1x1"`` -> ``"c1 (3x3 patches)"``."""
+    geometry = parse_geometry(feature)
+    if geometry is None:
+        return feature
+    kh, kw = geometry.kernel
+    ways = [
+        w for w, on in (("pooled", "/avg" in feature), ("summed over the grid", is_summed(feature))) if on
+    ]
+    way = (", " + " and ".join(ways)) if ways else ""
+    return f"{base(feature)} ({kh}x{kw} patches{way})"
+
+
 def base(feature: str) -> str:
     """The node a feature reads (``"u#3x3s1x1p1x1"`` -> ``"u"``)."""
     return feature.partition("#")[0]

@@ -57,17 +57,18 @@ growth: {new_nodes: all, new_edges: all, deepen: all, new_node_activation: tanh}
 
 
 def _patches(x: Tensor, g: Geometry) -> Tensor:
-    """[n, C, H, W] -> [n * L, C * kh * kw] by explicit slicing of the zero-padded input."""
+    """[n, C, H, W] -> [n * L, C * kh * kw] by explicit slicing of the zero-padded input (rows in
+    the order sample, then position row by row)."""
     (kh, kw), (sh, sw), (ph, pw) = g.kernel, g.stride, g.padding
     xp = F.pad(x, (pw, pw, ph, ph))
     n, c, H, W = xp.shape
     oh, ow = (H - kh) // sh + 1, (W - kw) // sw + 1
-    rows = []
-    for i in range(n):
-        for a in range(oh):
-            for b in range(ow):
-                rows.append(xp[i, :, a * sh : a * sh + kh, b * sw : b * sw + kw].reshape(-1))
-    return torch.stack(rows)
+    cuts = [
+        xp[:, :, a * sh : a * sh + kh, b * sw : b * sw + kw].reshape(n, -1)
+        for a in range(oh)
+        for b in range(ow)
+    ]
+    return torch.stack(cuts, 1).reshape(n * oh * ow, -1)
 
 
 FLAT = """
@@ -109,11 +110,12 @@ outputs: [out]
 growth: {new_node_activation: tanh}
 """
 SPECS = {"cnn": CNN, "flat": FLAT, "pool": POOL}
+SAMPLES = {"cnn": 6, "flat": 80, "pool": 40}  # more samples than the targets' features (else Vperp = 0)
 
 
 def _image_rows(t: Tensor) -> Tensor:
     n, c, h, w = t.shape
-    return torch.stack([t[i, :, a, b] for i in range(n) for a in range(h) for b in range(w)])
+    return torch.stack([t[:, :, a, b] for a in range(h) for b in range(w)], 1).reshape(n * h * w, c)
 
 
 def _act(name: str, x: Tensor) -> Tensor:
@@ -303,7 +305,7 @@ def _brute_site(ref: Ref, spec, site):
     + [("pool", "widen:c2")],
 )
 def test_conv_proposals_match_brute_force(name, site_id):
-    spec, model, x, y = setup(SPECS[name], n=6 if name == "cnn" else 80, seed=1)
+    spec, model, x, y = setup(SPECS[name], n=SAMPLES[name], seed=1)
     ref = Ref(spec, model.state_dict(), x, y)
     site = find_site(spec, site_id)
     stats = measure(model, [(x, y)], "mse", sites=[site])
@@ -325,7 +327,7 @@ def test_conv_bottleneck_theorem_with_identity_activation(name, site_id):
     through a flatten) move the targets' pre-activations by the rows B_U alpha^T omega, and lower the
     bottleneck by sum lambda_k^2."""
     text = SPECS[name].replace("activation: tanh", "activation: identity")
-    spec, model, x, y = setup(text, n=6 if name == "cnn" else 80, seed=2)
+    spec, model, x, y = setup(text, n=SAMPLES[name], seed=2)
     ref = Ref(spec, model.state_dict(), x, y)
     site = find_site(spec, site_id)
     stats = measure(model, [(x, y)], "mse", sites=[site])
@@ -360,7 +362,7 @@ def _loss(spec, weights, x, y) -> float:
     + [("flat", "widen:c2"), ("pool", "widen:c1"), ("pool", "widen:c2")],
 )
 def test_conv_first_order_prediction_matches_finite_differences(name, site_id):
-    spec, model, x, y = setup(SPECS[name], n=6 if name == "cnn" else 80, seed=3)
+    spec, model, x, y = setup(SPECS[name], n=SAMPLES[name], seed=3)
     site = find_site(spec, site_id)
     stats = measure(model, [(x, y)], "mse", sites=[site])
     p = propose(stats, site, "tiny", 2, weights=model.state_dict())
@@ -381,7 +383,7 @@ def test_conv_function_preserving_inits(init, name):
     for p in propose_all(stats, sites, init, 2, weights=model.state_dict()):
         if p.skipped or p.site.kind == "edge":
             continue
-        for gamma in (0.3, 1.0):
+        for gamma in (0.7,):
             spec2, w2 = replay(spec, model.state_dict(), proposal_actions(p, spec, gamma, update=False))
             after = dagrow.compile(spec2, w2, dtype=torch.float64)(x)
             assert float((after - before).abs().max()) < 1e-12, (init, p.site.id)
@@ -417,7 +419,7 @@ def test_streamed_and_chunked_statistics_equal_those_of_one_batch():
             torch.testing.assert_close(other.grad_sums[key], value, rtol=1e-12, atol=1e-12)
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(
     k1=st.sampled_from([1, 3, 5]),
     k2=st.sampled_from([1, 3]),

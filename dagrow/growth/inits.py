@@ -31,7 +31,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from ..features import as_columns, is_one, parameter
+from ..features import as_columns, describe, is_one, parameter
 from ..graph import analyze
 from ..registry import Registry
 from ..sites import Site, linear_sources
@@ -123,7 +123,7 @@ def no_direction(U: tuple[str, ...], updates: dict[str, TargetUpdate], kind: str
     ``kind`` (the site's kind) picks the advice: a deepen site is never advised to deepen."""
     if all(set(U) <= set(u.sources) for u in updates.values()):
         fed = {s for s in U if not is_one(s)}
-        feeds = ", ".join(sorted(fed))
+        feeds = ", ".join(sorted(describe(s) for s in fed))
         advice = {
             "deepen": "deepening grows with the natural strategy, which scores it by its natural gain",
             "widen": "grow a new node on a pair that skips a node",
