@@ -26,6 +26,7 @@ from .compile import compile as compile_spec
 from .compile import weights_problems
 from .graph import analyze
 from .names import name_problem
+from .norms import grow_norm
 from .registry import Registry, unknown_name_message
 from .sites import ONE
 from .spec import GraphSpec, SpecError, parse_spec
@@ -130,7 +131,9 @@ def _widths(spec: GraphSpec) -> dict[str, int]:
 @dataclass(frozen=True)
 class AddNeurons(Action):
     """Widen ``node`` by K neurons: new rows of every linear edge into it (columns of ``fan_in`` in
-    the order of ``sources``, bias last as "1"), new columns of every edge out of it (``fan_out``)."""
+    the order of ``sources``, bias last as "1"), new columns of every edge out of it (``fan_out``);
+    a norm on the node gets K channels with weight 1, bias 0, running mean 0 and running variance
+    1 - eps (:func:`~dagrow.norms.grow_norm`)."""
 
     node: str
     sources: tuple[str, ...]
@@ -168,6 +171,8 @@ class AddNeurons(Action):
                 f"{list(om.shape)}, expected {[weights[name].shape[0], K]}",
             )
             weights[name] = torch.cat([weights[name], _like(root * om, weights[name])], 1)
+        if spec.nodes[h].norm is not None:  # new channels: weight 1, bias 0, mean 0, var 1 - eps
+            grow_norm(weights, f"nodes.{h}.norm", spec.nodes[h].norm, K)
         data["nodes"][h]["width"] = spec.nodes[h].width + K
 
     def describe(self) -> str:

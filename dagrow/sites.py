@@ -25,6 +25,7 @@ from typing import Literal
 import networkx as nx
 
 from .graph import SpecGraph, analyze
+from .norms import widen_problem
 from .ops import op_info
 from .spec import GraphSpec
 
@@ -118,6 +119,8 @@ def enumerate_sites(spec: GraphSpec | SpecGraph, *, include_unsupported: bool = 
             bad = [e for e in sg.in_edges(h) + sg.out_edges(h) if e.op.type != "linear"]
             if bad:
                 reason = f"{h} has a {bad[0].op.type} edge {bad[0].source}->{bad[0].target}"
+        if reason is None:
+            reason = widen_problem(h, spec.nodes[h].norm)
         if reason is None and spec.nodes[h].size >= g.max_width:
             reason = f"{h} has reached max_width {g.max_width}"
         if reason is None:

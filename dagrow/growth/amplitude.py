@@ -149,10 +149,11 @@ class GrownFamily:
         return self._model
 
     def weights(self, gamma: float) -> dict[str, Tensor]:
-        """``W0 + gamma dU + gamma^power dN``."""
+        """``W0 + gamma dU + gamma^power dN`` (integer buffers, such as a batch norm's
+        ``num_batches_tracked``, as they are)."""
         _, w0, du, dn = self._grown
         r = max(gamma, 0.0) ** self.power
-        return {k: w0[k] + gamma * du[k] + r * dn[k] for k in w0}
+        return {k: w0[k] + gamma * du[k] + r * dn[k] if w0[k].is_floating_point() else w0[k] for k in w0}
 
     def __call__(self, gamma: float, *inputs: Tensor):
         return functional_call(self.model, self.weights(gamma), inputs)

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
+from ..norms import apply_to_new_channels
 from ..sites import ONE
 from .proposals import Proposal
 
@@ -177,12 +178,16 @@ def proposal_outputs(
 
     z: Tensor | None = None
     fan_out: dict[str, Tensor] = {}
-    activation: nn.Module | None = None
+    activation: Callable[[Tensor], Tensor] | None = None
     if neurons:
         z = forward.features(site.sources) @ cast(proposal.fan_in).T  # [n, K]
         fan_out = {w: cast(t).T for w, t in proposal.fan_out.items()}  # [K, width_w]
         if site.kind == "widen":
             activation = forward.model.get_submodule(f"nodes.{site.node}.activation")
+            node = forward.model.get_submodule(f"nodes.{site.node}")
+            if hasattr(node, "norm"):  # the new channels pass through the node's norm first
+                norm, act = node.norm, activation
+                activation = lambda x: act(apply_to_new_channels(norm, x))  # noqa: E731
         else:
             activation = proposal.activation.build().to(dtype=ref.dtype, device=ref.device)
 
