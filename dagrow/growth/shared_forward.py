@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, fx
 
+from ..compile import spec_of
 from ..norms import apply_to_new_channels
 from ..sites import ONE
 from .proposals import Proposal
@@ -184,9 +185,9 @@ def proposal_outputs(
         fan_out = {w: cast(t).T for w, t in proposal.fan_out.items()}  # [K, width_w]
         if site.kind == "widen":
             activation = forward.model.get_submodule(f"nodes.{site.node}.activation")
-            node = forward.model.get_submodule(f"nodes.{site.node}")
-            if hasattr(node, "norm"):  # the new channels pass through the node's norm first
-                norm, act = node.norm, activation
+            if site.node is not None and spec_of(forward.model).nodes[site.node].norm is not None:
+                # the new channels pass through the node's norm first
+                norm, act = forward.model.get_submodule(f"nodes.{site.node}.norm"), activation
                 activation = lambda x: act(apply_to_new_channels(norm, x))  # noqa: E731
         else:
             activation = proposal.activation.build().to(dtype=ref.dtype, device=ref.device)
