@@ -8,8 +8,8 @@ Reading checks before allocating anything: the safetensors header is read by han
 :data:`MAX_HEADER_BYTES`; JSON nested at most :data:`MAX_JSON_DEPTH` deep; no duplicate key), the spec
 in its metadata is validated, and every tensor's name, dtype (a float: F16, BF16, F32 or F64; I64 for a
 batch norm's ``num_batches_tracked``), shape and byte range is compared with what the spec needs
-(computed on the meta device). Only then are the tensors read; a tensor with a NaN or infinite value is refused. ``save`` refuses such weights too: no
-bundle with non-finite weights is ever written.
+(computed on the meta device). Only then are the tensors read; a tensor with a NaN or infinite value
+is refused. ``save`` refuses such weights too: no bundle with non-finite weights is ever written.
 """
 
 from __future__ import annotations
