@@ -455,3 +455,41 @@ def test_grow_a_normed_mlp_then_export_and_reload_bit_identically(tmp_path):
         assert (program(*xs) - model(*xs)).abs().max() <= 1e-12
     dot = to_dot(model.spec)
     assert "batch_norm momentum=0.5" in dot and "batch_norm\\n" in dot
+
+
+def test_in_train_mode_new_batch_normed_channels_escape_the_first_order_prediction():
+    """What docs/growing.md says of TINY on a batch-normed node: in eval mode the new channels' norm is
+    the identity and the neurons' first-order gain is as predicted; in train mode a new channel is
+    centred and divided by sqrt(batch variance + eps), about z / sqrt(eps) while gamma var(z) << eps,
+    so the loss change per unit gamma is far from the prediction (and stays so as gamma -> 0)."""
+    spec, model, xs, y = setup(MLP, n=48)
+    for training in (False, True):
+        model.train(training)
+        stats = measure(model, [(tuple(xs), y)])
+        p = propose(stats, find_site(spec, "widen:h2"), "tiny", 2, weights=model.state_dict())
+        share = p.first_order_improvement - p.d  # the new neurons' predicted first-order gain
+        family = GrownFamily(model, p, update=False)
+        with torch.no_grad(), running_stats_kept(model):
+            base = float(F.mse_loss(model(*xs), y))
+            per_gamma = [(base - float(F.mse_loss(family(g, *xs), y))) / g for g in (1e-7, 1e-8)]
+        assert share > 1e-3
+        if training:
+            assert min(abs(v) for v in per_gamma) > 10 * share
+            assert per_gamma[0] == pytest.approx(per_gamma[1], rel=0.05)  # of order gamma, amplified
+        else:
+            assert per_gamma[1] == pytest.approx(share, rel=1e-3)
+
+
+def test_pt2_and_png_exports_of_image_norms(tmp_path):
+    pytest.importorskip("matplotlib")
+    from dagrow.drawing import node_lines
+    from dagrow.export import write_png, write_pt2
+
+    spec, model, (x,), _ = setup(IMAGE, n=4, train_steps=4)
+    path = write_pt2(model, tmp_path / "m.pt2")
+    program = torch.export.load(str(path)).module()
+    with torch.no_grad():
+        assert (program(x) - model.eval()(x)).abs().max() <= 1e-12
+    assert node_lines(spec, "c2", (4, 5, 5))[2] == "group_norm groups=2"
+    write_png(spec, tmp_path / "a.png")
+    assert (tmp_path / "a.png").stat().st_size > 1000
