@@ -493,3 +493,11 @@ def test_pt2_and_png_exports_of_image_norms(tmp_path):
     assert node_lines(spec, "c2", (4, 5, 5))[2] == "group_norm groups=2"
     write_png(spec, tmp_path / "a.png")
     assert (tmp_path / "a.png").stat().st_size > 1000
+
+
+def test_params_added_counts_the_new_channels_of_the_norm():
+    spec, model, xs, y = setup(MLP)
+    stats = measure(model, [(tuple(xs), y)])
+    p = propose(stats, find_site(spec, "widen:h2"), "tiny", 2, weights=model.state_dict())
+    grown, _ = replay(spec, model.state_dict(), proposal_actions(p, spec, 1.0))
+    assert p.neurons == 2 and p.params_added == num_params(grown) - num_params(spec)

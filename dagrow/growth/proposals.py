@@ -150,7 +150,11 @@ def _activation_of(spec: GraphSpec, site: Site) -> Any:
 def _params_added(site: Site, K: int, stats: Statistics) -> int:
     if site.kind == "edge":
         return stats.dim(site.sources) * stats.widths[site.targets[0]]
-    return K * stats.dim(site.sources) + K * sum(stats.widths[w] for w in site.targets)
+    added = K * stats.dim(site.sources) + K * sum(stats.widths[w] for w in site.targets)
+    if site.kind == "widen" and isinstance(stats.spec, GraphSpec):  # new channels of a norm's affine
+        norm = stats.spec.nodes[site.node].norm  # type: ignore[index]
+        added += norm.num_params(K) if norm is not None else 0
+    return added
 
 
 def _above(values: list[float], threshold: float) -> int:
