@@ -6,10 +6,10 @@ compiles it and loads the weights after checking every name and shape. No pickle
 
 Reading checks before allocating anything: the safetensors header is read by hand (its size, at most
 :data:`MAX_HEADER_BYTES`; JSON nested at most :data:`MAX_JSON_DEPTH` deep; no duplicate key), the spec
-in its metadata is validated, and every tensor's name, dtype (a float: F16, BF16, F32 or F64), shape and
-byte range is compared with what the spec needs (computed on the meta device). Only then are the
-tensors read; a tensor with a NaN or infinite value is refused. ``save`` refuses such weights too: no
-bundle with non-finite weights is ever written.
+in its metadata is validated, and every tensor's name, dtype (a float: F16, BF16, F32 or F64; I64 for a
+batch norm's ``num_batches_tracked``), shape and byte range is compared with what the spec needs
+(computed on the meta device). Only then are the tensors read; a tensor with a NaN or infinite value
+is refused. ``save`` refuses such weights too: no bundle with non-finite weights is ever written.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ SPEC_KEY = "dagrow.spec"
 MAX_HEADER_BYTES = MAX_SPEC_BYTES + 4 * 2**20  # the spec plus one header entry per tensor
 MAX_JSON_DEPTH = 64  # a spec needs 5 levels
 FLOAT_DTYPES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}  # safetensors dtype -> bytes per value
+COUNT_DTYPES = {"I64": 8}  # integer buffers: a batch norm's num_batches_tracked
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
@@ -233,10 +234,10 @@ def _tensor_problems(header: dict[str, Any], expected: dict[str, torch.Tensor], 
             problems.append(f"tensor {name!r}: its header entry is not a JSON object")
             continue
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-        if dtype not in FLOAT_DTYPES:
-            problems.append(
-                f"tensor {name!r} has dtype {dtype!r}: weights are floats ({', '.join(FLOAT_DTYPES)})"
-            )
+        allowed = FLOAT_DTYPES if expected[name].is_floating_point() else COUNT_DTYPES
+        if dtype not in allowed:
+            what = "weights are floats" if allowed is FLOAT_DTYPES else "a count of batches is an integer"
+            problems.append(f"tensor {name!r} has dtype {dtype!r}: {what} ({', '.join(allowed)})")
             continue
         if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
             problems.append(f"tensor {name!r} has no valid shape ({shape!r})")
@@ -244,7 +245,7 @@ def _tensor_problems(header: dict[str, Any], expected: dict[str, torch.Tensor], 
         if shape != need:
             problems.append(f"tensor {name!r} has shape {shape} but the spec needs {need}")
             continue
-        nbytes = math.prod(shape) * FLOAT_DTYPES[dtype]
+        nbytes = math.prod(shape) * allowed[dtype]
         if not (
             isinstance(offsets, list)
             and len(offsets) == 2

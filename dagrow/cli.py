@@ -32,6 +32,7 @@ from .bundle import atomic_write_text, check_output_file, load_model_or_spec
 from .compile import compile
 from .graph import analyze
 from .names import printable
+from .norms import list_norms, norm_info
 from .ops import list_ops, op_info
 from .spec import GraphSpec, SpecError, json_schema
 
@@ -246,7 +247,8 @@ def export(
 
 @app.command()
 def ops() -> None:
-    """List the registered edge ops and node activations (the registry the spec language is built from)."""
+    """List the registered edge ops, node activations and norms (the registries the spec language is built
+    from)."""
     table = Table(title="edge ops (edges: op: NAME or {type: NAME, ...})")
     table.add_column("op", no_wrap=True)
     table.add_column("parameters", no_wrap=True)
@@ -266,6 +268,14 @@ def ops() -> None:
     for name in list_activations():
         act = activation_info(name)
         table.add_row(name, _fields(act.model, "name"), Text(act.summary))
+    out.print(table)
+    table = Table(title="norms (nodes: norm: NAME or {type: NAME, ...}; applied before the activation)")
+    table.add_column("norm", no_wrap=True)
+    table.add_column("parameters", no_wrap=True)
+    table.add_column("what it does")
+    for name in list_norms():
+        norm = norm_info(name)
+        table.add_row(name, _fields(norm.model, "type"), Text(norm.summary))
     out.print(table)
 
 
@@ -290,8 +300,10 @@ def list_command(
 
 
 def _fields(model, tag: str) -> str:
-    """``kernel=3, stride=1`` from a registry model's fields and defaults."""
-    return ", ".join(f"{k}={f.default}" for k, f in model.model_fields.items() if k != tag) or "-"
+    """``kernel=3, stride=1`` from a registry model's fields and defaults (``groups`` alone when it has
+    none: required)."""
+    parts = [k if f.is_required() else f"{k}={f.default}" for k, f in model.model_fields.items() if k != tag]
+    return ", ".join(parts) or "-"
 
 
 def _register_command_modules() -> None:

@@ -7,9 +7,13 @@ rely on them):
   conv2d ``[out, in, kh, kw]``);
 - ``nodes.<node>.bias``: the node's bias ``[width]`` or ``[channels]``;
 - ``nodes.<node>.activation.<param>``: learnable activation parameters (``weight`` for prelu,
-  ``v``, ``c``, ``l`` for rational).
+  ``v``, ``c``, ``l`` for rational);
+- ``nodes.<node>.norm.weight`` and ``.bias`` (``[size]``) of a node with a ``norm``, and for batch norm
+  the buffers ``nodes.<node>.norm.running_mean``, ``.running_var`` and ``.num_batches_tracked``.
 
-In the generated code ``a_<node>`` is a node's pre-activation and ``<node>`` its post-activation.
+In the generated code ``a_<node>`` is a node's pre-activation (its summed input plus bias: what
+``nodes.<node>`` returns and what the statistics read), ``norm_<node>`` its normalised value
+(``nodes.<node>.norm``, between the two) and ``<node>`` its post-activation.
 """
 
 from __future__ import annotations
@@ -28,12 +32,18 @@ from .spec import GraphSpec, load_spec
 
 
 class NodeModule(nn.Module):
-    """Adds the node's bias to the sum of its incoming edges; holds the activation as a child."""
+    """Adds the node's bias to the sum of its incoming edges (its forward is the pre-activation
+    ``a_v``); holds the norm (if any) and the activation as children, which the graph calls after it:
+    ``b_v = activation(norm(a_v))``."""
 
-    def __init__(self, size: int, image: bool, bias: bool, activation: nn.Module) -> None:
+    def __init__(
+        self, size: int, image: bool, bias: bool, activation: nn.Module, norm: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.bias = nn.Parameter(torch.zeros(size)) if bias else None
         self.image = image
+        if norm is not None:
+            self.norm = norm
         self.activation = activation
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
@@ -68,7 +78,9 @@ def _build_root(spec: GraphSpec, generator: torch.Generator | None) -> nn.Module
     for v in sg.hidden_and_outputs:
         node = spec.nodes[v]
         act = activation_info(node.activation.name).build(node.activation)
-        root.nodes[v] = NodeModule(node.size, node.channels is not None, node.bias, act)
+        image = node.channels is not None
+        norm = node.norm.build(node.size, image) if node.norm is not None else None
+        root.nodes[v] = NodeModule(node.size, image, node.bias, act, norm)
         fan_in = sum(op_info(e.op.type).fan_in(e.op, sg.shapes[e.source]) for e in sg.in_edges(v))
         bound = 1.0 / math.sqrt(fan_in) if fan_in else 0.0
         with torch.no_grad():
@@ -83,7 +95,8 @@ def _build_root(spec: GraphSpec, generator: torch.Generator | None) -> nn.Module
 
 
 def build_graph(spec: GraphSpec) -> fx.Graph:
-    """The fx graph of a spec: placeholders, one call_module per edge, adds, bias, activation, output."""
+    """The fx graph of a spec: placeholders, one call_module per edge, adds, bias, norm, activation,
+    output."""
     sg = analyze(spec)
     g = fx.Graph()
     env: dict[str, fx.Node] = {}
@@ -102,6 +115,9 @@ def build_graph(spec: GraphSpec) -> fx.Graph:
             )
         a = g.create_node("call_module", f"nodes.{v}", (total,), name=f"a_{v}")
         a.meta["dagrow"] = {"role": "preactivation", "id": v}
+        if spec.nodes[v].norm is not None:
+            a = g.create_node("call_module", f"nodes.{v}.norm", (a,), name=f"norm_{v}")
+            a.meta["dagrow"] = {"role": "norm", "id": v}
         b = g.create_node("call_module", f"nodes.{v}.activation", (a,), name=v)
         b.meta["dagrow"] = {"role": "activation", "id": v}
         env[v] = b

@@ -107,7 +107,8 @@ def layout(spec: GraphSpec, sweeps: int = 4) -> Layout:
 
 
 def op_label(op) -> str:
-    """``linear``, or ``conv2d kernel=3 padding=1``: the op and the settings that differ from defaults."""
+    """``linear``, or ``conv2d kernel=3 padding=1``: the op (or norm) and the settings that differ
+    from defaults."""
     settings = op.model_dump(exclude_defaults=True, exclude={"type"})
     return " ".join([op.type, *(f"{k}={v}" for k, v in settings.items())])
 
@@ -120,14 +121,16 @@ def _size(spec: GraphSpec, v: str, shape) -> str:
 
 
 def node_lines(spec: GraphSpec, v: str, shape, base: GraphSpec | None = None) -> list[str]:
-    """The lines of a node's label: name, size (``width 4 -> 9`` when growth widened it), activation."""
+    """The lines of a node's label: name, size (``width 4 -> 9`` when growth widened it), its norm
+    (``batch_norm``, ``group_norm groups=4``) when it has one, activation."""
     if v in spec.inputs:
         return [v, "input " + "x".join(str(s) for s in shape)]
     node = spec.nodes[v]
     size = _size(spec, v, shape)
     if base is not None and v in base.nodes and base.nodes[v].size != node.size:
         size = size.replace(str(node.size), f"{base.nodes[v].size} -> {node.size}", 1)
-    return [v, size, node.activation.name]
+    norm = [op_label(node.norm)] if node.norm is not None else []
+    return [v, size, *norm, node.activation.name]
 
 
 def grown_parts(spec: GraphSpec, base: GraphSpec | None) -> tuple[set[str], set[tuple[str, str]], set[str]]:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -72,11 +74,24 @@ def _trace_inputs(model: nn.Module) -> tuple[GraphSpec, tuple[torch.Tensor, ...]
     return spec, args, tuple({0: batch} for _ in args)
 
 
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Exports are inference programs: batch norms use their running statistics (and do not update
+    them); the model's own mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 def export_program(model: nn.Module) -> torch.export.ExportedProgram:
-    """``torch.export.export`` of a dagrow model with a dynamic batch dimension."""
+    """``torch.export.export`` of a dagrow model in eval mode with a dynamic batch dimension."""
     spec, args, dynamic = _trace_inputs(model)
     try:
-        return torch.export.export(model, args, dynamic_shapes=dynamic)
+        with _eval_mode(model):
+            return torch.export.export(model, args, dynamic_shapes=dynamic)
     except Exception as exc:  # torch raises many types; the CLI must give one line, not a traceback
         raise ExportError(f"{spec.name}: torch.export failed: {_first_line(exc)}") from exc
 
@@ -110,7 +125,7 @@ def _require_onnx() -> None:
 
 
 def write_onnx(model: nn.Module, path: str | Path, *, opset: int | None = None) -> Path:
-    """Export ``model`` to an ONNX file with ``torch.onnx.export(dynamo=True)`` (atomically).
+    """Export ``model`` in eval mode to an ONNX file with ``torch.onnx.export(dynamo=True)`` (atomically).
 
     Graph inputs and outputs are named after the spec's inputs and outputs; the batch dimension is
     dynamic. Needs the optional extra ``dagrow[onnx]``.
@@ -121,7 +136,7 @@ def write_onnx(model: nn.Module, path: str | Path, *, opset: int | None = None) 
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # "torchvision is not installed" and similar notes
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _eval_mode(model):
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 model,

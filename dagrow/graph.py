@@ -115,6 +115,7 @@ def count_params(spec: GraphSpec, shapes: dict[str, tuple[int, ...]]) -> int:
             total += info.fan_in(e.op, shapes[e.source]) * spec.nodes[e.target].size
     for node in spec.nodes.values():
         total += node.size if node.bias else 0
+        total += node.norm.num_params(node.size) if node.norm is not None else 0
         total += {"prelu": 1, "rational": 3}.get(node.activation.name, 0)
     return total
 

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from .compile import DagModel, compile
 from .config import GrowthConfig
 from .graph import num_params
+from .norms import running_stats_kept
 from .optim import adopt_parameters, check_optimizer
 from .plan import Plan
 from .rewrite import Action, replay
@@ -188,15 +189,16 @@ class Grower:
                 stats = statistics if attempt == 0 else None
                 if self.ranks is not None and self.strategy.needs_statistics:
                     stats = self._global_statistics(model, batch, sites, stats)
-                plan = self.strategy.plan(
-                    model,
-                    batch,
-                    loss,
-                    sites,
-                    statistics=stats,
-                    growth=line["growth"],
-                    budget=self.schedule.budget(params),
-                )
+                with running_stats_kept(model):  # a decision never moves a batch norm's statistics
+                    plan = self.strategy.plan(
+                        model,
+                        batch,
+                        loss,
+                        sites,
+                        statistics=stats,
+                        growth=line["growth"],
+                        budget=self.schedule.budget(params),
+                    )
             except StatsError as exc:  # training diverged: stop growing and say why
                 self.diverged = self.schedule.reason = str(exc)
                 result.events.append({**line, "event": "stop", "reason": str(exc)})
@@ -271,7 +273,8 @@ class Grower:
         spec, weights = replay(model.spec, model.state_dict(), actions)
         ref = next(iter(model.parameters()))
         new_model = compile(spec, weights, dtype=ref.dtype, device=ref.device)
-        with torch.no_grad():
+        new_model.train(model.training)  # the grown model keeps the mode (train or eval) of the model
+        with torch.no_grad(), running_stats_kept(new_model):
             return new_model, float(loss_function(loss)(new_model(batch[0]), batch[1]))
 
     def state_dict(self) -> dict[str, Any]:

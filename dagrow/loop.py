@@ -237,7 +237,7 @@ class Run:
         m = ckpt.meta
         config = parse_config(m["config"], str(directory.checkpoint_path))
         spec: GraphSpec = parse_spec(m["spec"])
-        model = compile(spec, ckpt.weights, dtype=next(iter(ckpt.weights.values())).dtype)
+        model = compile(spec, ckpt.weights)  # the weights' floating dtype (not a batch norm's int count)
         grower = Grower(model, loss=task.loss, config=config, distributed=parallel(config))
         grower.load_state_dict(m["grower"])
         run = cls(grower, fit_task(task, spec), source=m.get("source", {}), directory=directory)

@@ -297,7 +297,9 @@ class Natural(Strategy):
         if p.site.kind in ("widen", "node") and p.fan_in is not None:
             K = p.fan_in.shape[0]
             targets = p.site.targets if p.site.kind == "widen" else (p.site.pair[1],)  # type: ignore[index]
-            return p.fan_in.numel() + K * sum(math.prod(sg.shapes[w]) for w in targets)
+            norm = spec.nodes[p.site.node].norm if p.site.kind == "widen" else None  # type: ignore[index]
+            added = norm.num_params(K) if norm is not None else 0  # new channels of a norm's affine
+            return p.fan_in.numel() + K * sum(math.prod(sg.shapes[w]) for w in targets) + added
         weights = {k: v.detach() for k, v in model.state_dict().items()}
         grown, _ = replay(spec, weights, self.actions(p, model))
         return analyze(grown).num_params() - sg.num_params()

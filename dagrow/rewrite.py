@@ -27,6 +27,7 @@ from .compile import weights_problems
 from .features import SUM, Geometry, as_parameter, feature_width, parameter, patch_feature, unsummed
 from .graph import analyze
 from .names import name_problem
+from .norms import grow_norm
 from .registry import Registry, unknown_name_message
 from .sites import channel_paths, linear_sources, widen_targets
 from .spec import GraphSpec, SpecError, parse_spec
@@ -137,7 +138,10 @@ class AddNeurons(Action):
     of every conv edge out of it (``fan_out[w]`` ``[C_w, K]`` at the kernel's centre, zero elsewhere),
     and through a flatten into a flat node f, H * W new entries of f per channel and as many new
     columns of every linear edge out of f (``fan_out[w]`` ``[width_w, K]``, the same at every
-    position)."""
+    position).
+
+    A norm on the node gets K channels with weight 1, bias 0, running mean 0 and running variance
+    1 - eps (:func:`~dagrow.norms.grow_norm`)."""
 
     node: str
     sources: tuple[str, ...]
@@ -186,6 +190,8 @@ class AddNeurons(Action):
             weights[name] = torch.cat([weights[name], _like(root * new, weights[name])], 1)
             for v in path.via if path else ():
                 grown[v] = spec.nodes[v].size + (K * positions if sg.is_flat(v) else K)
+        if spec.nodes[h].norm is not None:  # new channels: weight 1, bias 0, mean 0, var 1 - eps
+            grow_norm(weights, f"nodes.{h}.norm", spec.nodes[h].norm, K)
         grown[h] = spec.nodes[h].size + K
         for v, new_size in grown.items():
             data["nodes"][v]["width" if sg.is_flat(v) else "channels"] = new_size

@@ -30,6 +30,7 @@ import networkx as nx
 
 from .features import ONE, SUM, Geometry, grid_one, node_grid, patch_feature, pool_tag
 from .graph import SpecGraph, analyze
+from .norms import widen_problem
 from .ops import op_info
 from .spec import GraphSpec
 
@@ -136,7 +137,7 @@ def _pass_reason(sg: SpecGraph, h: str, p: str) -> str | None:
         return f"{p} sums more than what {h} sends it (a join grows with all its inputs or not at all)"
     if p in sg.spec.outputs:
         return f"{p} is an output"
-    if node.bias or node.activation.name != "identity" or getattr(node, "norm", None) is not None:
+    if node.bias or node.activation.name != "identity" or node.norm is not None:
         return f"{p} is not a plain pass-through (it has a bias, a norm or an activation)"
     return None
 
@@ -231,6 +232,9 @@ def _widen_reason(sg: SpecGraph, h: str) -> str | None:
         reason = _paths(sg, h)[1]
         if reason:
             return reason
+    reason = widen_problem(h, spec.nodes[h].norm)
+    if reason:
+        return reason
     if spec.nodes[h].size >= g.max_width:
         return f"{h} has reached max_width {g.max_width}"
     return next(filter(None, (_measurable_target(sg, w) for w in widen_targets(sg, h))), None)

@@ -32,6 +32,7 @@ from pydantic import (
 from .activations import ACTIVATIONS, list_activations
 from .graph import check_spec
 from .names import check_name, check_text, edge_key
+from .norms import NORMS, list_norms
 from .ops import OPS, SpecModel, list_ops
 from .registry import did_you_mean
 from .yaml_loader import YamlErrors, load_yaml
@@ -58,6 +59,7 @@ def _shorthand(key: str):
 if TYPE_CHECKING:  # the unions below are built from the registry at run time
     OpSpec = Any
     ActivationSpec = Any
+    NormSpec = Any
 else:
     OpSpec = Annotated[
         Union[tuple(info.model for info in OPS.values())],  # type: ignore[misc]  # noqa: UP007
@@ -66,6 +68,10 @@ else:
     ActivationSpec = Annotated[
         Union[tuple(info.model for info in ACTIVATIONS.values())],  # type: ignore[misc]  # noqa: UP007
         Field(discriminator="name"),
+    ]
+    NormSpec = Annotated[
+        Union[tuple(info.model for info in NORMS.values())],  # type: ignore[misc]  # noqa: UP007
+        Field(discriminator="type"),
     ]
 
 
@@ -78,6 +84,12 @@ ActivationField = Annotated[
     BeforeValidator(
         _shorthand("name"), json_schema_input_type=Literal[tuple(list_activations())] | ActivationSpec
     ),
+]
+
+
+NormField = Annotated[
+    NormSpec,
+    BeforeValidator(_shorthand("type"), json_schema_input_type=Literal[tuple(list_norms())] | NormSpec),
 ]
 
 
@@ -98,17 +110,33 @@ class InputSpec(SpecModel):
 
 
 class NodeSpec(SpecModel):
-    """A node: ``width`` (flat) or ``channels`` (image), an activation, and a bias unless ``bias: false``."""
+    """A node: ``width`` (flat) or ``channels`` (image), an optional ``norm`` (batch_norm, layer_norm,
+    group_norm) applied to its summed input plus bias, an activation, and a bias: by default a node has
+    one unless it has a norm (``bias: true`` or ``bias: false`` overrides)."""
 
     width: Size | None = None
     channels: Size | None = None
+    norm: NormField | None = None
     activation: ActivationField = Field(default_factory=lambda: _activation("identity"))
     bias: StrictBool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _norm_drops_bias(cls, data: Any) -> Any:
+        # a normalised node has no bias unless asked: the norm's own bias (or, for batch norm, the
+        # subtraction of the mean) makes it redundant
+        if isinstance(data, dict) and data.get("norm") is not None and "bias" not in data:
+            return {**data, "bias": False}
+        return data
 
     @model_validator(mode="after")
     def _one_size(self) -> NodeSpec:
         if (self.width is None) == (self.channels is None):
             raise ValueError("a node needs exactly one of 'width' (flat) or 'channels' (image)")
+        if self.norm is not None:
+            problem = self.norm.size_problem(self.size, "width" if self.width is not None else "channels")
+            if problem:
+                raise ValueError(problem)
         return self
 
     @property
@@ -186,7 +214,11 @@ class GraphSpec(SpecModel):
 
     def to_data(self) -> dict[str, Any]:
         """Canonical plain data (defaults filled, shorthands used where they say everything)."""
-        return _shorten(self.model_dump(mode="json", by_alias=True))
+        data = self.model_dump(mode="json", by_alias=True)
+        for v, node in self.nodes.items():  # norm: batch_norm when every setting is the default
+            if node.norm is not None and not node.norm.model_dump(exclude_defaults=True, exclude={"type"}):
+                data["nodes"][v]["norm"] = node.norm.type
+        return _shorten(data)
 
     def to_yaml(self) -> str:
         """Canonical YAML text: ``load_spec(spec.to_yaml()) == spec``."""
@@ -287,6 +319,7 @@ def _vocabulary() -> list[str]:
     names: set[str] = set()
     models: list[type[SpecModel]] = [InputSpec, NodeSpec, EdgeSpec, GrowthSpec, GraphSpec]
     models += [i.model for i in OPS.values()] + [i.model for i in ACTIVATIONS.values()]
+    models += [i.model for i in NORMS.values()]
     for model in models:
         for field_name, field in model.model_fields.items():
             names.add(field.alias or field_name)
@@ -308,7 +341,11 @@ def _field(loc: Sequence[Any]) -> str:
     for i, p in enumerate(loc):
         if isinstance(p, str) and p.startswith(_BRANCH):
             continue
-        if i and loc[i - 1] in ("op", "activation", "new_node_activation") and (p in OPS or p in ACTIVATIONS):
+        if (
+            i
+            and loc[i - 1] in ("op", "activation", "new_node_activation", "norm")
+            and (p in OPS or p in ACTIVATIONS or p in NORMS)
+        ):
             continue
         parts.append(show(p))
     return ".".join(parts)
@@ -345,7 +382,7 @@ def _pydantic_diagnostics(exc: ValidationError, smap: SourceMap) -> list[Diagnos
         where = element_name(smap.data, loc_t)
         if err["type"] == "extra_forbidden":
             key = loc_t[-1] if loc_t else err["loc"][-1]
-            msg = f"{where}: unknown key {key!r}" + did_you_mean(str(key), vocab)
+            msg = f"{where}: unknown key {key!r}" + did_you_mean(str(key), [w for w in vocab if w != key])
         elif err["type"] == "union_tag_invalid":
             tag = err.get("ctx", {}).get("tag")
             choices = err.get("ctx", {}).get("expected_tags", "")

@@ -29,6 +29,7 @@ from .features import rows as feature_rows
 from .graph import analyze
 from .losses import LOSSES as LOSSES  # re-exported: dagrow.stats.LOSSES
 from .losses import LossFn, loss_function
+from .norms import running_stats_kept
 from .sites import Site, enumerate_sites, linear_sources
 
 
@@ -438,12 +439,16 @@ def measure(
     keeps only the trace of each G_w (the squared gradient norm, all the proposals use), which saves
     one product per target; SENN's natural score needs the full G. To gather the same statistics
     during training steps instead of a pass of their own, use :class:`Recorder`.
+
+    The model is measured in its mode (batch norms use the batch's statistics in train mode, their
+    running ones in eval mode; docs/growing.md) and its running statistics are left as they were.
     """
     loss_fn = loss_function(loss)
     req = requirements(model, sites, all_nodes=all_nodes, output_factors=output_factors)
     acc = Accumulator(model, req, dtype, products)
     n_inputs = len(acc.spec.inputs)
-    for i, batch in enumerate(batches):
-        xs, y = _split_batch(batch, n_inputs)
-        acc.add(xs, y, loss_fn, i)
+    with running_stats_kept(model):  # a statistics pass never moves a batch norm's running statistics
+        for i, batch in enumerate(batches):
+            xs, y = _split_batch(batch, n_inputs)
+            acc.add(xs, y, loss_fn, i)
     return acc.result()

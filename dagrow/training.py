@@ -112,10 +112,15 @@ def make_optimizer(params, optimizer: str, lr: float, momentum: float = 0.9) -> 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, task: Task, split: str, device) -> tuple[float, float]:
-    """(loss, metric) of the model on a whole split."""
+    """(loss, metric) of the model on a whole split, in eval mode."""
     loss_fn = loss_function(task.loss)
     x, y = next(task.batches(split, None, device=device, dtype=floating_dtype(model)))
-    out = model(x)
+    was_training = model.training
+    model.eval()  # batch norms use their running statistics (nothing else depends on the mode)
+    try:
+        out = model(x)
+    finally:
+        model.train(was_training)
     return float(loss_fn(out, y)), float(task.metric(out, y))
 
 

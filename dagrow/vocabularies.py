@@ -5,6 +5,7 @@ contract tests read.
 vocabulary         registry                                    used by
 =================  =========================================  ======================================
 ops, activations   :mod:`dagrow.ops`                           the spec language (edges, nodes)
+norms              :mod:`dagrow.norms`                         the spec language (``norm`` of nodes)
 strategies         :data:`dagrow.planner.STRATEGIES`           ``strategy`` in run configs
 inits              :data:`dagrow.growth.inits.INITS`           ``init`` in run configs
 schedules          :data:`dagrow.schedule.SCHEDULES`           ``schedule`` in run configs
@@ -22,6 +23,7 @@ from .activations import activation_info, list_activations
 from .growth.actions import SITE_ACTIONS
 from .growth.inits import INITS
 from .losses import LOSSES
+from .norms import list_norms, norm_info
 from .ops import list_ops, op_info
 from .planner import STRATEGIES
 from .presets import PRESETS
@@ -48,10 +50,12 @@ def vocabulary(name: str) -> list[tuple[str, str]]:
         return [(k, op_info(k).summary) for k in list_ops()]
     if name == "activations":
         return [(k, activation_info(k).summary) for k in list_activations()]
+    if name == "norms":
+        return [(k, norm_info(k).summary) for k in list_norms()]
     if name not in REGISTRIES:
         raise ValueError(unknown_name_message("vocabulary", name, vocabulary_names()))
     return list(REGISTRIES[name].summaries().items())
 
 
 def vocabulary_names() -> list[str]:
-    return ["ops", "activations", *REGISTRIES]
+    return ["ops", "activations", "norms", *REGISTRIES]

@@ -116,6 +116,7 @@ class GrownFamily:
         self.base_spec = spec_of(model)
         self.base = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self.proposal, self.update = proposal, update
+        self.training = model.training  # the grown model takes the mode of the model (batch norms)
         self._model: DagModel | None = None
         # new neurons scale with sqrt(gamma) on both sides; a new edge is linear in gamma
         self.power = 1.0 if proposal.site.kind == "edge" else 0.5
@@ -146,13 +147,15 @@ class GrownFamily:
         if self._model is None:
             ref = next(iter(self.w0.values()))
             self._model = compile(self.spec, self.w0, dtype=ref.dtype, device=ref.device)
+            self._model.train(self.training)
         return self._model
 
     def weights(self, gamma: float) -> dict[str, Tensor]:
-        """``W0 + gamma dU + gamma^power dN``."""
+        """``W0 + gamma dU + gamma^power dN`` (integer buffers, such as a batch norm's
+        ``num_batches_tracked``, as they are)."""
         _, w0, du, dn = self._grown
         r = max(gamma, 0.0) ** self.power
-        return {k: w0[k] + gamma * du[k] + r * dn[k] for k in w0}
+        return {k: w0[k] + gamma * du[k] + r * dn[k] if w0[k].is_floating_point() else w0[k] for k in w0}
 
     def __call__(self, gamma: float, *inputs: Tensor):
         return functional_call(self.model, self.weights(gamma), inputs)
@@ -160,7 +163,8 @@ class GrownFamily:
     def materialise(self, gamma: float) -> DagModel:
         ref = next(iter(self.w0.values()))
         # the dtype before the weights: compile() alone would round them through float32
-        return compile(self.spec, self.weights(gamma), dtype=ref.dtype, device=ref.device)
+        grown = compile(self.spec, self.weights(gamma), dtype=ref.dtype, device=ref.device)
+        return grown.train(self.training)
 
 
 def amplitude_factor(

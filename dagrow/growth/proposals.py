@@ -164,7 +164,11 @@ def _params_added(site: Site, K: int, stats: Statistics) -> int:
             return Geometry.of(op).area if op.type == "conv2d" else 1
         return spec.growth.conv_kernel**2 if parse_geometry(site.sources[0]) is not None else 1
 
-    return K * stats.dim(site.sources) + K * sum(stats.widths[w] * area(w) for w in site.targets)
+    added = K * stats.dim(site.sources) + K * sum(stats.widths[w] * area(w) for w in site.targets)
+    if site.kind == "widen":  # new channels of a norm's affine
+        norm = spec.nodes[site.node].norm  # type: ignore[index]
+        added += norm.num_params(K) if norm is not None else 0
+    return added
 
 
 def _above(values: list[float], threshold: float) -> int:

@@ -22,11 +22,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, fx, nn
+from torch import Tensor, fx
 
 from ..compile import spec_of
 from ..features import apply_transform, base, core, feature_grid, is_one, rows, transform
 from ..graph import analyze
+from ..norms import apply_to_new_channels
 from .proposals import Proposal
 
 Outputs = Any  # a tensor, or a tuple of tensors for several outputs
@@ -196,11 +197,10 @@ def proposal_outputs(
 
     z: Tensor | None = None
     fan_out: dict[str, Tensor] = {}
-    activation: nn.Module | None = None
+    activation: Callable[[Tensor], Tensor] | None = None
     if neurons:
         # new channels act on h's grid; on their way to the targets they may be averaged by pools or
         # summed over the grid through a flatten (their fan-out is then the same at every position)
-        # (pooled or summed over the grid after the activation, as the way to the targets does)
         way = transform(site.sources[0])
         cores = [core(s) for s in site.sources]
         z = forward.features(cores) @ cast(proposal.fan_in).T  # [rows, K]
@@ -208,6 +208,10 @@ def proposal_outputs(
         fan_out = {w: cast(t).T for w, t in proposal.fan_out.items()}  # [K, width_w]
         if site.kind == "widen":
             activation = forward.model.get_submodule(f"nodes.{site.node}.activation")
+            if site.node is not None and spec_of(forward.model).nodes[site.node].norm is not None:
+                # the new channels pass through the node's norm first
+                norm, act = forward.model.get_submodule(f"nodes.{site.node}.norm"), activation
+                activation = lambda x: act(apply_to_new_channels(norm, x))  # noqa: E731
         else:
             activation = proposal.activation.build().to(dtype=ref.dtype, device=ref.device)
 
