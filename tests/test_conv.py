@@ -496,3 +496,64 @@ def test_cuda_conv_statistics_equal_cpu():
     for store in ("pair_sums", "grad_sums", "g_sums"):
         for key, value in getattr(cpu, store).items():
             torch.testing.assert_close(getattr(gpu, store)[key].cpu(), value, rtol=1e-10, atol=1e-12)
+
+
+NORMED = """
+version: 1
+name: normed
+inputs: {img: {shape: [2, 5, 5]}}
+nodes:
+  c1: {channels: 3, activation: tanh, norm: batch_norm}
+  c2: {channels: 3, activation: tanh, norm: batch_norm}
+  f: {width: 75, bias: false}
+  out: {width: 3}
+edges:
+  - {from: img, to: c1, op: {type: conv2d, kernel: 3, padding: 1}}
+  - {from: c1, to: c2, op: {type: conv2d, kernel: 3, padding: 1}}
+  - {from: c2, to: f, op: flatten}
+  - {from: f, to: out}
+outputs: [out]
+growth: {new_nodes: all, new_edges: all, new_node_activation: tanh}
+"""
+
+
+def _normed(train: bool, seed: int = 9):
+    spec, model, x, y = setup(NORMED, n=30, seed=seed)
+    with torch.no_grad():  # running statistics away from their defaults
+        model.train()
+        model(x * 1.5 + 0.3)
+    model.train(train)
+    return spec, model, x, y
+
+
+@pytest.mark.parametrize("train", [False, True])
+@pytest.mark.parametrize("init", sorted(FUNCTION_PRESERVING))
+def test_batch_normed_conv_nodes_keep_their_function(init, train):
+    spec, model, x, y = _normed(train)
+    sites = _supported(spec, ("widen",))
+    assert {s.id for s in sites} == {"widen:c1", "widen:c2"}
+    stats = measure(model, [(x, y)], "mse", sites=sites)
+    with torch.no_grad():
+        before = model(x)
+    for p in propose_all(stats, sites, init, 2, weights=model.state_dict()):
+        spec2, w2 = replay(spec, model.state_dict(), proposal_actions(p, spec, 0.8, update=False))
+        grown = dagrow.compile(spec2, w2, dtype=torch.float64).train(train)
+        with torch.no_grad():
+            assert float((grown(x) - before).abs().max()) < 1e-12, (init, p.site.id)
+
+
+@pytest.mark.parametrize("site_id", ["widen:c1", "widen:c2", "node:img->c2", "edge:img->c2"])
+def test_first_order_prediction_with_batch_norm_in_the_path(site_id):
+    """Eval mode (running statistics): the statistics' gradients go through the norm, and the grown
+    channels' norm is the identity, so the first-order gain is the loss's true slope."""
+    spec, model, x, y = _normed(False, seed=10)
+    site = find_site(spec, site_id)
+    stats = measure(model, [(x, y)], "mse", sites=[site])
+    p = propose(stats, site, "tiny", 2, weights=model.state_dict())
+    gamma = 1e-6
+    spec2, w2 = replay(spec, model.state_dict(), proposal_actions(p, spec, gamma))
+    with torch.no_grad():
+        l0 = float(F.mse_loss(model(x), y))
+        grown = dagrow.compile(spec2, w2, dtype=torch.float64).eval()
+        slope = (l0 - float(F.mse_loss(grown(x), y))) / gamma
+    assert slope == pytest.approx(p.first_order_improvement, rel=1e-4)
