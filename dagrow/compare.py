@@ -223,7 +223,8 @@ def _warm_up(spec: GraphSpec, task: Task, config: GrowthConfig) -> None:
         return
     _WARM.add(config.strategy)
     state = torch.get_rng_state()
-    tiny = config.replace(growths=1, every=1, final_steps=1, growth_batch=min(config.growth_batch, 64))
+    small = 64 if config.growth_batch == "all" else min(config.growth_batch, 64)
+    tiny = config.replace(growths=1, every=1, final_steps=1, growth_batch=small)
     grow(compile(spec, seed=0), task, tiny)
     torch.set_rng_state(state)
 

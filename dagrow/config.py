@@ -120,7 +120,19 @@ class GrowthConfig(_Model):
     lr: float = Field(1e-2, description="learning rate")
     momentum: float = Field(0.9, description="sgd: momentum in [0, 1) (0 is plain gradient descent)")
     batch_size: int = Field(128, description="training minibatch")
-    growth_batch: int = Field(1024, description="samples for statistics and amplitude")
+    growth_batch: int | Literal["all"] = Field(
+        1024,
+        description="samples for statistics and amplitude, or all (the whole training set, streamed in "
+        "chunks)",
+    )
+    zero_gamma: Literal["skip", "add"] = Field(
+        "skip",
+        description="a chosen neuron whose gamma* is 0: skip it, or add it scaled by 0 (the seeds' slides)",
+    )
+    round_robin: Literal["growable", "slides"] = Field(
+        "growable",
+        description="naive: site growth mod (growable sites), or the slides' depth = t mod deep + 1",
+    )
     statistics: Literal["pass", "training"] = Field(
         "pass",
         description="pass (a statistics pass on the growth batch) or training (recorded during each "
@@ -173,8 +185,10 @@ class GrowthConfig(_Model):
 
     @field_validator("every", "neurons", "batch_size", "growth_batch", "max_candidates")
     @classmethod
-    def _at_least_one(cls, v: int, info) -> int:
-        if v < 1:
+    def _at_least_one(cls, v: int | str, info) -> int | str:
+        if v == "all" and info.field_name == "growth_batch":
+            return v
+        if not isinstance(v, int) or v < 1:
             raise ValueError(f"{info.field_name} must be at least 1")
         return v
 
@@ -222,6 +236,11 @@ class GrowthConfig(_Model):
             raise ValueError(
                 f"statistics=training records the statistics during sgd or adam steps: not with {what}"
             )
+        if self.statistics == "training" and self.growth_batch == "all":
+            raise ValueError(
+                "statistics=training records a growth batch of growth_batch samples during training: "
+                "not with growth_batch=all (use statistics=pass)"
+            )
         if self.schedule_name == "fixed" and self.growths is None and self.max_params is None:
             raise ValueError(
                 f"strategy {self.strategy} needs a number of growths or max_params (only natural stops "
@@ -259,6 +278,8 @@ class GrowthConfig(_Model):
             max_candidates=self.max_candidates,
             update=self.joint_update,
             seed=self.seed,
+            zero_gamma=self.zero_gamma,
+            round_robin=self.round_robin,
         )
 
     def natural_settings(self) -> NaturalSettings:
