@@ -30,9 +30,9 @@ from typing import Any
 
 from torch import nn
 
+from .chunks import chunks_of
 from .graph import analyze
 from .growth.actions import proposal_actions
-from .chunks import chunks_of
 from .growth.amplitude import AmplitudeResult, GrownFamily, amplitude_factor, shared_forwards
 from .growth.natural import NaturalProposal, NaturalSettings, NaturalState, observe, passes, score_sites
 from .growth.proposals import Proposal, ProposalSettings, propose_all
