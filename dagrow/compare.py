@@ -56,22 +56,25 @@ class TaskSource:
     options: tuple[tuple[str, Any], ...] = ()
     n: int | None = None
     data: str | None = None
+    per_seed: bool = False  # a new draw of the task's data for every run seed (task seed = run seed)
 
-    def make(self) -> Task:
-        return _cached_task(self)
+    def make(self, seed: int = 0) -> Task:
+        """The task; with ``per_seed``, the one drawn with task seed ``seed`` (else task seed 0)."""
+        return _cached_task(self, seed if self.per_seed else 0)
 
     def describe(self) -> str:
         if self.data is not None:
             return f"data {self.data}"
         opts = ", ".join(f"{k}={v}" for k, v in (*self.options, *((("n", self.n),) if self.n else ())))
-        return f"task {self.name}" + (f" ({opts})" if opts else "")
+        drawn = "; a new draw (task seed) per run seed" if self.per_seed else ""
+        return f"task {self.name}" + (f" ({opts})" if opts else "") + drawn
 
 
 @lru_cache(maxsize=4)
-def _cached_task(source: TaskSource) -> Task:
+def _cached_task(source: TaskSource, seed: int = 0) -> Task:
     if source.data is not None:
-        return load_data(source.data, seed=0)
-    return make_task(source.name, seed=0, n=source.n, **dict(source.options))  # type: ignore[arg-type]
+        return load_data(source.data, seed=seed)
+    return make_task(source.name, seed=seed, n=source.n, **dict(source.options))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -234,7 +237,7 @@ def growth_run(exp: Experiment, key: RunKey) -> list[dict[str, Any]]:
     if key.kind == "static":
         return static_run(exp, key)
     assert exp.spec is not None
-    task = exp.task.make()  # made once per process: its making is not charged to the run
+    task = exp.task.make(key.seed)  # made once per process: its making is not charged to the run
     metric = exp.metric_name or task.metric_name
     # one validated replace: an override may only make sense with the run's strategy (natural: no growth cap)
     run = {"strategy": key.strategy, "init": key.init, "seed": key.seed}
@@ -259,6 +262,7 @@ def growth_run(exp: Experiment, key: RunKey) -> list[dict[str, Any]]:
             "parameters": line.get("params", rows[-1]["parameters"]),
             "loss_before": "" if line.get("loss_before") is None else line["loss_before"],
             "loss_after": "" if line.get("loss_after") is None else line["loss_after"],
+            "decision_seconds": round(line["decision_seconds"], 4) if "decision_seconds" in line else "",
         }
         rows.append(make_row(key, metric, started, **values))
         # the figures of the model right after the growth (or rollback)
@@ -287,7 +291,7 @@ def growth_run(exp: Experiment, key: RunKey) -> list[dict[str, Any]]:
 def static_run(exp: Experiment, key: RunKey) -> list[dict[str, Any]]:
     """A fixed architecture trained from scratch with the growth runs' optimizer and batches for as many
     steps as a growth run takes, evaluated every ``config.every`` steps."""
-    task = exp.task.make()  # made once per process: its making is not charged to the run
+    task = exp.task.make(key.seed)  # made once per process: its making is not charged to the run
     started = time.perf_counter()
     metric = exp.metric_name or task.metric_name
     config = exp.config.replace(seed=key.seed)
