@@ -11,9 +11,11 @@ redone; a finished run whose settings changed (its fingerprint differs) is redon
 
 Rows (one per run and growth step, plus the initial model and the end): ``run, kind, strategy, init,
 seed, growth, step, event, site, parameters, train_loss, val_loss, val_metric, test_loss,
-test_metric, metric, seconds`` (train loss over the whole train split; ``seconds`` since the run
-started). The data of a task do not depend on the run's seed (task seed 0): seeds vary the model's
-initialisation, the minibatch order and the growth batches.
+test_metric, metric, seconds, loss_before, loss_after, decision_seconds`` (train loss over the whole
+train split; ``seconds`` since the run started; ``decision_seconds`` what the growth decision took).
+The data of a task do not depend on the run's seed (task seed 0) unless its :class:`TaskSource` says
+``per_seed`` (then task seed = run seed: the teacher-student preset draws a new teacher per seed):
+seeds vary the model's initialisation, the minibatch order and the growth batches.
 """
 
 from __future__ import annotations
