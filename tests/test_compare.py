@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from dagrow.cli import app
@@ -288,3 +289,12 @@ def test_paired_final_pairs_by_seed_and_counts_wins():
     assert paired_claim("x", paired_final([], "test_metric", {}, {}, lower=True), "y") == (
         "x: not measured (runs missing)"
     )
+
+
+def test_a_per_seed_task_source_draws_a_new_task_for_every_run_seed():
+    fixed, drawn = TaskSource("teacher_student", n=1428), TaskSource("teacher_student", n=1428, per_seed=True)
+    assert len(drawn.make(3).train.x) == 1000  # 70 % of 1,428
+    assert torch.equal(fixed.make(0).extras["teacher_w1"], fixed.make(5).extras["teacher_w1"])
+    assert torch.equal(drawn.make(0).extras["teacher_w1"], fixed.make(0).extras["teacher_w1"])
+    assert not torch.equal(drawn.make(1).extras["teacher_w1"], drawn.make(0).extras["teacher_w1"])
+    assert "per run seed" in drawn.describe() and "per run seed" not in fixed.describe()
