@@ -303,6 +303,14 @@ def paired_claim(text: str, paired: Paired, what: str) -> str:
     return f"{text}: {verdict} ({what}{where}: {paired.describe()})"
 
 
+def _growths(config: Any) -> str:
+    """``10 growths``, ``growths up to 2,000 parameters`` or both."""
+    parts = [f"{config.growths} growths"] if config.growths is not None else []
+    if config.max_params is not None:
+        parts.append(f"up to {config.max_params:,} parameters")
+    return ", ".join(parts) or "growths until the strategy stops"
+
+
 def summary_markdown(exp: Experiment, rows: list[dict[str, Any]], claims: Iterable[str] = ()) -> str:
     metric = rows[0]["metric"] if rows else (exp.metric_name or "metric")
     grouped = groups(rows)
@@ -312,7 +320,7 @@ def summary_markdown(exp: Experiment, rows: list[dict[str, Any]], claims: Iterab
     lines += [
         f"{exp.task.describe()}; metric: {metric}; {exp.seeds} seed(s); "
         f"strategies {', '.join(exp.strategies)}; inits {', '.join(exp.inits)}; "
-        f"every {exp.config.every} steps, {exp.config.growths} growths, optimizer {exp.config.optimizer}, "
+        f"every {exp.config.every} steps, {_growths(exp.config)}, optimizer {exp.config.optimizer}, "
         f"lr {exp.config.lr}.",
         "",
         "Mean ± standard deviation over seeds.",

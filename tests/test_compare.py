@@ -63,7 +63,7 @@ def spec_args(seeds: int, growths: int, every: int) -> list[str]:
 
 
 def strip_seconds(rows):
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    return [{k: v for k, v in r.items() if k not in ("seconds", "decision_seconds")} for r in rows]
 
 
 def cli(*args, ok=True):

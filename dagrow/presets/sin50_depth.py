@@ -30,7 +30,8 @@ def build(quick: bool) -> Experiment:
     growth = {"widen": "all", "new_nodes": "none", "max_width": 256}
     spec = mlp("mlp_sin50", 50, [4, 4], 10, growth=growth)
     config = GrowthConfig(
-        growths=8 if quick else 120,
+        # up to 2,000 parameters: the run ends 3 growth steps after no site fits the budget
+        growths=8 if quick else None,
         max_params=2000,
         every=1,
         optimizer="best_update",
