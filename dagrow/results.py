@@ -342,7 +342,7 @@ def summary_markdown(exp: Experiment, rows: list[dict[str, Any]], claims: Iterab
                 plus_minus([e[c] for e in ends], 5 if c == "parameters" else 4)
                 for c in ("parameters", "train_loss", "val_metric", "test_metric", "seconds")
             )
-            + f" | {'-' if runs[0][0]['kind'] == 'static' else plus_minus(decisions, 3)} |"
+            + f" | {plus_minus(decisions, 3) if any(decisions) else '-'} |"
         )
     grown = {g: runs for g, runs in grouped.items() if not g.startswith("static")}
     span = common_range(curve(run) for runs in grown.values() for run in runs)
