@@ -58,8 +58,10 @@ def claims(rows: Rows) -> list[str]:
         for r in rows
         if r["event"] == "growth" and r["kind"] == "grow" and "" not in (r["loss_before"], r["loss_after"])
     ]
+    # float32 models: a change below 1e-6 of the loss is rounding, not a rise (the grower's tolerance
+    # is 1e-3)
     lowered = sum(float(r["loss_after"]) < float(r["loss_before"]) for r in applied)
-    raised = sum(float(r["loss_after"]) > float(r["loss_before"]) for r in applied)
+    raised = sum(float(r["loss_after"]) > float(r["loss_before"]) * (1 + 1e-6) for r in applied)
     amp = {"strategy": "amplitude_factor", "kind": "grow"}
     return [
         paired_claim(
@@ -75,6 +77,6 @@ def claims(rows: Rows) -> list[str]:
             "mean test accuracy",
         ),
         f"no applied TINY growth raises the loss on the training set: {verdict(raised == 0)} "
-        f"({lowered} of {len(applied)} lowered it, {len(applied) - lowered - raised} added at gamma* = 0 "
-        f"left it unchanged, {raised} raised it)",
+        f"({lowered} of {len(applied)} lowered it, {len(applied) - lowered - raised} left it unchanged "
+        f"(added at gamma* = 0, or within 1e-6 of it: float32 rounding), {raised} raised it more)",
     ]
