@@ -296,8 +296,16 @@ class GrowthConfig(_Model):
 
 def config_errors(exc: ValidationError, source: str = "") -> str:
     """One line per problem: ``SOURCE: key.path: message`` (pydantic's prefixes removed)."""
-    lines = []
+    lines: list[str] = []
     for e in exc.errors():
+        union_member = [p for p in e["loc"] if p == "int" or str(p).startswith("literal[")]
+        loc = tuple(p for p in e["loc"] if p not in union_member)
+        if len(loc) < len(e["loc"]):  # a number or a word (growth_batch): one line for both errors
+            line = f"{source + ': ' if source else ''}{'.'.join(map(str, loc))}: expected a whole number or "
+            line += f"{' or '.join(_choices(loc))}, got {e['input']!r}"
+            if line not in lines:
+                lines.append(line)
+            continue
         where = ".".join(str(p) for p in e["loc"]) or "config"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "literal_error":
@@ -314,7 +322,9 @@ def config_errors(exc: ValidationError, source: str = "") -> str:
 def _choices(loc: tuple[Any, ...]) -> tuple[str, ...]:
     """The Literal choices of the field at ``loc`` (``("natural", "fisher")`` or ``("optimizer",)``)."""
     model: type[BaseModel] = NaturalConfig if loc[0] == "natural" else GrowthConfig
-    return typing.get_args(model.model_fields[str(loc[-1])].annotation)
+    annotation = model.model_fields[str(loc[-1])].annotation
+    members = [annotation, *typing.get_args(annotation)]  # a Literal, or a union holding one
+    return next(typing.get_args(m) for m in members if typing.get_origin(m) is typing.Literal)
 
 
 def parse_config(data: dict[str, Any], source: str = "") -> GrowthConfig:
