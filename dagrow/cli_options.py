@@ -37,6 +37,8 @@ def option_type(annotation: Any) -> type:
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     if typing.get_origin(annotation) is typing.Literal:
         return str
+    if any(typing.get_origin(a) is typing.Literal for a in args):  # a number or a word (growth_batch)
+        return str
     if args:
         return option_type(args[0])
     return annotation if annotation in (int, float, bool) else str
@@ -71,7 +73,7 @@ def config_parameters() -> list[inspect.Parameter]:
             help=f"{text} (default: {default})" if "default" not in text else text,
             show_default=False,
             rich_help_panel=panel,
-            metavar=METAVARS[kind] if kind is not str or name != "device" else "DEVICE",
+            metavar={"device": "DEVICE", "growth_batch": "N|all"}.get(name, METAVARS[kind]),
         )
         params.append(keyword(name, kind | None, option))
     return params

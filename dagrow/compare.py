@@ -11,9 +11,11 @@ redone; a finished run whose settings changed (its fingerprint differs) is redon
 
 Rows (one per run and growth step, plus the initial model and the end): ``run, kind, strategy, init,
 seed, growth, step, event, site, parameters, train_loss, val_loss, val_metric, test_loss,
-test_metric, metric, seconds`` (train loss over the whole train split; ``seconds`` since the run
-started). The data of a task do not depend on the run's seed (task seed 0): seeds vary the model's
-initialisation, the minibatch order and the growth batches.
+test_metric, metric, seconds, loss_before, loss_after, decision_seconds`` (train loss over the whole
+train split; ``seconds`` since the run started; ``decision_seconds`` what the growth decision took).
+The data of a task do not depend on the run's seed (task seed 0) unless its :class:`TaskSource` says
+``per_seed`` (then task seed = run seed: the teacher-student preset draws a new teacher per seed):
+seeds vary the model's initialisation, the minibatch order and the growth batches.
 """
 
 from __future__ import annotations
@@ -56,22 +58,25 @@ class TaskSource:
     options: tuple[tuple[str, Any], ...] = ()
     n: int | None = None
     data: str | None = None
+    per_seed: bool = False  # a new draw of the task's data for every run seed (task seed = run seed)
 
-    def make(self) -> Task:
-        return _cached_task(self)
+    def make(self, seed: int = 0) -> Task:
+        """The task; with ``per_seed``, the one drawn with task seed ``seed`` (else task seed 0)."""
+        return _cached_task(self, seed if self.per_seed else 0)
 
     def describe(self) -> str:
         if self.data is not None:
             return f"data {self.data}"
         opts = ", ".join(f"{k}={v}" for k, v in (*self.options, *((("n", self.n),) if self.n else ())))
-        return f"task {self.name}" + (f" ({opts})" if opts else "")
+        drawn = "; a new draw (task seed) per run seed" if self.per_seed else ""
+        return f"task {self.name}" + (f" ({opts})" if opts else "") + drawn
 
 
 @lru_cache(maxsize=4)
-def _cached_task(source: TaskSource) -> Task:
+def _cached_task(source: TaskSource, seed: int = 0) -> Task:
     if source.data is not None:
-        return load_data(source.data, seed=0)
-    return make_task(source.name, seed=0, n=source.n, **dict(source.options))  # type: ignore[arg-type]
+        return load_data(source.data, seed=seed)
+    return make_task(source.name, seed=seed, n=source.n, **dict(source.options))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -223,7 +228,8 @@ def _warm_up(spec: GraphSpec, task: Task, config: GrowthConfig) -> None:
         return
     _WARM.add(config.strategy)
     state = torch.get_rng_state()
-    tiny = config.replace(growths=1, every=1, final_steps=1, growth_batch=min(config.growth_batch, 64))
+    small = 64 if config.growth_batch == "all" else min(config.growth_batch, 64)
+    tiny = config.replace(growths=1, every=1, final_steps=1, growth_batch=small)
     grow(compile(spec, seed=0), task, tiny)
     torch.set_rng_state(state)
 
@@ -233,7 +239,7 @@ def growth_run(exp: Experiment, key: RunKey) -> list[dict[str, Any]]:
     if key.kind == "static":
         return static_run(exp, key)
     assert exp.spec is not None
-    task = exp.task.make()  # made once per process: its making is not charged to the run
+    task = exp.task.make(key.seed)  # made once per process: its making is not charged to the run
     metric = exp.metric_name or task.metric_name
     # one validated replace: an override may only make sense with the run's strategy (natural: no growth cap)
     run = {"strategy": key.strategy, "init": key.init, "seed": key.seed}
@@ -258,6 +264,7 @@ def growth_run(exp: Experiment, key: RunKey) -> list[dict[str, Any]]:
             "parameters": line.get("params", rows[-1]["parameters"]),
             "loss_before": "" if line.get("loss_before") is None else line["loss_before"],
             "loss_after": "" if line.get("loss_after") is None else line["loss_after"],
+            "decision_seconds": round(line["decision_seconds"], 4) if "decision_seconds" in line else "",
         }
         rows.append(make_row(key, metric, started, **values))
         # the figures of the model right after the growth (or rollback)
@@ -286,7 +293,7 @@ def growth_run(exp: Experiment, key: RunKey) -> list[dict[str, Any]]:
 def static_run(exp: Experiment, key: RunKey) -> list[dict[str, Any]]:
     """A fixed architecture trained from scratch with the growth runs' optimizer and batches for as many
     steps as a growth run takes, evaluated every ``config.every`` steps."""
-    task = exp.task.make()  # made once per process: its making is not charged to the run
+    task = exp.task.make(key.seed)  # made once per process: its making is not charged to the run
     started = time.perf_counter()
     metric = exp.metric_name or task.metric_name
     config = exp.config.replace(seed=key.seed)

@@ -120,7 +120,19 @@ class GrowthConfig(_Model):
     lr: float = Field(1e-2, description="learning rate")
     momentum: float = Field(0.9, description="sgd: momentum in [0, 1) (0 is plain gradient descent)")
     batch_size: int = Field(128, description="training minibatch")
-    growth_batch: int = Field(1024, description="samples for statistics and amplitude")
+    growth_batch: int | Literal["all"] = Field(
+        1024,
+        description="samples for statistics and amplitude, or all (the whole training set, streamed in "
+        "chunks)",
+    )
+    zero_gamma: Literal["skip", "add"] = Field(
+        "skip",
+        description="a chosen neuron whose gamma* is 0: skip it, or add it scaled by 0 (the seeds' slides)",
+    )
+    round_robin: Literal["growable", "slides"] = Field(
+        "growable",
+        description="naive: site growth mod (growable sites), or the slides' depth = t mod deep + 1",
+    )
     statistics: Literal["pass", "training"] = Field(
         "pass",
         description="pass (a statistics pass on the growth batch) or training (recorded during each "
@@ -173,8 +185,10 @@ class GrowthConfig(_Model):
 
     @field_validator("every", "neurons", "batch_size", "growth_batch", "max_candidates")
     @classmethod
-    def _at_least_one(cls, v: int, info) -> int:
-        if v < 1:
+    def _at_least_one(cls, v: int | str, info) -> int | str:
+        if v == "all" and info.field_name == "growth_batch":
+            return v
+        if not isinstance(v, int) or v < 1:
             raise ValueError(f"{info.field_name} must be at least 1")
         return v
 
@@ -222,6 +236,11 @@ class GrowthConfig(_Model):
             raise ValueError(
                 f"statistics=training records the statistics during sgd or adam steps: not with {what}"
             )
+        if self.statistics == "training" and self.growth_batch == "all":
+            raise ValueError(
+                "statistics=training records a growth batch of growth_batch samples during training: "
+                "not with growth_batch=all (use statistics=pass)"
+            )
         if self.schedule_name == "fixed" and self.growths is None and self.max_params is None:
             raise ValueError(
                 f"strategy {self.strategy} needs a number of growths or max_params (only natural stops "
@@ -259,6 +278,8 @@ class GrowthConfig(_Model):
             max_candidates=self.max_candidates,
             update=self.joint_update,
             seed=self.seed,
+            zero_gamma=self.zero_gamma,
+            round_robin=self.round_robin,
         )
 
     def natural_settings(self) -> NaturalSettings:
@@ -275,8 +296,16 @@ class GrowthConfig(_Model):
 
 def config_errors(exc: ValidationError, source: str = "") -> str:
     """One line per problem: ``SOURCE: key.path: message`` (pydantic's prefixes removed)."""
-    lines = []
+    lines: list[str] = []
     for e in exc.errors():
+        union_member = [p for p in e["loc"] if p == "int" or str(p).startswith("literal[")]
+        loc = tuple(p for p in e["loc"] if p not in union_member)
+        if len(loc) < len(e["loc"]):  # a number or a word (growth_batch): one line for both errors
+            line = f"{source + ': ' if source else ''}{'.'.join(map(str, loc))}: expected a whole number or "
+            line += f"{' or '.join(_choices(loc))}, got {e['input']!r}"
+            if line not in lines:
+                lines.append(line)
+            continue
         where = ".".join(str(p) for p in e["loc"]) or "config"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "literal_error":
@@ -293,7 +322,9 @@ def config_errors(exc: ValidationError, source: str = "") -> str:
 def _choices(loc: tuple[Any, ...]) -> tuple[str, ...]:
     """The Literal choices of the field at ``loc`` (``("natural", "fisher")`` or ``("optimizer",)``)."""
     model: type[BaseModel] = NaturalConfig if loc[0] == "natural" else GrowthConfig
-    return typing.get_args(model.model_fields[str(loc[-1])].annotation)
+    annotation = model.model_fields[str(loc[-1])].annotation
+    members = [annotation, *typing.get_args(annotation)]  # a Literal, or a union holding one
+    return next(typing.get_args(m) for m in members if typing.get_origin(m) is typing.Literal)
 
 
 def parse_config(data: dict[str, Any], source: str = "") -> GrowthConfig:

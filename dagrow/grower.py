@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from .chunks import Chunks, chunked_loss
 from .compile import DagModel, compile
 from .config import GrowthConfig
 from .graph import num_params
@@ -161,8 +162,14 @@ class Grower:
                 "Grower.step needs batches: the samples to measure and to search the amplitude on"
             )
         ref = next(iter(model.parameters()))
-        xs, ys = zip(*_as_batches(batches), strict=True)
-        batch = torch.cat(xs).to(ref.device), torch.cat(ys).to(ref.device)
+        pairs = _as_batches(batches)
+        batch: Any
+        if self.config.growth_batch == "all" and self.ranks is None and self.strategy.needs_statistics:
+            # the whole training set: streamed chunk by chunk, never concatenated
+            batch = Chunks((x.to(ref.device), y.to(ref.device)) for x, y in pairs)
+        else:
+            xs, ys = zip(*pairs, strict=True)
+            batch = torch.cat(xs).to(ref.device), torch.cat(ys).to(ref.device)
         loss = self.loss  # under DDP: the mean over every rank's share (a collective)
         if self.ranks is not None:
             if self.strategy.needs_statistics:
@@ -185,6 +192,7 @@ class Grower:
                 result.events.append({**line, "event": "stop", "reason": self.schedule.reason})
                 break
             sites = enumerate_sites(model.spec, include_unsupported=False)
+            decided = time.perf_counter()
             try:
                 stats = statistics if attempt == 0 else None
                 if self.ranks is not None and self.strategy.needs_statistics:
@@ -205,6 +213,7 @@ class Grower:
                 break
             if self.ranks is not None:
                 plan = self.ranks.broadcast_plan(plan)
+            line["decision_seconds"] = time.perf_counter() - decided  # statistics, proposals, search
             attempts += 1
             result.plans.append(plan)
             line.update(site=plan.site, kind=plan.kind, loss_before=plan.loss_before, params_before=params)
@@ -267,15 +276,16 @@ class Grower:
         return self.ranks.all_reduce(statistics)
 
     def _candidate(
-        self, model: DagModel, actions: list[Action], batch: Batch, loss: str | LossFn
+        self, model: DagModel, actions: list[Action], batch: Batch | Chunks, loss: str | LossFn
     ) -> tuple[DagModel, float]:
-        """The model after ``actions`` (recompiled from the new spec) and its loss on ``batch``."""
+        """The model after ``actions`` (recompiled from the new spec) and its loss on ``batch`` (the
+        mean over its chunks when it is :class:`~dagrow.chunks.Chunks`)."""
         spec, weights = replay(model.spec, model.state_dict(), actions)
         ref = next(iter(model.parameters()))
         new_model = compile(spec, weights, dtype=ref.dtype, device=ref.device)
         new_model.train(model.training)  # the grown model keeps the mode (train or eval) of the model
         with torch.no_grad(), running_stats_kept(new_model):
-            return new_model, float(loss_function(loss)(new_model(batch[0]), batch[1]))
+            return new_model, chunked_loss(new_model, batch, loss_function(loss))
 
     def state_dict(self) -> dict[str, Any]:
         """The grower's own state (JSON): settings, schedule, and the actions applied so far."""

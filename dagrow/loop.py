@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .checkpoint import Checkpoint, RunDirectory, optimizer_names
+from .chunks import CHUNK
 from .compile import DagModel, compile
 from .config import GrowthConfig, parse_config
 from .distributed import DataParallel, Ranks
@@ -121,13 +122,22 @@ class Run:
         return mean
 
     def growth_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The growth batch, drawn when the grower asks for it (not during a cooldown)."""
+        """The growth batch, drawn when the grower asks for it (not during a cooldown); with
+        ``growth_batch: all``, the whole training set in order, in chunks of :data:`~dagrow.chunks.CHUNK`
+        samples (moved to the device one chunk at a time)."""
         tx, ty = self.task.train.x, self.task.train.y
+        if self.config.growth_batch == "all":
+            for start in range(0, len(tx), CHUNK):
+                yield self._on_device(tx[start : start + CHUNK], ty[start : start + CHUNK])
+            return
         idx = torch.randperm(len(tx), generator=self.gen)[: self.config.growth_batch]
-        x, y = tx[idx].to(self.device, self.dtype), ty[idx].to(self.device)
+        yield self._on_device(tx[idx], ty[idx])
+
+    def _on_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = x.to(self.device, self.dtype), y.to(self.device)
         if self.task.kind == "regression":
             y = y.to(self.dtype)
-        yield (x, y) if self.ranks is None else self.ranks.shard((x, y))
+        return (x, y) if self.ranks is None else self.ranks.shard((x, y))
 
     def round(self) -> None:
         """Train ``every`` steps, then one growth step of the grower; then a checkpoint."""
@@ -135,6 +145,7 @@ class Run:
         stats: Statistics | None = None
         batches: Any = self.growth_batches()
         if c.statistics == "training":  # the last steps record the statistics and are the growth batch
+            assert isinstance(c.growth_batch, int)  # the config refuses statistics=training with all
             recorded = min(c.every, -(-c.growth_batch // c.batch_size))
             first = self.train(c.every - recorded)
             seen: list = []

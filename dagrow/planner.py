@@ -30,9 +30,10 @@ from typing import Any
 
 from torch import nn
 
+from .chunks import chunks_of
 from .graph import analyze
 from .growth.actions import proposal_actions
-from .growth.amplitude import AmplitudeResult, GrownFamily, amplitude_factor
+from .growth.amplitude import AmplitudeResult, GrownFamily, amplitude_factor, shared_forwards
 from .growth.natural import NaturalProposal, NaturalSettings, NaturalState, observe, passes, score_sites
 from .growth.proposals import Proposal, ProposalSettings, propose_all
 from .growth.shared_forward import SharedForward
@@ -98,15 +99,22 @@ class ProposalStrategy(Strategy):
         max_candidates: int = 8,
         update: bool = True,
         seed: int = 0,
+        zero_gamma: str = "skip",
+        round_robin: str = "growable",
     ) -> None:
+        if zero_gamma not in ("skip", "add"):
+            raise ValueError(f"zero_gamma is skip or add, got {zero_gamma!r}")
+        if round_robin not in ("growable", "slides"):
+            raise ValueError(f"round_robin is growable or slides, got {round_robin!r}")
         self.init, self.neurons, self.seed = init, neurons, seed
+        self.zero_gamma, self.round_robin = zero_gamma, round_robin
         self.normalize, self.max_candidates, self.update = normalize, max_candidates, update
 
     def _norm(self, p: Proposal, score: float) -> float:
         return score / max(p.params_added, 1) if self.normalize else score
 
     def _search(
-        self, model: nn.Module, p: Proposal, batch, loss, forward: SharedForward | None = None
+        self, model: nn.Module, p: Proposal, batch, loss, forward: list[SharedForward] | None = None
     ) -> tuple[AmplitudeResult, GrownFamily]:
         return amplitude_factor(model, p, batch, loss, update=self.update, forward=forward)
 
@@ -118,7 +126,8 @@ class ProposalStrategy(Strategy):
 
     def plan(self, model, batch, loss, sites, *, statistics=None, growth=0, budget=None) -> Plan:
         sites = list(sites)
-        stats = statistics or measure(model, [batch], loss, sites=sites, output_factors=False)
+        # a growth batch in chunks (growth_batch: all) is streamed through one accumulator
+        stats = statistics or measure(model, chunks_of(batch), loss, sites=sites, output_factors=False)
         settings = ProposalSettings(seed=self.seed + growth)
         proposals = propose_all(
             stats, sites, self.init, self.neurons, weights=model.state_dict(), settings=settings
@@ -158,7 +167,7 @@ class ProposalStrategy(Strategy):
             "note": decision.note,
         }
         common = dict(site=p.site.id, kind=p.site.kind, loss_before=amp.loss_before, scores=scored)
-        if gamma == 0.0:
+        if gamma == 0.0 and self.zero_gamma == "skip":
             why = "gamma* = 0: no amplitude lowers the loss on the growth batch"
             return Plan(self.name, reason=why, figures=figures, **common)  # type: ignore[arg-type]
         actions = proposal_actions(p, model.spec, gamma, update=self.update)  # type: ignore[arg-type]
@@ -176,6 +185,19 @@ class Naive(ProposalStrategy):
         cands = growable(proposals)
         if not cands:
             return None
+        if self.round_robin == "slides":  # depth = t mod deep + 1 over every site, t = step + 1 from 1
+            deep = len(proposals)
+            t = step + 1
+            first = t % deep
+            # a site that cannot grow now (max_width, budget) passes its turn to the next one that can
+            can = {id(q) for q in cands}
+            where = next(i % deep for i in range(first, first + deep) if id(proposals[i % deep]) in can)
+            p = proposals[where]
+            note = f"round robin (slides): depth = t mod deep + 1 = {first + 1} of {deep} (t = {t})"
+            if where != first:
+                note += f", which cannot grow: site {where + 1} instead"
+            amp, fam = self._search(model, p, batch, loss)
+            return Decision(p, amp, fam, {p.site.id: float(where)}, note=note)
         p = cands[step % len(cands)]
         amp, fam = self._search(model, p, batch, loss)
         note = f"round robin: site {step % len(cands) + 1} of {len(cands)}"
@@ -212,7 +234,7 @@ class AmplitudeFactor(ProposalStrategy):
             cands = cands[: self.max_candidates]
         best: Decision | None = None
         scores: dict[str, float] = {}
-        forward = SharedForward(model, batch[0])  # one forward pass for every candidate
+        forward = shared_forwards(model, batch)  # one forward pass (per chunk) for every candidate
         for p in cands:
             amp, fam = self._search(model, p, batch, loss, forward)
             scores[p.site.id] = self._norm(p, amp.delta_l)

@@ -21,11 +21,16 @@ def _value_at(run: list[dict[str, Any]], x: str, y: str, at: float) -> float:
 
 
 def band(runs: list[list[dict[str, Any]]], x: str, y: str) -> tuple[list[float], list[float], list[float]]:
-    """(grid, mean, std) of ``y`` against ``x`` over runs, each run a step function of ``x``."""
+    """(grid, mean, std) of ``y`` against ``x`` over runs, each run a step function of ``x``, where every
+    run has a value: the curve stops where its shortest run ends, so each point averages every seed
+    (a mean over only the seeds that grew furthest would jump at the ends)."""
     grid = sorted({r[x] for run in runs for r in run if r[y] != ""})
+    values = [[_value_at(run, x, y, at) for run in runs] for at in grid]
+    kept = [(at, vs) for at, vs in zip(grid, values, strict=True) if not any(math.isnan(v) for v in vs)]
+    grid = [at for at, _ in kept] or grid
     means, stds = [], []
-    for at in grid:
-        m, s = mean_std([v for v in (_value_at(run, x, y, at) for run in runs) if not math.isnan(v)])
+    for vs in [vs for _, vs in kept] or values:
+        m, s = mean_std([v for v in vs if not math.isnan(v)])
         means.append(m)
         stds.append(s)
     return grid, means, stds

@@ -106,3 +106,17 @@ def test_every_setting_is_a_grow_option_with_its_default_in_the_help():
     assert "(default: 200)" in result.stdout  # --every
     assert "SENN" in result.stdout  # SENN's options have a panel of their own
     assert set(NATURAL_KEYS) == set(NaturalConfig.model_fields)
+
+
+def test_growth_batch_is_a_number_or_all_with_one_line_errors():
+    assert parse_config({"growth_batch": "all"}).growth_batch == "all"
+    assert parse_config({"growth_batch": 64}).growth_batch == 64
+    with pytest.raises(ConfigError) as err:
+        parse_config({"growth_batch": "some"}, "run.yaml")
+    assert str(err.value) == "run.yaml: growth_batch: expected a whole number or all, got 'some'"
+    with pytest.raises(ConfigError, match="growth_batch must be at least 1"):
+        parse_config({"growth_batch": 0})
+    with pytest.raises(ConfigError, match="unknown zero_gamma 'maybe'; expected one of: skip, add"):
+        parse_config({"zero_gamma": "maybe"})
+    with pytest.raises(ConfigError, match="unknown round_robin"):
+        parse_config({"round_robin": "slide"})

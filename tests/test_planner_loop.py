@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -66,6 +67,51 @@ def test_naive_is_round_robin(setting):
         strategy.choose(model, proposals, batch, "mse", t).proposal.site.id for t in range(len(growable) + 1)
     ]
     assert picked == growable + growable[:1]
+
+
+def test_naive_slides_round_robin_is_t_mod_deep_plus_one(setting):
+    """The slides' Algorithm 2: depth = t mod deep + 1 for t = 1, 2, ... over every site; a site that
+    cannot grow passes its turn to the next one that can."""
+    model, batch, proposals = setting
+    strategy = make_strategy("naive", round_robin="slides")
+    deep = len(proposals)
+    can = [p.skipped is None and (p.neurons or p.edge_weight is not None) for p in proposals]
+    for growth in range(deep + 2):
+        t = growth + 1
+        depth = t % deep + 1  # 1-based
+        want = next(i % deep for i in range(depth - 1, depth - 1 + deep) if can[i % deep])
+        got = strategy.choose(model, proposals, batch, "mse", growth)
+        assert got.proposal is proposals[want], (growth, depth, want)
+        assert f"= {depth} of {deep} (t = {t})" in got.note
+    assert not all(can)  # some site passes its turn: the fallback is exercised
+    with pytest.raises(ValueError, match="round_robin"):
+        make_strategy("naive", round_robin="random")
+
+
+@pytest.mark.parametrize("zero_gamma", ["skip", "add"])
+def test_a_neuron_at_gamma_zero_is_skipped_or_added_scaled_by_zero(setting, monkeypatch, zero_gamma):
+    model, batch, proposals = setting
+    import dagrow.planner as planner
+
+    def at_zero(*args, **kwargs):
+        amp, family = amplitude_factor(*args, **kwargs)
+        return dataclasses.replace(amp, gamma=0.0, loss_after=amp.loss_before), family
+
+    monkeypatch.setattr(planner, "amplitude_factor", at_zero)
+    strategy = make_strategy("naive", zero_gamma=zero_gamma)
+    sites = enumerate_sites(model.spec, include_unsupported=False)
+    plan = strategy.plan(model, batch, "mse", sites)
+    assert plan.figures["gamma"] == 0.0
+    if zero_gamma == "skip":
+        assert not plan.actions and "gamma* = 0" in plan.reason
+        return
+    action = next(a for a in plan.actions if a.kind == "add_neurons")
+    assert action.fan_in.shape[0] == 1  # one neuron (the default)
+    spec, weights = replay(model.spec, model.state_dict(), plan.actions)
+    assert spec.nodes[action.node].width == model.spec.nodes[action.node].width + 1
+    grown = dagrow.compile(spec, weights, dtype=torch.float64)
+    with torch.no_grad():  # scaled by 0: the same function
+        torch.testing.assert_close(grown(batch[0]), model(batch[0]), rtol=0, atol=0)
 
 
 def test_max_eigenvalue_picks_the_largest_lambda1(setting):

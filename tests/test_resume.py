@@ -57,7 +57,8 @@ def tensors(path: Path) -> dict:
 def history(out: Path) -> list[dict]:
     lines = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     for line in lines:
-        line.pop("seconds", None)  # wall time: the one field that differs between runs
+        line.pop("seconds", None)  # wall times: the fields that differ between runs
+        line.pop("decision_seconds", None)
     return lines
 
 

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from ..chunks import chunks_of, size_of, weighted_mean
 from ..compile import DagModel, compile, spec_of
 from ..rewrite import replay
 from ..spec import GraphSpec
@@ -174,27 +175,36 @@ def amplitude_factor(
     loss: str | LossFn = "mse",
     *,
     update: bool = True,
-    forward: SharedForward | None = None,
+    forward: SharedForward | list[SharedForward] | None = None,
     lo_exp: int = -12,
     hi_exp: int = 6,
 ) -> tuple[AmplitudeResult, GrownFamily]:
-    """gamma* for the proposal on ``batch = (inputs, target)`` and the grown family it belongs to.
+    """gamma* for the proposal on ``batch = (inputs, target)`` (or :class:`~dagrow.chunks.Chunks` of
+    them: the loss is then the mean over every chunk) and the grown family it belongs to.
 
     The loss at each gamma comes from one forward pass of ``model`` on the batch (``forward``, shared
-    by the candidates of a decision; made here when not given) and the change the proposal makes to
-    its targets' pre-activations (:mod:`dagrow.growth.shared_forward`)."""
+    by the candidates of a decision, one per chunk; made here when not given) and the change the
+    proposal makes to its targets' pre-activations (:mod:`dagrow.growth.shared_forward`)."""
     start = time.perf_counter()
     loss_fn = loss_function(loss)
-    x, y = batch
-    forward = forward or SharedForward(model, x)  # type: ignore[arg-type]
-    outputs = proposal_outputs(forward, proposal, update=update)
+    parts = chunks_of(batch)
+    forwards = shared_forwards(model, batch) if forward is None else forward
+    forwards = forwards if isinstance(forwards, list) else [forwards]
+    if len(forwards) != len(parts):
+        raise ValueError(f"{len(forwards)} shared forward passes for {len(parts)} chunks")
+    outputs = [proposal_outputs(fw, proposal, update=update) for fw in forwards]
+    sizes = [size_of(b) for b in parts]
 
     @torch.no_grad()
     def f(gamma: float) -> float:
-        return float(loss_fn(outputs(gamma), y))
+        return weighted_mean(
+            [float(loss_fn(o(gamma), y)) for o, (_, y) in zip(outputs, parts, strict=True)], sizes
+        )
 
-    with torch.no_grad():
-        before = float(loss_fn(forward.outputs(), y))  # the model's own outputs, from the cache
+    with torch.no_grad():  # the model's own outputs, from the cache
+        before = weighted_mean(
+            [float(loss_fn(fw.outputs(), y)) for fw, (_, y) in zip(forwards, parts, strict=True)], sizes
+        )
     gamma, after, evals = line_search(f, lo_exp=lo_exp, hi_exp=hi_exp, f0=before)
     if after > before:  # numerical noise at gamma = 0: keep the network as it is
         gamma, after = 0.0, before
@@ -202,3 +212,8 @@ def amplitude_factor(
         gamma, before, after, evals, gamma * proposal.first_order_improvement, time.perf_counter() - start
     )
     return res, GrownFamily(model, proposal, update=update)
+
+
+def shared_forwards(model: nn.Module, batch) -> list[SharedForward]:
+    """One :class:`SharedForward` per chunk of ``batch`` (one for a plain (inputs, targets) pair)."""
+    return [SharedForward(model, x) for x, _ in chunks_of(batch)]  # type: ignore[arg-type]

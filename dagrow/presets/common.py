@@ -9,7 +9,7 @@ from typing import Any
 
 from ..compare import TaskSource
 from ..config import GrowthConfig
-from ..results import by_run, mean_std
+from ..results import by_run, mean_std, paired_claim, paired_final, runs_matching
 from ..spec import GraphSpec, parse_spec
 
 Rows = list[dict[str, Any]]
@@ -99,8 +99,13 @@ def compare_claim(text: str, left: list[float], right: list[float], *, lower: bo
 def contrast(
     rows: Rows, text: str, column: str, a: dict[str, Any], b: dict[str, Any], *, lower: bool = True
 ) -> str:
-    """:func:`compare_claim` on ``column`` of the last rows of the runs matching ``a`` and ``b``."""
+    """``column`` of the last rows of the runs matching ``a`` and ``b``: paired over seeds
+    (:func:`~dagrow.results.paired_final`) when each side has one run per seed, else the means
+    (:func:`compare_claim`)."""
     what = column.replace("_metric", " " + (rows[0]["metric"] if rows else "metric")).replace("_", " ")
+    one_per_seed = all(len(runs_matching(rows, **m)) == len(final(rows, column, **m)) > 0 for m in (a, b))
+    if one_per_seed:
+        return paired_claim(text, paired_final(rows, column, a, b, lower=lower), what)
     return compare_claim(text, final(rows, column, **a), final(rows, column, **b), lower=lower, what=what)
 
 
