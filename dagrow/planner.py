@@ -6,8 +6,9 @@ Every strategy has the same interface, :meth:`Strategy.plan`, and is picked by n
 - ``naive``: round robin over the growable sites (seed 001, Algorithm 2), in enumeration order;
 - ``max_eigenvalue``: argmax of lambda_1 (the first-order information of the best neuron);
 - ``amplitude_factor``: argmax of Delta_l = L(0) - L(gamma*) after a line search per candidate. When
-  there are more than ``max_candidates`` sites only the best ones by first-order improvement are
-  searched, and the plan says so;
+  there are more than ``max_candidates`` sites only the best ones by first-order improvement (the
+  exact one-sided figure of :mod:`dagrow.growth.first_order` for kinked activations) are searched, and
+  the plan says so;
 - ``natural`` (SENN, :mod:`dagrow.growth.natural`): the site whose best candidate raises the natural
   expansion score eta the most (a deepen site's rise divided by the depth cost), and only when
   ``Delta eta / eta > tau`` and ``Delta eta / E||dL/dy||^2 > alpha``; otherwise an empty plan. Its
@@ -33,6 +34,7 @@ from torch import nn
 from .graph import analyze
 from .growth.actions import proposal_actions
 from .growth.amplitude import AmplitudeResult, GrownFamily, amplitude_factor
+from .growth.first_order import exact_first_order
 from .growth.natural import NaturalProposal, NaturalSettings, NaturalState, observe, passes, score_sites
 from .growth.proposals import Proposal, ProposalSettings, propose_all
 from .growth.shared_forward import SharedForward
@@ -112,9 +114,16 @@ class ProposalStrategy(Strategy):
 
     @abstractmethod
     def choose(
-        self, model: nn.Module, proposals: list[Proposal], batch, loss: str | LossFn, step: int
+        self,
+        model: nn.Module,
+        proposals: list[Proposal],
+        batch,
+        loss: str | LossFn,
+        step: int,
+        forward: SharedForward | None = None,
     ) -> Decision | None:
-        """The decision for growth number ``step`` (None when no site can grow)."""
+        """The decision for growth number ``step`` (None when no site can grow); ``forward``: the
+        model's shared forward on ``batch`` (made when needed if None)."""
 
     def plan(self, model, batch, loss, sites, *, statistics=None, growth=0, budget=None) -> Plan:
         sites = list(sites)
@@ -129,7 +138,11 @@ class ProposalStrategy(Strategy):
                 p if p.skipped or p.params_added <= budget else dataclasses.replace(p, skipped=over)
                 for p in proposals
             ]
-        decision = self.choose(model, proposals, batch, loss, growth)
+        # one forward of the model on the batch serves the exact first-order figures of kinked
+        # activations (growth/first_order.py) and every line search of the decision
+        forward = SharedForward(model, batch[0])
+        proposals = exact_first_order(proposals, model, batch, loss, forward=forward)
+        decision = self.choose(model, proposals, batch, loss, growth, forward)
         scored = [
             SiteScore(
                 p.site.id,
@@ -151,6 +164,8 @@ class ProposalStrategy(Strategy):
             "lambdas": [float(v) for v in p.lambdas[:8]],
             "gamma": gamma,
             "first_order_improvement": p.first_order_improvement,
+            "first_order_exact": p.first_order_exact,
+            "sum_lambda_sq": p.sum_lambda_sq,
             "predicted_decrease": gamma * p.first_order_improvement,
             "delta_l": amp.delta_l,
             "params_added": p.params_added,
@@ -172,12 +187,12 @@ STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
 class Naive(ProposalStrategy):
     name = "naive"
 
-    def choose(self, model, proposals, batch, loss, step):
+    def choose(self, model, proposals, batch, loss, step, forward=None):
         cands = growable(proposals)
         if not cands:
             return None
         p = cands[step % len(cands)]
-        amp, fam = self._search(model, p, batch, loss)
+        amp, fam = self._search(model, p, batch, loss, forward)
         note = f"round robin: site {step % len(cands) + 1} of {len(cands)}"
         return Decision(p, amp, fam, {p.site.id: float(step % len(cands))}, note=note)
 
@@ -186,13 +201,13 @@ class Naive(ProposalStrategy):
 class MaxEigenvalue(ProposalStrategy):
     name = "max_eigenvalue"
 
-    def choose(self, model, proposals, batch, loss, step):
+    def choose(self, model, proposals, batch, loss, step, forward=None):
         cands = [p for p in growable(proposals) if p.lambdas.numel()]
         if not cands:
             return None
         scores = {p.site.id: self._norm(p, float(p.lambdas[0])) for p in cands}
         p = max(cands, key=lambda q: scores[q.site.id])
-        amp, fam = self._search(model, p, batch, loss)
+        amp, fam = self._search(model, p, batch, loss, forward)
         return Decision(p, amp, fam, scores)
 
 
@@ -202,7 +217,7 @@ class MaxEigenvalue(ProposalStrategy):
 class AmplitudeFactor(ProposalStrategy):
     name = "amplitude_factor"
 
-    def choose(self, model, proposals, batch, loss, step):
+    def choose(self, model, proposals, batch, loss, step, forward=None):
         cands = sorted(growable(proposals), key=lambda p: -self._norm(p, p.first_order_improvement))
         if not cands:
             return None
@@ -212,7 +227,7 @@ class AmplitudeFactor(ProposalStrategy):
             cands = cands[: self.max_candidates]
         best: Decision | None = None
         scores: dict[str, float] = {}
-        forward = SharedForward(model, batch[0])  # one forward pass for every candidate
+        forward = forward or SharedForward(model, batch[0])  # one forward pass for every candidate
         for p in cands:
             amp, fam = self._search(model, p, batch, loss, forward)
             scores[p.site.id] = self._norm(p, amp.delta_l)
