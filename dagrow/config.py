@@ -49,6 +49,11 @@ class NaturalConfig(_Model):
 
     tau: float = Field(_N.tau, description="grow when Delta eta / eta > tau")
     alpha: float = Field(_N.alpha, description="... and Delta eta / E||dL/dy||^2 > alpha")
+    alpha_reference: Literal["initial", "current"] = Field(
+        _N.alpha_reference,
+        description="E||dL/dy||^2 of the alpha test: the first evaluation's (growth stops once the fit is "
+        "good) or the current one",
+    )
     damping: float = Field(_N.damping, description="damping of the Fisher factors A and G (relative)")
     fisher: Literal["unit", "empirical"] = Field(_N.fisher, description="G from unit or empirical gradients")
     candidates: int = Field(_N.candidates, description="random candidates per site")

@@ -25,12 +25,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
+from .compile import compile
 from .graph import analyze
 from .growth.actions import proposal_actions
 from .growth.amplitude import AmplitudeResult, GrownFamily, amplitude_factor
@@ -86,6 +87,15 @@ class Strategy(ABC):
         """The plan for growth number ``growth``: ``statistics`` are those of ``model`` on ``batch``
         (measured here when None); ``budget`` is how many parameters may still be added (None: no
         limit)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the strategy remembers between growth steps (JSON; saved in checkpoints): nothing by
+        default."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state:
+            raise ValueError(f"strategy {self.name} keeps no state, got {sorted(state)}")
 
 
 class ProposalStrategy(Strategy):
@@ -279,22 +289,49 @@ class Natural(Strategy):
     def __init__(self, *, settings: NaturalSettings | None = None) -> None:
         self.settings = settings or NaturalSettings()
         self.settings.validate()
+        self.reference_grad_sq: float | None = None  # E||dL/dy||^2 at the first evaluation
+        self.rejected: list[str] = []  # deepen sites whose insertion did not raise eta, in order
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"reference_grad_sq": self.reference_grad_sq, "rejected_deepenings": list(self.rejected)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        unknown = set(state) - {"reference_grad_sq", "rejected_deepenings"}
+        if unknown:
+            raise ValueError(f"natural strategy state has unknown fields {sorted(unknown)}")
+        self.reference_grad_sq = state.get("reference_grad_sq")
+        self.rejected = list(state.get("rejected_deepenings", []))
+
+    def reference(self, state: NaturalState) -> float:
+        """The E||dL/dy||^2 the alpha test divides by (``alpha_reference``): the first evaluation's,
+        remembered, or the state's own."""
+        if self.settings.alpha_reference == "current":
+            return state.grad_sq
+        if self.reference_grad_sq is None and state.grad_sq > 0:
+            self.reference_grad_sq = state.grad_sq
+        return self.reference_grad_sq if self.reference_grad_sq is not None else state.grad_sq
 
     def evaluate(
         self, model: nn.Module, batch, loss: str | LossFn, sites: Iterable[Site]
     ) -> NaturalEvaluation:
-        """Measure eta on ``batch``, search every site, and apply the when-to-grow test."""
+        """Measure eta on ``batch``, search every site (but the deepenings already rejected), and apply
+        the when-to-grow test to the best candidate."""
         state = observe(model, batch, loss, self.settings)
-        found = score_sites(state, sites)
+        reference = self.reference(state)
+        found = score_sites(state, [s for s in sites if s.id not in self.rejected])
         if not found:
             return NaturalEvaluation(state, [], False, 0.0, 0.0)
-        ok, rel, absolute = passes(state, found[0])
+        ok, rel, absolute = passes(state, found[0], reference)
         return NaturalEvaluation(state, found, ok, rel, absolute)
 
     def actions(self, best: NaturalProposal, model: nn.Module):
         if self.settings.construction == "identity":
             best = dataclasses.replace(best, basis=None, shift=None)
         return proposal_actions(best, model.spec)  # type: ignore[arg-type]
+
+    def _grown(self, p: NaturalProposal, model: nn.Module) -> tuple[GraphSpec, dict[str, Any]]:
+        weights = {k: v.detach() for k, v in model.state_dict().items()}
+        return replay(model.spec, weights, self.actions(p, model))  # type: ignore[arg-type]
 
     def _params_added(self, p: NaturalProposal, model: nn.Module) -> int:
         """Parameters the candidate's rewrite adds: fan-in (with bias) and fan-out of new neurons, or
@@ -306,20 +343,56 @@ class Natural(Strategy):
             K = p.fan_in.shape[0]
             targets = p.site.targets if p.site.kind == "widen" else (p.site.pair[1],)  # type: ignore[index]
             return p.fan_in.numel() + K * sum(math.prod(sg.shapes[w]) for w in targets)
-        weights = {k: v.detach() for k, v in model.state_dict().items()}
-        grown, _ = replay(spec, weights, self.actions(p, model))
-        return analyze(grown).num_params() - sg.num_params()
+        return analyze(self._grown(p, model)[0]).num_params() - sg.num_params()
+
+    def realised_rise(self, p: NaturalProposal, model: nn.Module, batch, loss, state: NaturalState) -> float:
+        """eta of the network grown by the (function-preserving) candidate minus eta now, on the same
+        batch: what the insertion itself raised the score by."""
+        spec, weights = self._grown(p, model)
+        ref = next(iter(model.parameters()))
+        grown = compile(spec, weights, dtype=ref.dtype, device=ref.device)
+        return observe(grown, batch, loss, self.settings).eta - state.eta
+
+    def _choose(self, ev: NaturalEvaluation, model, batch, loss) -> tuple[NaturalProposal | None, list[dict]]:
+        """The best candidate that passes the when-to-grow test; a deepening must also raise eta by
+        as much when inserted (its score is a promise about training), else it is rejected for good
+        and the next candidate is considered."""
+        reference = self.reference(ev.state)
+        rejected: list[dict] = []
+        for p in ev.proposals:
+            if not passes(ev.state, p, reference)[0]:
+                break  # sorted by score, and both tests are monotone in it
+            if p.site.kind != "deepen":
+                return p, rejected
+            rise = self.realised_rise(p, model, batch, loss, ev.state)
+            ok, rel, absolute = passes(ev.state, rise, reference)
+            if ok:
+                return p, rejected
+            self.rejected.append(p.site.id)
+            rejected.append(
+                {"site": p.site.id, "realised_delta_eta": rise, "ratio": rel, "abs_ratio": absolute}
+            )
+        return None, rejected
 
     def plan(self, model, batch, loss, sites, *, statistics=None, growth=0, budget=None) -> Plan:
         sites = list(sites)
         if budget is not None and budget <= 0:
             sites = []
         ev = self.evaluate(model, batch, loss, sites)
-        best, s = ev.best, self.settings
+        s = self.settings
+        chosen, rejected = self._choose(ev, model, batch, loss) if ev.grow else (None, [])
+        best = chosen or ev.best
         scored = [
             SiteScore(p.site.id, p.site.kind, p.score, self._params_added(p, model)) for p in ev.proposals
         ]
-        figures = {**ev.report(), "tau": s.tau, "alpha": s.alpha}
+        figures = {
+            **ev.report(),
+            "tau": s.tau,
+            "alpha": s.alpha,
+            "alpha_reference": s.alpha_reference,
+            "reference_grad_sq": self.reference(ev.state),
+            "rejected_deepenings": rejected,
+        }
         common = dict(
             site=best.site.id if best else None,
             kind=best.site.kind if best else None,
@@ -328,19 +401,26 @@ class Natural(Strategy):
             scores=scored,
             figures=figures,
         )
-        if not ev.grow:
+        if chosen is None:
+            ref = "the first" if s.alpha_reference == "initial" else "the current"
             why = (
                 "no site can grow"
-                if best is None
+                if ev.best is None
+                else "no deepening raised eta when inserted: "
+                + ", ".join(r["site"] for r in rejected)
+                + " will not be proposed again"
+                if rejected
                 else f"below the thresholds (Delta eta / eta = {ev.relative:.3g}, tau = {s.tau}; "
-                f"Delta eta / E||dL/dy||^2 = {ev.absolute:.3g}, alpha = {s.alpha})"
+                f"Delta eta / E||dL/dy||^2 ({ref} evaluation's) = {ev.absolute:.3g}, alpha = {s.alpha})"
             )
             return Plan(self.name, reason=why, **common)  # type: ignore[arg-type]
-        assert best is not None
-        note = (
-            f"Delta eta / eta = {ev.relative:.3g} > tau, Delta eta / E||dL/dy||^2 = {ev.absolute:.3g} > alpha"
-        )
-        return Plan(self.name, self.actions(best, model), reason=note, **common)  # type: ignore[arg-type]
+        rel, absolute = passes(ev.state, chosen, self.reference(ev.state))[1:]
+        note = f"Delta eta / eta = {rel:.3g} > tau, Delta eta / E||dL/dy||^2 = {absolute:.3g} > alpha"
+        if rejected:
+            note += "; rejected deepenings (eta did not rise when inserted): " + ", ".join(
+                r["site"] for r in rejected
+            )
+        return Plan(self.name, self.actions(chosen, model), reason=note, **common)  # type: ignore[arg-type]
 
 
 def make_strategy(name: str, **options: Any) -> Strategy:

@@ -56,6 +56,7 @@ from .linalg import single_threaded as _single_threaded
 
 Fisher = Literal["unit", "empirical"]
 Construction = Literal["identity", "basis"]
+Reference = Literal["initial", "current"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,10 @@ class NaturalSettings:
 
     tau: float = 0.05  # grow when Delta eta / eta > tau ...
     alpha: float = 0.01  # ... and Delta eta / E||dL/dy||^2 > alpha
+    # which E||dL/dy||^2 the alpha test divides by: the first evaluation's ("initial", a fraction of the
+    # output gradient the run started with: growth stops once the residual is small) or the current one
+    # ("current": a fraction of what is left, which a noiseless task never exhausts)
+    alpha_reference: Reference = "initial"
     damping: float = 1e-3  # Tikhonov damping of A and G, relative to their mean diagonal
     fisher: Fisher = "unit"
     candidates: int = 8  # random nonlinear candidates per site (plus the closed form's)
@@ -77,6 +82,8 @@ class NaturalSettings:
     def validate(self) -> None:
         if self.fisher not in ("unit", "empirical"):
             raise ValueError(f"unknown fisher {self.fisher!r}; expected unit or empirical")
+        if self.alpha_reference not in ("initial", "current"):
+            raise ValueError(f"unknown alpha_reference {self.alpha_reference!r}; expected initial or current")
         if self.construction not in ("identity", "basis"):
             raise ValueError(f"unknown construction {self.construction!r}; expected identity or basis")
         for name in ("tau", "alpha", "damping", "refine_lr"):
@@ -441,9 +448,14 @@ def score_sites(state: NaturalState, sites: Iterable[Site]) -> list[NaturalPropo
     return sorted(found, key=lambda p: -p.score)
 
 
-def passes(state: NaturalState, p: NaturalProposal) -> tuple[bool, float, float]:
-    """(grow?, score / eta, score / E||dL/dy||^2) for the when-to-grow test."""
+def passes(
+    state: NaturalState, p: NaturalProposal | float, reference: float | None = None
+) -> tuple[bool, float, float]:
+    """(grow?, score / eta, score / reference) for the when-to-grow test, for a candidate or a score;
+    ``reference``: the E||dL/dy||^2 the alpha test divides by (default: the state's own)."""
     s = state.settings
-    rel = p.score / state.eta if state.eta > 0 else math.inf
-    absolute = p.score / state.grad_sq if state.grad_sq > 0 else 0.0
-    return (rel > s.tau and absolute > s.alpha and p.score > 0), rel, absolute
+    score = p if isinstance(p, int | float) else p.score
+    ref = state.grad_sq if reference is None else reference
+    rel = score / state.eta if state.eta > 0 else math.inf
+    absolute = score / ref if ref > 0 else 0.0
+    return (rel > s.tau and absolute > s.alpha and score > 0), rel, absolute
