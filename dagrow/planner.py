@@ -36,7 +36,16 @@ from .graph import analyze
 from .growth.actions import proposal_actions
 from .growth.amplitude import AmplitudeResult, GrownFamily, amplitude_factor
 from .growth.first_order import exact_first_order
-from .growth.natural import NaturalProposal, NaturalSettings, NaturalState, observe, passes, score_sites
+from .growth.natural import (
+    NaturalProposal,
+    NaturalSettings,
+    NaturalState,
+    check_candidates,
+    observe,
+    passes,
+    score_sites,
+    split_batch,
+)
 from .growth.proposals import Proposal, ProposalSettings, propose_all
 from .growth.shared_forward import SharedForward
 from .plan import Plan, SiteScore
@@ -257,6 +266,8 @@ class NaturalEvaluation:
     grow: bool
     relative: float  # best score / eta
     absolute: float  # best score / E||dL/dy||^2
+    batch: Any = None  # the samples of ``state`` (the held-out part of the growth batch)
+    loss: float | None = None  # the mean loss on the whole growth batch
 
     @property
     def best(self) -> NaturalProposal | None:
@@ -314,15 +325,23 @@ class Natural(Strategy):
     def evaluate(
         self, model: nn.Module, batch, loss: str | LossFn, sites: Iterable[Site]
     ) -> NaturalEvaluation:
-        """Measure eta on ``batch``, search every site (but the deepenings already rejected), and apply
-        the when-to-grow test to the best candidate."""
-        state = observe(model, batch, loss, self.settings)
+        """Search every site (but the deepenings already rejected) on the first part of ``batch``,
+        measure eta and each candidate's Delta eta again on the held-out rest (``holdout``), and apply
+        the when-to-grow test to the best candidate there."""
+        search_batch, check_batch = split_batch(batch, self.settings.holdout)
+        search = observe(model, search_batch, loss, self.settings)
+        state = search if check_batch is search_batch else observe(model, check_batch, loss, self.settings)
         reference = self.reference(state)
-        found = score_sites(state, [s for s in sites if s.id not in self.rejected])
+        found = score_sites(search, [s for s in sites if s.id not in self.rejected])
+        if state is not search:  # the search's best fits its own samples: judge it on the others
+            found = check_candidates(state, found)
+        loss_all = state.loss
+        if state is not search:
+            loss_all = (search.n * search.loss + state.n * state.loss) / (search.n + state.n)
         if not found:
-            return NaturalEvaluation(state, [], False, 0.0, 0.0)
+            return NaturalEvaluation(state, [], False, 0.0, 0.0, check_batch, loss_all)
         ok, rel, absolute = passes(state, found[0], reference)
-        return NaturalEvaluation(state, found, ok, rel, absolute)
+        return NaturalEvaluation(state, found, ok, rel, absolute, check_batch, loss_all)
 
     def actions(self, best: NaturalProposal, model: nn.Module):
         if self.settings.construction == "identity":
@@ -364,7 +383,7 @@ class Natural(Strategy):
                 break  # sorted by score, and both tests are monotone in it
             if p.site.kind != "deepen":
                 return p, rejected
-            rise = self.realised_rise(p, model, batch, loss, ev.state)
+            rise = self.realised_rise(p, model, ev.batch if ev.batch is not None else batch, loss, ev.state)
             ok, rel, absolute = passes(ev.state, rise, reference)
             if ok:
                 return p, rejected
@@ -396,7 +415,7 @@ class Natural(Strategy):
         common = dict(
             site=best.site.id if best else None,
             kind=best.site.kind if best else None,
-            loss_before=ev.state.loss,
+            loss_before=ev.loss if ev.loss is not None else ev.state.loss,
             preserving=True,
             scores=scored,
             figures=figures,

@@ -711,3 +711,37 @@ def test_grown_names_stay_short_on_the_natural_path():
         model = dagrow.compile(grown_spec, weights, dtype=torch.float64)
         names = [v for v in grown_spec.nodes if v not in ("h", "out")]
     assert names and all(re.fullmatch(r"n\d+", v) for v in names), names
+
+
+ONE_NEURON = """
+version: 1
+name: one_neuron
+inputs: {x: {shape: [1]}}
+nodes:
+  h: {width: 1, activation: tanh}
+  out: {width: 1}
+edges:
+  - {from: x, to: h}
+  - {from: h, to: out}
+outputs: [out]
+growth: {widen: all, new_nodes: edges, deepen: all}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("deepen", ["all", "none"])
+def test_natural_with_its_defaults_stops_on_its_own_from_one_tanh_neuron(tmp_path, deepen):
+    """Issue 13: `dagrow grow SPEC --task regression1d --strategy natural` with every default used to
+    grow until max_rounds (41 growths after 10 minutes). It must stop because three evaluations in a
+    row add nothing (docs/senn.md gives the measured times)."""
+    path = tmp_path / "one.yaml"
+    path.write_text(ONE_NEURON.replace("deepen: all", f"deepen: {deepen}"))
+    out = tmp_path / "run"
+    run_cli("grow", path, "--task", "regression1d", "--strategy", "natural", "--out", out, "-q")
+    lines = [json.loads(t) for t in (out / "history.jsonl").read_text().splitlines()]
+    (stop,) = [h for h in lines if h["event"] == "stop"]
+    assert stop["reason"].startswith("stopped growing"), stop["reason"]
+    assert stop["round"] < lines[-1]["config"]["natural"]["max_rounds"]
+    grown = [h for h in lines if h["event"] == "growth"]
+    assert grown and all(re.fullmatch(r"n\d+|h|out|x", v) for h in grown for v in h["widths_before"])
+    assert lines[-1]["val_mse"] < 0.05 * float(make_task("regression1d", seed=0).val.y.var())
