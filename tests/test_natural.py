@@ -745,3 +745,40 @@ def test_natural_with_its_defaults_stops_on_its_own_from_one_tanh_neuron(tmp_pat
     grown = [h for h in lines if h["event"] == "growth"]
     assert grown and all(re.fullmatch(r"n\d+|h|out|x", v) for h in grown for v in h["widths_before"])
     assert lines[-1]["val_mse"] < 0.05 * float(make_task("regression1d", seed=0).val.y.var())
+
+
+def test_candidates_are_judged_on_the_held_out_part_of_the_growth_batch():
+    """holdout = 0.5: the search runs on the first half, and every candidate's Delta eta (with eta and
+    E||dL/dy||^2 of the test) is measured again on the second half, from its own features computed
+    here by hand. On pure-noise targets the refined candidates fit their own samples: their searched
+    scores exceed the held-out ones."""
+    spec, model, x, y = tiny(MLP, n=80)
+    sites = [s for s in enumerate_sites(spec) if s.supported]
+    settings = NaturalSettings(tau=0.0, alpha=0.0, candidates=4, refine_steps=10, holdout=0.5)
+    ev = Natural(settings=settings).evaluate(model, (x, y), "mse", sites)
+    check = observe(model, (x[40:], y[40:]), "mse", settings)
+    assert ev.state.eta == pytest.approx(check.eta, rel=1e-12) and ev.state.n == 40
+    with torch.no_grad():
+        full = float(F.mse_loss(model(x), y))
+    assert ev.loss == pytest.approx(full, rel=1e-12)
+    assert [p.score for p in ev.proposals] == sorted((p.score for p in ev.proposals), reverse=True)
+    for p in ev.proposals:
+        if p.site.kind == "widen":
+            act = model.get_submodule(f"nodes.{p.site.node}.activation")
+        else:
+            act = spec.growth.new_node_activation.build()
+        with torch.no_grad():
+            features = act(
+                torch.cat(
+                    [
+                        check.post[s] if s != ONE else torch.ones(40, 1, dtype=torch.float64)
+                        for s in p.site.sources
+                    ],
+                    1,
+                )
+                @ p.fan_in.T
+            )
+        assert p.delta_eta == pytest.approx(float(delta_eta(check, p.site.targets, features)), rel=1e-9)
+    assert sum(p.searched > p.score for p in ev.proposals) > len(ev.proposals) / 2
+    with pytest.raises(ValueError, match="holdout must be a fraction"):
+        NaturalSettings(holdout=1.0).validate()
