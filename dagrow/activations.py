@@ -1,11 +1,19 @@
 """The registry of node activations: what a node applies to its pre-activation ``a`` to give its
 post-activation ``b = sigma(a)``. Each entry is a pydantic model of the spec language (``activation:
-NAME`` or ``{name: NAME, ...}``) that builds its ``nn.Module``; :func:`slope_at_zero` and
-:func:`value_at_zero` give what the growth formulas need of it.
+NAME`` or ``{name: NAME, ...}``) that builds its ``nn.Module``; :func:`slope_at_zero`,
+:func:`value_at_zero` and :func:`one_sided_slopes` give what the growth formulas need of it.
+
+An activation with a kink at 0 (relu, relu_grad1, leaky_relu, prelu, selu) declares its one-sided slopes
+there (``one_sided``): new neurons enter at amplitude ``sqrt(gamma)`` on both sides, so what they add
+to their targets is ``sqrt(gamma) omega sigma(sqrt(gamma) z)``, whose first-order term in gamma is
+``omega D(z)`` with the one-sided directional derivative ``D(z) = d/dt sigma(t z)|_{t=0+} =
+sigma'(0+) z`` for z > 0 and ``sigma'(0-) z`` for z < 0 (:func:`directional_derivative`). For a smooth
+activation both slopes are sigma'(0) and ``D(z) = sigma'(0) z``.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Literal
@@ -16,23 +24,28 @@ from torch import nn
 
 from .ops import Coefficient, SpecModel
 
+OneSided = Callable[[nn.Module], tuple[float, float]]
+
 
 @dataclass(frozen=True)
 class ActivationInfo:
-    """An activation: its pydantic model, a one-line summary and its module builder."""
+    """An activation: its pydantic model, a one-line summary, its module builder and, for an
+    activation with a kink at 0, its one-sided slopes there ``(sigma'(0-), sigma'(0+))`` as a function
+    of the built module (a learnable slope is read from it); None for a smooth activation."""
 
     name: str
     model: type[SpecModel]
     summary: str
     build: Callable[[SpecModel], nn.Module]
+    one_sided: OneSided | None = None
 
 
 ACTIVATIONS: dict[str, ActivationInfo] = {}
 
 
-def register_activation(name: str, summary: str):
+def register_activation(name: str, summary: str, one_sided: OneSided | None = None):
     def deco(model: type[SpecModel]) -> type[SpecModel]:
-        ACTIVATIONS[name] = ActivationInfo(name, model, summary, lambda a: a.build())  # type: ignore[attr-defined]
+        ACTIVATIONS[name] = ActivationInfo(name, model, summary, lambda a: a.build(), one_sided)  # type: ignore[attr-defined]
         return model
 
     return deco
@@ -46,7 +59,9 @@ def activation_info(name: str) -> ActivationInfo:
     return ACTIVATIONS[name]
 
 
-def _simple_activation(name: str, summary: str, factory: Callable[[], nn.Module]) -> type[SpecModel]:
+def _simple_activation(
+    name: str, summary: str, factory: Callable[[], nn.Module], one_sided: OneSided | None = None
+) -> type[SpecModel]:
     model = type(
         f"{''.join(p.title() for p in name.split('_'))}Activation",
         (SpecModel,),
@@ -57,7 +72,7 @@ def _simple_activation(name: str, summary: str, factory: Callable[[], nn.Module]
             "__doc__": summary,
         },
     )
-    return register_activation(name, summary)(model)
+    return register_activation(name, summary, one_sided)(model)
 
 
 class _ReluGrad1Fn(torch.autograd.Function):
@@ -93,17 +108,29 @@ class Rational(nn.Module):
 
 
 IdentityActivation = _simple_activation("identity", "sigma(a) = a", nn.Identity)
-ReluActivation = _simple_activation("relu", "max(a, 0) (PyTorch's gradient 0 at 0)", nn.ReLU)
+ReluActivation = _simple_activation(
+    "relu", "max(a, 0) (PyTorch's gradient 0 at 0)", nn.ReLU, lambda m: (0.0, 1.0)
+)
 ReluGrad1Activation = _simple_activation(
-    "relu_grad1", "max(a, 0) with derivative 1 at 0 (GradMax: zero fan-in neurons still learn)", ReluGrad1
+    "relu_grad1",
+    "max(a, 0) with derivative 1 at 0 (GradMax: zero fan-in neurons still learn)",
+    ReluGrad1,
+    lambda m: (0.0, 1.0),  # the function is relu's; only autograd's value at 0 differs
 )
 TanhActivation = _simple_activation("tanh", "tanh(a)", nn.Tanh)
 SigmoidActivation = _simple_activation("sigmoid", "1 / (1 + exp(-a))", nn.Sigmoid)
 GeluActivation = _simple_activation("gelu", "a Phi(a) (exact erf form)", nn.GELU)
-SeluActivation = _simple_activation("selu", "scaled ELU (Klambauer et al.)", nn.SELU)
+_SELU_ALPHA, _SELU_SCALE = 1.6732632423543772, 1.0507009873554805
+SeluActivation = _simple_activation(
+    "selu", "scaled ELU (Klambauer et al.)", nn.SELU, lambda m: (_SELU_SCALE * _SELU_ALPHA, _SELU_SCALE)
+)
 
 
-@register_activation("leaky_relu", "max(a, 0) + negative_slope min(a, 0)")
+@register_activation(
+    "leaky_relu",
+    "max(a, 0) + negative_slope min(a, 0)",
+    lambda m: (float(m.negative_slope), 1.0),  # type: ignore[arg-type]
+)
 class LeakyReluActivation(SpecModel):
     name: Literal["leaky_relu"] = "leaky_relu"
     negative_slope: Coefficient = 0.01
@@ -121,7 +148,14 @@ class SoftplusActivation(SpecModel):
         return nn.Softplus(beta=self.beta)
 
 
-@register_activation("prelu", "max(a, 0) + w min(a, 0), learnable slope w (init 1 = identity)")
+def _prelu_slopes(m: nn.Module) -> tuple[float, float]:
+    w = m.weight.detach()  # type: ignore[union-attr, operator]
+    if w.numel() != 1:
+        raise ValueError("one-sided slopes of a prelu with one slope per channel are not defined")
+    return float(w), 1.0
+
+
+@register_activation("prelu", "max(a, 0) + w min(a, 0), learnable slope w (init 1 = identity)", _prelu_slopes)
 class PreluActivation(SpecModel):
     name: Literal["prelu"] = "prelu"
     init: Coefficient = 0.25
@@ -155,3 +189,27 @@ def value_at_zero(activation: SpecModel) -> float:
     module = activation.build().to(torch.float64)  # type: ignore[attr-defined]
     with torch.no_grad():
         return float(module(torch.zeros(1, dtype=torch.float64)))
+
+
+def one_sided_slopes(activation: SpecModel, module: nn.Module | None = None) -> tuple[float, float]:
+    """``(sigma'(0-), sigma'(0+))``: the registry's one-sided slopes for an activation with a kink at
+    0, ``(sigma'(0), sigma'(0))`` by autograd for a smooth one. ``module``: the built activation with
+    its learnable parameters as trained (default: built from the spec)."""
+    info = ACTIVATIONS[activation.name]  # type: ignore[attr-defined]
+    module = module if module is not None else activation.build()  # type: ignore[attr-defined]
+    if info.one_sided is not None:
+        return info.one_sided(module)
+    module = copy.deepcopy(module).to(torch.float64)
+    x = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    with torch.enable_grad():
+        (g,) = torch.autograd.grad(module(x).sum(), x)
+    return float(g), float(g)
+
+
+def directional_derivative(z: torch.Tensor, slopes: tuple[float, float]) -> torch.Tensor:
+    """``d/dt sigma(t z)`` at ``t = 0+`` elementwise: ``sigma'(0+) z`` where z > 0, ``sigma'(0-) z``
+    where z < 0, for ``slopes = (sigma'(0-), sigma'(0+))``."""
+    left, right = slopes
+    if left == right:
+        return right * z
+    return right * z.clamp_min(0) + left * z.clamp_max(0)

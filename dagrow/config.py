@@ -49,6 +49,15 @@ class NaturalConfig(_Model):
 
     tau: float = Field(_N.tau, description="grow when Delta eta / eta > tau")
     alpha: float = Field(_N.alpha, description="... and Delta eta / E||dL/dy||^2 > alpha")
+    alpha_reference: Literal["initial", "current"] = Field(
+        _N.alpha_reference,
+        description="E||dL/dy||^2 of the alpha test: the first evaluation's (growth stops once the fit is "
+        "good) or the current one",
+    )
+    holdout: float = Field(
+        _N.holdout,
+        description="fraction of the growth batch that checks the candidates found on the rest (0: none)",
+    )
     damping: float = Field(_N.damping, description="damping of the Fisher factors A and G (relative)")
     fisher: Literal["unit", "empirical"] = Field(_N.fisher, description="G from unit or empirical gradients")
     candidates: int = Field(_N.candidates, description="random candidates per site")
@@ -67,6 +76,13 @@ class NaturalConfig(_Model):
     def _nonnegative(cls, v: float, info) -> float:
         if not math.isfinite(v) or v < 0:
             raise ValueError(f"{info.field_name} must be a finite number >= 0, got {v!r}")
+        return v
+
+    @field_validator("holdout")
+    @classmethod
+    def _fraction(cls, v: float) -> float:
+        if not (math.isfinite(v) and 0 <= v < 1):
+            raise ValueError(f"holdout must be a fraction in [0, 1), got {v!r}")
         return v
 
     @field_validator("depth_cost")

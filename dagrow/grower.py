@@ -288,10 +288,12 @@ class Grower:
             return new_model, chunked_loss(new_model, batch, loss_function(loss))
 
     def state_dict(self) -> dict[str, Any]:
-        """The grower's own state (JSON): settings, schedule, and the actions applied so far."""
+        """The grower's own state (JSON): settings, schedule, the strategy's memory (natural: the
+        reference E||dL/dy||^2 and the rejected deepenings), and the actions applied so far."""
         return {
             "config": self.config.to_dict(),
             "schedule": self.schedule.state_dict(),
+            "strategy": self.strategy.state_dict(),
             "diverged": self.diverged,
             "actions": [a.to_dict() for a in self.actions],
         }
@@ -300,5 +302,6 @@ class Grower:
         from .rewrite import action_from_dict
 
         self.schedule.load_state_dict(dict(state["schedule"]))
+        self.strategy.load_state_dict(dict(state.get("strategy") or {}))
         self.diverged = state.get("diverged")
         self.actions = [action_from_dict(a) for a in state.get("actions", [])]

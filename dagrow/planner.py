@@ -6,8 +6,9 @@ Every strategy has the same interface, :meth:`Strategy.plan`, and is picked by n
 - ``naive``: round robin over the growable sites (seed 001, Algorithm 2), in enumeration order;
 - ``max_eigenvalue``: argmax of lambda_1 (the first-order information of the best neuron);
 - ``amplitude_factor``: argmax of Delta_l = L(0) - L(gamma*) after a line search per candidate. When
-  there are more than ``max_candidates`` sites only the best ones by first-order improvement are
-  searched, and the plan says so;
+  there are more than ``max_candidates`` sites only the best ones by first-order improvement (the
+  exact one-sided figure of :mod:`dagrow.growth.first_order` for kinked activations) are searched, and
+  the plan says so;
 - ``natural`` (SENN, :mod:`dagrow.growth.natural`): the site whose best candidate raises the natural
   expansion score eta the most (a deepen site's rise divided by the depth cost), and only when
   ``Delta eta / eta > tau`` and ``Delta eta / E||dL/dy||^2 > alpha``; otherwise an empty plan. Its
@@ -24,17 +25,28 @@ from __future__ import annotations
 import dataclasses
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
 from .chunks import chunks_of
+from .compile import compile
 from .graph import analyze
 from .growth.actions import proposal_actions
 from .growth.amplitude import AmplitudeResult, GrownFamily, amplitude_factor, shared_forwards
-from .growth.natural import NaturalProposal, NaturalSettings, NaturalState, observe, passes, score_sites
+from .growth.first_order import exact_first_order
+from .growth.natural import (
+    NaturalProposal,
+    NaturalSettings,
+    NaturalState,
+    check_candidates,
+    observe,
+    passes,
+    score_sites,
+    split_batch,
+)
 from .growth.proposals import Proposal, ProposalSettings, propose_all
 from .growth.shared_forward import SharedForward
 from .plan import Plan, SiteScore
@@ -86,6 +98,15 @@ class Strategy(ABC):
         (measured here when None); ``budget`` is how many parameters may still be added (None: no
         limit)."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """What the strategy remembers between growth steps (JSON; saved in checkpoints): nothing by
+        default."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state:
+            raise ValueError(f"strategy {self.name} keeps no state, got {sorted(state)}")
+
 
 class ProposalStrategy(Strategy):
     """Chooses one proposal among those of a statistics pass (TINY, GradMax, NORTH, random, mirrored)."""
@@ -120,9 +141,16 @@ class ProposalStrategy(Strategy):
 
     @abstractmethod
     def choose(
-        self, model: nn.Module, proposals: list[Proposal], batch, loss: str | LossFn, step: int
+        self,
+        model: nn.Module,
+        proposals: list[Proposal],
+        batch,
+        loss: str | LossFn,
+        step: int,
+        forward: list[SharedForward] | None = None,
     ) -> Decision | None:
-        """The decision for growth number ``step`` (None when no site can grow)."""
+        """The decision for growth number ``step`` (None when no site can grow); ``forward``: the
+        model's shared forward on ``batch`` (made when needed if None)."""
 
     def plan(self, model, batch, loss, sites, *, statistics=None, growth=0, budget=None) -> Plan:
         sites = list(sites)
@@ -138,7 +166,11 @@ class ProposalStrategy(Strategy):
                 p if p.skipped or p.params_added <= budget else dataclasses.replace(p, skipped=over)
                 for p in proposals
             ]
-        decision = self.choose(model, proposals, batch, loss, growth)
+        # one forward of the model on the batch serves the exact first-order figures of kinked
+        # activations (growth/first_order.py) and every line search of the decision
+        forward = shared_forwards(model, batch)  # one per chunk of the batch (growth_batch: all)
+        proposals = exact_first_order(proposals, model, batch, loss, forward=forward)
+        decision = self.choose(model, proposals, batch, loss, growth, forward)
         scored = [
             SiteScore(
                 p.site.id,
@@ -160,6 +192,8 @@ class ProposalStrategy(Strategy):
             "lambdas": [float(v) for v in p.lambdas[:8]],
             "gamma": gamma,
             "first_order_improvement": p.first_order_improvement,
+            "first_order_exact": p.first_order_exact,
+            "sum_lambda_sq": p.sum_lambda_sq,
             "predicted_decrease": gamma * p.first_order_improvement,
             "delta_l": amp.delta_l,
             "params_added": p.params_added,
@@ -181,7 +215,7 @@ STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
 class Naive(ProposalStrategy):
     name = "naive"
 
-    def choose(self, model, proposals, batch, loss, step):
+    def choose(self, model, proposals, batch, loss, step, forward=None):
         cands = growable(proposals)
         if not cands:
             return None
@@ -199,7 +233,7 @@ class Naive(ProposalStrategy):
             amp, fam = self._search(model, p, batch, loss)
             return Decision(p, amp, fam, {p.site.id: float(where)}, note=note)
         p = cands[step % len(cands)]
-        amp, fam = self._search(model, p, batch, loss)
+        amp, fam = self._search(model, p, batch, loss, forward)
         note = f"round robin: site {step % len(cands) + 1} of {len(cands)}"
         return Decision(p, amp, fam, {p.site.id: float(step % len(cands))}, note=note)
 
@@ -208,13 +242,13 @@ class Naive(ProposalStrategy):
 class MaxEigenvalue(ProposalStrategy):
     name = "max_eigenvalue"
 
-    def choose(self, model, proposals, batch, loss, step):
+    def choose(self, model, proposals, batch, loss, step, forward=None):
         cands = [p for p in growable(proposals) if p.lambdas.numel()]
         if not cands:
             return None
         scores = {p.site.id: self._norm(p, float(p.lambdas[0])) for p in cands}
         p = max(cands, key=lambda q: scores[q.site.id])
-        amp, fam = self._search(model, p, batch, loss)
+        amp, fam = self._search(model, p, batch, loss, forward)
         return Decision(p, amp, fam, scores)
 
 
@@ -224,7 +258,7 @@ class MaxEigenvalue(ProposalStrategy):
 class AmplitudeFactor(ProposalStrategy):
     name = "amplitude_factor"
 
-    def choose(self, model, proposals, batch, loss, step):
+    def choose(self, model, proposals, batch, loss, step, forward=None):
         cands = sorted(growable(proposals), key=lambda p: -self._norm(p, p.first_order_improvement))
         if not cands:
             return None
@@ -234,7 +268,7 @@ class AmplitudeFactor(ProposalStrategy):
             cands = cands[: self.max_candidates]
         best: Decision | None = None
         scores: dict[str, float] = {}
-        forward = shared_forwards(model, batch)  # one forward pass (per chunk) for every candidate
+        forward = forward or shared_forwards(model, batch)  # one forward pass (per chunk) for every candidate
         for p in cands:
             amp, fam = self._search(model, p, batch, loss, forward)
             scores[p.site.id] = self._norm(p, amp.delta_l)
@@ -254,6 +288,8 @@ class NaturalEvaluation:
     grow: bool
     relative: float  # best score / eta
     absolute: float  # best score / E||dL/dy||^2
+    batch: Any = None  # the samples of ``state`` (the held-out part of the growth batch)
+    loss: float | None = None  # the mean loss on the whole growth batch
 
     @property
     def best(self) -> NaturalProposal | None:
@@ -286,29 +322,65 @@ class Natural(Strategy):
     def __init__(self, *, settings: NaturalSettings | None = None) -> None:
         self.settings = settings or NaturalSettings()
         self.settings.validate()
+        self.reference_grad_sq: float | None = None  # E||dL/dy||^2 at the first evaluation
+        self.rejected: list[str] = []  # deepen sites whose insertion did not raise eta, in order
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"reference_grad_sq": self.reference_grad_sq, "rejected_deepenings": list(self.rejected)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        unknown = set(state) - {"reference_grad_sq", "rejected_deepenings"}
+        if unknown:
+            raise ValueError(f"natural strategy state has unknown fields {sorted(unknown)}")
+        self.reference_grad_sq = state.get("reference_grad_sq")
+        self.rejected = list(state.get("rejected_deepenings", []))
+
+    def reference(self, state: NaturalState) -> float:
+        """The E||dL/dy||^2 the alpha test divides by (``alpha_reference``): the first evaluation's,
+        remembered, or the state's own."""
+        if self.settings.alpha_reference == "current":
+            return state.grad_sq
+        if self.reference_grad_sq is None and state.grad_sq > 0:
+            self.reference_grad_sq = state.grad_sq
+        return self.reference_grad_sq if self.reference_grad_sq is not None else state.grad_sq
 
     def evaluate(
         self, model: nn.Module, batch, loss: str | LossFn, sites: Iterable[Site]
     ) -> NaturalEvaluation:
-        """Measure eta on ``batch``, search every site, and apply the when-to-grow test."""
-        state = observe(model, batch, loss, self.settings)
+        """Search every site (but the deepenings already rejected) on the first part of ``batch``,
+        measure eta and each candidate's Delta eta again on the held-out rest (``holdout``), and apply
+        the when-to-grow test to the best candidate there."""
+        search_batch, check_batch = split_batch(batch, self.settings.holdout)
+        search = observe(model, search_batch, loss, self.settings)
+        state = search if check_batch is search_batch else observe(model, check_batch, loss, self.settings)
+        reference = self.reference(state)
         sg = analyze(model.spec)  # type: ignore[arg-type]
         # SENN's factors cover flat nodes: image sites are left to the proposal strategies
         flat = [
             s
             for s in sites
-            if all(sg.is_flat(v) for v in (*s.targets, *(s.pair or ()), *([s.node] if s.node else [])))
+            if s.id not in self.rejected
+            and all(sg.is_flat(v) for v in (*s.targets, *(s.pair or ()), *([s.node] if s.node else [])))
         ]
-        found = score_sites(state, flat)
+        found = score_sites(search, flat)
+        if state is not search:  # the search's best fits its own samples: judge it on the others
+            found = check_candidates(state, found)
+        loss_all = state.loss
+        if state is not search:
+            loss_all = (search.n * search.loss + state.n * state.loss) / (search.n + state.n)
         if not found:
-            return NaturalEvaluation(state, [], False, 0.0, 0.0)
-        ok, rel, absolute = passes(state, found[0])
-        return NaturalEvaluation(state, found, ok, rel, absolute)
+            return NaturalEvaluation(state, [], False, 0.0, 0.0, check_batch, loss_all)
+        ok, rel, absolute = passes(state, found[0], reference)
+        return NaturalEvaluation(state, found, ok, rel, absolute, check_batch, loss_all)
 
     def actions(self, best: NaturalProposal, model: nn.Module):
         if self.settings.construction == "identity":
             best = dataclasses.replace(best, basis=None, shift=None)
         return proposal_actions(best, model.spec)  # type: ignore[arg-type]
+
+    def _grown(self, p: NaturalProposal, model: nn.Module) -> tuple[GraphSpec, dict[str, Any]]:
+        weights = {k: v.detach() for k, v in model.state_dict().items()}
+        return replay(model.spec, weights, self.actions(p, model))  # type: ignore[arg-type]
 
     def _params_added(self, p: NaturalProposal, model: nn.Module) -> int:
         """Parameters the candidate's rewrite adds: fan-in (with bias) and fan-out of new neurons, or
@@ -322,41 +394,84 @@ class Natural(Strategy):
             norm = spec.nodes[p.site.node].norm if p.site.kind == "widen" else None  # type: ignore[index]
             added = norm.num_params(K) if norm is not None else 0  # new channels of a norm's affine
             return p.fan_in.numel() + K * sum(math.prod(sg.shapes[w]) for w in targets) + added
-        weights = {k: v.detach() for k, v in model.state_dict().items()}
-        grown, _ = replay(spec, weights, self.actions(p, model))
-        return analyze(grown).num_params() - sg.num_params()
+        return analyze(self._grown(p, model)[0]).num_params() - sg.num_params()
+
+    def realised_rise(self, p: NaturalProposal, model: nn.Module, batch, loss, state: NaturalState) -> float:
+        """eta of the network grown by the (function-preserving) candidate minus eta now, on the same
+        batch: what the insertion itself raised the score by."""
+        spec, weights = self._grown(p, model)
+        ref = next(iter(model.parameters()))
+        grown = compile(spec, weights, dtype=ref.dtype, device=ref.device)
+        return observe(grown, batch, loss, self.settings).eta - state.eta
+
+    def _choose(self, ev: NaturalEvaluation, model, batch, loss) -> tuple[NaturalProposal | None, list[dict]]:
+        """The best candidate that passes the when-to-grow test; a deepening must also raise eta by
+        as much when inserted (its score is a promise about training), else it is rejected for good
+        and the next candidate is considered."""
+        reference = self.reference(ev.state)
+        rejected: list[dict] = []
+        for p in ev.proposals:
+            if not passes(ev.state, p, reference)[0]:
+                break  # sorted by score, and both tests are monotone in it
+            if p.site.kind != "deepen":
+                return p, rejected
+            rise = self.realised_rise(p, model, ev.batch if ev.batch is not None else batch, loss, ev.state)
+            ok, rel, absolute = passes(ev.state, rise, reference)
+            if ok:
+                return p, rejected
+            self.rejected.append(p.site.id)
+            rejected.append(
+                {"site": p.site.id, "realised_delta_eta": rise, "ratio": rel, "abs_ratio": absolute}
+            )
+        return None, rejected
 
     def plan(self, model, batch, loss, sites, *, statistics=None, growth=0, budget=None) -> Plan:
         sites = list(sites)
         if budget is not None and budget <= 0:
             sites = []
         ev = self.evaluate(model, batch, loss, sites)
-        best, s = ev.best, self.settings
+        s = self.settings
+        chosen, rejected = self._choose(ev, model, batch, loss) if ev.grow else (None, [])
+        best = chosen or ev.best
         scored = [
             SiteScore(p.site.id, p.site.kind, p.score, self._params_added(p, model)) for p in ev.proposals
         ]
-        figures = {**ev.report(), "tau": s.tau, "alpha": s.alpha}
+        figures = {
+            **ev.report(),
+            "tau": s.tau,
+            "alpha": s.alpha,
+            "alpha_reference": s.alpha_reference,
+            "reference_grad_sq": self.reference(ev.state),
+            "rejected_deepenings": rejected,
+        }
         common = dict(
             site=best.site.id if best else None,
             kind=best.site.kind if best else None,
-            loss_before=ev.state.loss,
+            loss_before=ev.loss if ev.loss is not None else ev.state.loss,
             preserving=True,
             scores=scored,
             figures=figures,
         )
-        if not ev.grow:
+        if chosen is None:
+            ref = "the first" if s.alpha_reference == "initial" else "the current"
             why = (
                 "no site can grow"
-                if best is None
+                if ev.best is None
+                else "no deepening raised eta when inserted: "
+                + ", ".join(r["site"] for r in rejected)
+                + " will not be proposed again"
+                if rejected
                 else f"below the thresholds (Delta eta / eta = {ev.relative:.3g}, tau = {s.tau}; "
-                f"Delta eta / E||dL/dy||^2 = {ev.absolute:.3g}, alpha = {s.alpha})"
+                f"Delta eta / E||dL/dy||^2 ({ref} evaluation's) = {ev.absolute:.3g}, alpha = {s.alpha})"
             )
             return Plan(self.name, reason=why, **common)  # type: ignore[arg-type]
-        assert best is not None
-        note = (
-            f"Delta eta / eta = {ev.relative:.3g} > tau, Delta eta / E||dL/dy||^2 = {ev.absolute:.3g} > alpha"
-        )
-        return Plan(self.name, self.actions(best, model), reason=note, **common)  # type: ignore[arg-type]
+        rel, absolute = passes(ev.state, chosen, self.reference(ev.state))[1:]
+        note = f"Delta eta / eta = {rel:.3g} > tau, Delta eta / E||dL/dy||^2 = {absolute:.3g} > alpha"
+        if rejected:
+            note += "; rejected deepenings (eta did not rise when inserted): " + ", ".join(
+                r["site"] for r in rejected
+            )
+        return Plan(self.name, self.actions(chosen, model), reason=note, **common)  # type: ignore[arg-type]
 
 
 def make_strategy(name: str, **options: Any) -> Strategy:

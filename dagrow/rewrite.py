@@ -420,6 +420,9 @@ class DeepenEdge(Action):
                 )
                 new_bias = weights[f"nodes.{w}.bias"].to(torch.float64) - out @ bias
         _insert_node(data, w, m, {"width": width, "activation": self.activation, "bias": True})
+        growth = data.get("growth") or {}
+        if isinstance(growth.get("deepen"), list):  # a listed edge is consumed: it no longer exists
+            growth["deepen"] = [pair for pair in growth["deepen"] if tuple(pair) != (u, w)]
         data["edges"][index[0] : index[0] + 1] = [
             {"from": u, "to": m, "op": {"type": "linear"}},
             {"from": m, "to": w, "op": {"type": "linear"}},

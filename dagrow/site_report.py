@@ -16,6 +16,7 @@ from rich.text import Text
 from torch import Tensor, nn
 
 from .compile import spec_of
+from .growth.first_order import exact_first_order
 from .growth.proposals import Proposal, ProposalSettings, propose_all
 from .registry import unknown_name_message
 from .sites import enumerate_sites
@@ -117,7 +118,7 @@ class SiteReport:
             f"(of {len(self.proposals)}), loss {self.stats.loss:.4g} on {self.stats.n} samples"
         )
         table = Table(title=Text(title), caption=Text(f"ranked by {RANKINGS[self.strategy][1]}"))
-        columns = ("#", "site", "lambdas", "first-order", "bottleneck", "|dW*|", "params")
+        columns = ("#", "site", "lambdas", "first-order", "sum lambda^2", "bottleneck", "|dW*|", "params")
         for col in columns:
             left = col in ("site", "lambdas")
             style = (
@@ -131,6 +132,7 @@ class SiteReport:
                 p.site.id,
                 lams,
                 f"{p.first_order_improvement:.4g}",
+                f"{p.sum_lambda_sq:.4g}",
                 f"{p.bottleneck:.4g}",
                 f"{p.delta_w_norm:.3g}",
                 f"{p.params_added:,}",
@@ -165,10 +167,12 @@ def score_sites(
     data_name: str = "",
     strategy: str = "amplitude_factor",
 ) -> SiteReport:
-    """Measure ``model`` on ``batch`` and propose ``neurons`` new neurons of ``init`` at every site."""
+    """Measure ``model`` on ``batch`` and propose ``neurons`` new neurons of ``init`` at every site (the
+    first-order figures exact for every activation, :mod:`dagrow.growth.first_order`)."""
     spec = spec_of(model)
     all_sites = enumerate_sites(spec)
     stats = measure(model, [batch], loss, sites=[s for s in all_sites if s.supported])
     settings = ProposalSettings(seed=seed)
     proposals = propose_all(stats, all_sites, init, neurons, weights=model.state_dict(), settings=settings)
+    proposals = exact_first_order(proposals, model, batch, loss)  # kinked activations: one more pass
     return SiteReport(spec.name, data_name, stats, init, neurons, settings, proposals, strategy)

@@ -10,6 +10,7 @@ random DAGs of flat linear nodes with smooth activations.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -34,8 +35,10 @@ def _activation(node) -> Callable[[Tensor, Mapping[str, Tensor]], Tensor]:
         return lambda x, p: torch.tanh(x)
     if name == "sigmoid":
         return lambda x, p: 1 / (1 + torch.exp(-x))
-    if name == "relu":
+    if name in ("relu", "relu_grad1"):
         return lambda x, p: torch.where(x > 0, x, torch.zeros_like(x))
+    if name == "leaky_relu":
+        return lambda x, p: torch.where(x > 0, x, a.negative_slope * x)
     if name == "softplus":
         return lambda x, p: torch.log1p(torch.exp(a.beta * x)) / a.beta
     if name == "gelu":
@@ -219,9 +222,7 @@ HAND_WRITTEN = {"mlp": MLP, "skip": SKIP, "two_inputs": TWO_INPUTS}
 
 def with_activation(text: str, activation: str) -> str:
     """The spec with every hidden activation and the new-node activation replaced."""
-    for a in ("tanh", "softplus", "gelu", "sigmoid", "relu"):
-        text = text.replace(f"activation: {a}", f"activation: {activation}")
-    return text
+    return re.sub(r"activation: (tanh|softplus|gelu|sigmoid|relu)\b", f"activation: {activation}", text)
 
 
 def random_inputs(spec: GraphSpec, n: int, gen: torch.Generator) -> list[Tensor]:

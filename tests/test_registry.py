@@ -13,7 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from dagrow import compile, json_schema, list_activations, list_ops, load_spec
-from dagrow.activations import activation_info
+from dagrow.activations import activation_info, directional_derivative, one_sided_slopes
 from dagrow.cli import app
 from dagrow.growth.inits import FUNCTION_PRESERVING, INITS
 from dagrow.growth.proposals import propose
@@ -129,6 +129,29 @@ def test_the_schema_offers_every_op_and_activation():
 def test_every_op_has_a_summary(name):
     info = op_info(name)
     assert info.name == name and len(info.summary) > 5
+
+
+@pytest.mark.parametrize("name", list_activations())
+def test_every_activation_declares_its_one_sided_slopes_at_zero(name):
+    """The slopes the first-order gain uses, (sigma'(0-), sigma'(0+)), against one-sided finite
+    differences of the built module in float64 (a kink is declared in the registry, a smooth activation
+    has both equal to autograd's sigma'(0)); a prelu's learnable slope is read from its module."""
+    info = activation_info(name)
+    spec = info.model(name=name)
+    module = spec.build().to(torch.float64)
+    if name == "prelu":
+        with torch.no_grad():
+            module.weight.fill_(0.7)
+    h = 1e-7
+    with torch.no_grad():
+        f = module(torch.tensor([-h, 0.0, h], dtype=torch.float64))
+    left, right = float(f[1] - f[0]) / h, float(f[2] - f[1]) / h
+    slopes = one_sided_slopes(spec, module)
+    assert slopes == pytest.approx((left, right), abs=1e-5)
+    assert (info.one_sided is not None) == (abs(left - right) > 1e-3)
+    z = torch.tensor([-2.0, 0.0, 3.0], dtype=torch.float64)
+    expected = torch.tensor([-2 * slopes[0], 0.0, 3 * slopes[1]], dtype=torch.float64)
+    assert torch.allclose(directional_derivative(z, slopes), expected)
 
 
 @pytest.mark.parametrize("name", list_activations())

@@ -173,6 +173,18 @@ def test_deepen_edge_with_a_non_identity_activation_changes_the_function():
     assert max_diff(outputs(spec2, w2, xs), outputs(spec, model.state_dict(), xs)) > 1e-6
 
 
+def test_deepening_a_listed_edge_removes_it_from_the_deepen_list():
+    """growth.deepen: [[h1, h2], [h2, out]]: after h1 -> m -> h2 the pair h1 -> h2 is no edge any more
+    (the grown spec would be invalid), so the list keeps only the other pair."""
+    text = HAND_WRITTEN["mlp"].replace(
+        "growth: {new_edges: all", "growth: {deepen: [[h1, h2], [h2, out]], new_edges: all"
+    )
+    spec, model, xs = model_and_inputs(text)
+    spec2, w2 = DeepenEdge("h1", "h2", "m", "identity").apply(spec, model.state_dict())
+    assert [tuple(p) for p in spec2.growth.deepen] == [("h2", "out")]
+    assert max_diff(outputs(spec2, w2, xs), outputs(spec, model.state_dict(), xs)) < 1e-12
+
+
 def roundtrip(action):
     data = json.loads(json.dumps(action.to_dict()))
     return action_from_dict(data)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..activations import slope_at_zero, value_at_zero
+from ..activations import one_sided_slopes, slope_at_zero, value_at_zero
 from ..graph import SpecGraph
 from ..sites import Site, linear_sources
 from ..stats import Statistics
@@ -37,6 +37,7 @@ class TargetUpdate:
 
 
 _AT_ZERO: dict[str, tuple[float, float]] = {}
+_ONE_SIDED: dict[str, tuple[float, float]] = {}
 
 
 def _at_zero(activation) -> tuple[float, float]:
@@ -101,6 +102,7 @@ class Shared:
         self._decompositions: dict[SiteKey, Decomposition] = {}
         self.updates: dict[str, TargetUpdate] = {}
         self.at_zero: dict[int, tuple[Any, tuple[float, float]]] = {}
+        self.sides: dict[int, tuple[Any, tuple[float, float]]] = {}
 
     def moment(self, xs: tuple[str, ...], ys: tuple[str, ...]) -> Tensor:
         return self.stats.moment(xs, ys).double()
@@ -235,6 +237,16 @@ class Shared:
             if key not in self._decompositions:
                 todo[key] = {w: self.updates[w] for w in s.targets}
         self._decompose(todo)
+
+    def one_sided(self, activation) -> tuple[float, float]:
+        """``(sigma'(0-), sigma'(0+))`` of an activation spec, memoised like ``_at_zero``."""
+        hit = self.sides.get(id(activation))
+        if hit is None:
+            key = activation.model_dump_json()
+            if key not in _ONE_SIDED:
+                _ONE_SIDED[key] = one_sided_slopes(activation)
+            hit = self.sides[id(activation)] = (activation, _ONE_SIDED[key])
+        return hit[1]
 
     def slope_and_value_at_zero(self, activation) -> tuple[float, float]:
         """``_at_zero`` looked up once per activation object (its key, a JSON dump, costs more than the

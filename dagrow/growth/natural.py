@@ -36,6 +36,7 @@ divided by a depth cost multiplier.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import zlib
 from collections.abc import Iterable, Sequence
@@ -56,6 +57,7 @@ from .linalg import single_threaded as _single_threaded
 
 Fisher = Literal["unit", "empirical"]
 Construction = Literal["identity", "basis"]
+Reference = Literal["initial", "current"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,14 @@ class NaturalSettings:
 
     tau: float = 0.05  # grow when Delta eta / eta > tau ...
     alpha: float = 0.01  # ... and Delta eta / E||dL/dy||^2 > alpha
+    # which E||dL/dy||^2 the alpha test divides by: the first evaluation's ("initial", a fraction of the
+    # output gradient the run started with: growth stops once the residual is small) or the current one
+    # ("current": a fraction of what is left, which a noiseless task never exhausts)
+    alpha_reference: Reference = "initial"
+    # the fraction of the growth batch that checks the candidates found on the rest: their Delta eta
+    # (and eta, E||dL/dy||^2) are measured again there, where the search could not fit them (0: the
+    # search's own samples, whose in-sample Delta eta of a refined neuron is biased upwards)
+    holdout: float = 0.5
     damping: float = 1e-3  # Tikhonov damping of A and G, relative to their mean diagonal
     fisher: Fisher = "unit"
     candidates: int = 8  # random nonlinear candidates per site (plus the closed form's)
@@ -77,8 +87,12 @@ class NaturalSettings:
     def validate(self) -> None:
         if self.fisher not in ("unit", "empirical"):
             raise ValueError(f"unknown fisher {self.fisher!r}; expected unit or empirical")
+        if self.alpha_reference not in ("initial", "current"):
+            raise ValueError(f"unknown alpha_reference {self.alpha_reference!r}; expected initial or current")
         if self.construction not in ("identity", "basis"):
             raise ValueError(f"unknown construction {self.construction!r}; expected identity or basis")
+        if not (isinstance(self.holdout, int | float) and 0 <= self.holdout < 1):
+            raise ValueError(f"holdout must be a fraction in [0, 1), got {self.holdout!r}")
         for name in ("tau", "alpha", "damping", "refine_lr"):
             v = getattr(self, name)
             if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
@@ -307,6 +321,7 @@ class NaturalProposal:
     linearised: float = 0.0  # best linearised (closed-form) score at the site
     origin: str = ""  # "closed form" or "random k"
     notes: list[str] = field(default_factory=list)
+    searched: float | None = None  # the score on the samples it was searched on (when held out)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -314,6 +329,7 @@ class NaturalProposal:
             "kind": self.site.kind,
             "delta_eta": self.delta_eta,
             "score": self.score,
+            "searched_score": self.searched,
             "cost": self.cost,
             "linearised": self.linearised,
             "origin": self.origin,
@@ -441,9 +457,64 @@ def score_sites(state: NaturalState, sites: Iterable[Site]) -> list[NaturalPropo
     return sorted(found, key=lambda p: -p.score)
 
 
-def passes(state: NaturalState, p: NaturalProposal) -> tuple[bool, float, float]:
-    """(grow?, score / eta, score / E||dL/dy||^2) for the when-to-grow test."""
+def split_batch(batch, holdout: float):
+    """(search, check): the first and the last ``holdout`` fraction of ``batch = (inputs, target)``
+    (the growth batch is a random draw); the batch twice when either part would hold fewer than 2
+    samples or ``holdout`` is 0."""
+    x, y = batch
+    n = int(y.shape[0])
+    k = int(round(n * holdout))
+    if k < 2 or n - k < 2:
+        return batch, batch
+
+    def part(sl: slice):
+        xs = tuple(t[sl] for t in x) if isinstance(x, tuple | list) else x[sl]
+        return xs, y[sl]
+
+    return part(slice(0, n - k)), part(slice(n - k, n))
+
+
+def checked_delta_eta(state: NaturalState, p: NaturalProposal) -> float:
+    """Delta eta of a candidate's features (the fan-in or the layer it would insert) on ``state``'s
+    samples: the held-out check of a candidate searched on other samples."""
+    site = p.site
+    with torch.no_grad():
+        if site.kind == "deepen":
+            assert p.basis is not None
+            u, w = site.pair  # type: ignore[misc]
+            shift = p.shift if p.shift is not None else torch.zeros(p.basis.shape[0], dtype=torch.float64)
+            F = _rational_direction(state.post[u] @ p.basis.T + shift)
+            targets: Sequence[str] = (w,)
+        else:
+            assert p.fan_in is not None
+            if site.kind == "widen":
+                sigma = state.activations[site.node]  # type: ignore[index]
+            else:
+                sigma = _frozen(p.activation.build())
+            F = sigma(state.features(site.sources) @ p.fan_in.T)
+            targets = site.targets
+        return float(delta_eta(state, targets, F))
+
+
+def check_candidates(state: NaturalState, found: list[NaturalProposal]) -> list[NaturalProposal]:
+    """The candidates with their Delta eta and score measured again on ``state`` (held-out samples),
+    best first; the search's own score is kept as ``searched``."""
+    checked = []
+    for p in found:
+        d = checked_delta_eta(state, p)
+        if math.isfinite(d):
+            checked.append(dataclasses.replace(p, delta_eta=d, score=d / p.cost, searched=p.score))
+    return sorted(checked, key=lambda p: -p.score)
+
+
+def passes(
+    state: NaturalState, p: NaturalProposal | float, reference: float | None = None
+) -> tuple[bool, float, float]:
+    """(grow?, score / eta, score / reference) for the when-to-grow test, for a candidate or a score;
+    ``reference``: the E||dL/dy||^2 the alpha test divides by (default: the state's own)."""
     s = state.settings
-    rel = p.score / state.eta if state.eta > 0 else math.inf
-    absolute = p.score / state.grad_sq if state.grad_sq > 0 else 0.0
-    return (rel > s.tau and absolute > s.alpha and p.score > 0), rel, absolute
+    score = p if isinstance(p, int | float) else p.score
+    ref = state.grad_sq if reference is None else reference
+    rel = score / state.eta if state.eta > 0 else math.inf
+    absolute = score / ref if ref > 0 else 0.0
+    return (rel > s.tau and absolute > s.alpha and score > 0), rel, absolute

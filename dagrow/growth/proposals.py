@@ -8,12 +8,26 @@ For a site with sources U and targets W, per target w (B_w its feature blocks):
 - ``S_U^{-1/2} N_UW = sum_k lambda_k u_k v_k^T`` (SVD), fan-in ``alpha_k = sqrt(lambda_k) S_U^{-1/2} u_k``
   and fan-out ``omega_k = sqrt(lambda_k) v_k`` (TINY).
 
-New neurons change the targets' pre-activations by ``C_w B_U`` per unit gamma (linearised at 0:
-``C_w = sigma'(0) Omega_w A^T``; an edge: ``C_w = E``). The reported ``first_order_improvement`` is the
-exact first-order loss decrease of the joint change, ``d + sum_w -tr(C_w M_Uw)``, checked against
-finite differences in the tests. When the new features are orthogonal to the targets' existing
-features it equals ``d + sigma'(0) sum_k lambda_k^2`` (DESIGN.md's figure, reported as
-``sum_lambda_sq``); in general the two differ by the overlap ``-sigma'(0) <dW* B_W, Omega A^T B_U>``.
+New neurons added as ``sqrt(gamma) alpha`` (fan-in) and ``sqrt(gamma) omega`` (fan-out) change the
+targets' pre-activations by ``sqrt(gamma) Omega sigma(sqrt(gamma) A^T B_U) = gamma Omega D(A^T B_U) +
+o(gamma)``, with ``D(z) = d/dt sigma(t z)|_{t=0+}`` the one-sided directional derivative at 0
+(:func:`~dagrow.activations.directional_derivative`; sigma(0) = 0 assumed, else a ``sqrt(gamma) Omega
+sigma(0)`` term comes first and the proposal notes it). The reported ``first_order_improvement`` is
+the exact first-order loss decrease of the joint change, ``-dL/dgamma`` at ``0+``:
+
+    d - (1/n) sum_i sum_w g_w(x_i)^T Omega_w D(A^T B_U(x_i))      (an edge: d - tr(E M_uw))
+
+checked against finite differences of the rewritten model in the tests. For a smooth activation
+``D(z) = sigma'(0) z`` and the sum is the moment ``-sigma'(0) <A M_UW, Omega^T>`` of the statistics.
+For an activation with a kink at 0 (relu, relu_grad1, leaky_relu, prelu, selu: the registry's one-sided
+slopes ``sigma'(0-) != sigma'(0+)``) it needs the samples themselves: ``propose`` gives the moment with
+the mean slope and ``first_order_exact = False``, and
+:func:`~dagrow.growth.first_order.exact_first_order` replaces it with the exact figure from one pass
+over the growth batch (the strategies and ``dagrow sites`` do). Function-preserving inits (zero fan-in
+or zero fan-out) gain 0 from their neurons either way. When the new features are orthogonal to the
+targets' existing features and sigma is smooth, the figure equals ``d + sigma'(0) sum_k lambda_k^2``
+(DESIGN.md's, reported beside it as ``sum_lambda_sq``); in general they differ by the overlap
+``-sigma'(0) <dW* B_W, Omega A^T B_U>``.
 
 S^{-1/2} and S^+ come from an eigendecomposition that drops eigenvalues below
 ``numerical_threshold * max eigenvalue``; lambdas with ``lambda^2 < statistical_threshold * Psi_W`` are not
@@ -34,6 +48,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..activations import one_sided_slopes
 from ..features import Geometry, parse_geometry
 from ..graph import SpecGraph, analyze
 from ..sites import Site
@@ -91,6 +106,8 @@ class Proposal:
     sum_lambda_sq: float
     params_added: int
     activation: Any = None
+    slopes: tuple[float, float] = (1.0, 1.0)  # (sigma'(0-), sigma'(0+)) of the new neurons
+    first_order_exact: bool = True  # False: a kink's moment estimate, see exact_first_order
     edge_weight: Tensor | None = None  # edge sites: [width_w, width_u]
     init_score: float | None = None
     skipped: str | None = None
@@ -111,6 +128,8 @@ class Proposal:
             "lambdas": [float(v) for v in self.lambdas],
             "first_order_improvement": self.first_order_improvement,
             "sum_lambda_sq": self.sum_lambda_sq,
+            "first_order_exact": self.first_order_exact,
+            "slopes": list(self.slopes),
             "d": self.d,
             "bottleneck": self.bottleneck,
             "delta_w_norm": self.delta_w_norm,
@@ -146,6 +165,18 @@ def _activation_of(spec: GraphSpec, site: Site) -> Any:
         assert site.node is not None
         return spec.nodes[site.node].activation
     return spec.growth.new_node_activation
+
+
+def _slopes(act: Any, site: Site, weights: Mapping[str, Tensor] | None, sh: Shared) -> tuple[float, float]:
+    """``(sigma'(0-), sigma'(0+))`` of the new neurons' activation: a widened node's with its learnable
+    parameters as trained (from ``weights``), a new node's as the spec builds it."""
+    prefix = f"nodes.{site.node}.activation."
+    params = {k[len(prefix) :]: v for k, v in (weights or {}).items() if k.startswith(prefix)}
+    if site.kind != "widen" or not params:
+        return sh.one_sided(act)
+    module = act.build()
+    module.load_state_dict({k: v.detach().cpu() for k, v in params.items()})
+    return one_sided_slopes(act, module)
 
 
 def _params_added(site: Site, K: int, stats: Statistics) -> int:
@@ -295,10 +326,21 @@ def _propose(
     )
     new = INITS.get(init)(context)
 
-    # the linearised effect per unit gamma is C_w = sigma'(0) Omega_w A^T, and the gain
-    # -sum_w tr(C_w M_Uw) = -sigma'(0) <A M_UW, Omega^T> (one product for all the targets)
+    # smooth: the effect per unit gamma is sigma'(0) Omega_w A^T B_U, and the gain
+    # -sigma'(0) sum_w tr(Omega_w A^T M_Uw) = -sigma'(0) <A M_UW, Omega^T> (one product for all targets);
+    # a kink: the same moment with the mean slope, exact only after exact_first_order (unless the
+    # neurons' fan-in or fan-out is zero, when both are 0)
+    slopes = _slopes(act, site, weights, sh)
     omega = new.omega if new.omega is not None else torch.cat([new.fan_out[w] for w in site.targets], 0)
-    gain = -slope * (float(((new.fan_in @ M_UW) * omega.T).sum()) if omega.shape[1] else 0.0)
+    moment = float(((new.fan_in @ M_UW) * omega.T).sum()) if omega.shape[1] else 0.0
+    gain = -0.5 * (slopes[0] + slopes[1]) * moment
+    exact = slopes[0] == slopes[1] or not (bool(new.fan_in.any()) and bool(omega.any()))
+    notes = list(new.notes)
+    if not exact:
+        notes.append(
+            f"{act.name} has a kink at 0: the first-order figure is the moment with the mean slope until "
+            "exact_first_order evaluates it sample by sample"
+        )
     return Proposal(
         **base,
         neurons=new.neurons,
@@ -311,9 +353,11 @@ def _propose(
         first_order_improvement=d + gain,
         sum_lambda_sq=new.sum_lambda_sq,
         params_added=_params_added(site, new.neurons, stats),
+        slopes=slopes,
+        first_order_exact=exact,
         init_score=new.init_score,
         skipped=new.skipped,
-        notes=new.notes,
+        notes=notes,
     )
 
 
