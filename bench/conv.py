@@ -1,0 +1,206 @@
+"""Cost of conv growth statistics and decisions in units of one training step, measured in one run.
+
+    python bench/conv.py [--batch 256] [--repeat 7] [--warmup 2] [--threads N] [--device cpu] [--norm NORM]
+
+The network (issue 14's): 4 conv layers of 32 channels with 3x3 kernels (stride 1, padding 1) on
+3x16x16 inputs, ReLU, then an average pool over the grid, a flatten and a linear head to 10 classes;
+``--norm batch_norm`` adds ``norm: batch_norm`` to the conv nodes (for a dagrow whose spec takes norms;
+otherwise the spec is refused and the bench says so). Growth: every conv node that can widen (c1,
+c2, c3; c4 feeds the pool and keeps its channels), a new conv node on every conv edge, a new conv edge
+between every pair of image nodes on the grid. A training step is a forward, a backward and an SGD
+step (Adam for the decision, as bench/grow.py) at batch 256.
+
+1. ``stats/train_step``: ``measure()`` of every supported site (``output_factors=False``, as the growth
+   loop), a pass of its own. Target <= 3x.
+2. ``recorded/train_step``: the extra time of a training step that records the same statistics with
+   :class:`dagrow.recorder.Recorder`, (recorded step - step) / step. Target <= 1.5x.
+3. ``decision/train_step``: one whole growth decision, the ``amplitude_factor`` strategy's plan over
+   every site (statistics, proposals, line searches, actions; ``GrowthConfig()`` defaults: init tiny,
+   one neuron). Target <= 20x.
+4. ``memory``: peak memory allocated during the statistics pass over that of a training step, both
+   measured with torch's profiler (``torch.profiler.profile(profile_memory=True)``: the running sum of
+   its allocation and free events, from the start of the call; tensors alive before the call, the
+   model and the batch, are not counted). On CUDA: ``torch.cuda.max_memory_allocated`` above the memory
+   allocated before the call. Target <= 2x.
+5. GroMo 0.1.0: the same statistics with GroMo's conv growing modules, printed as a ratio to dagrow's,
+   when ``gromo`` imports and a comparison is written for it; otherwise a line says it was skipped.
+
+Every time is the median of ``--repeat`` rounds in which the functions alternate (``median_times`` of
+bench/stats.py), so that the ratios survive a machine whose load changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stats import median_times, recorded_step_fn, train_step_fn  # noqa: E402  (bench/stats.py)
+
+import dagrow  # noqa: E402
+from dagrow.config import GrowthConfig  # noqa: E402
+from dagrow.sites import enumerate_sites  # noqa: E402
+from dagrow.spec import SpecError  # noqa: E402
+from dagrow.stats import measure  # noqa: E402
+
+TARGETS = {"stats": 3.0, "recorded": 1.5, "decision": 20.0, "memory": 2.0}
+
+
+def cnn_spec(
+    layers: int = 4, channels: int = 32, size: int = 16, inputs: int = 3, norm: str | None = None
+) -> str:
+    """img [inputs, size, size] -> c1 .. c<layers> (3x3 convs, ReLU) -> avg pool -> flatten -> out 10."""
+    extra = f", norm: {norm}, bias: false" if norm else ""
+    conv = "{type: conv2d, kernel: 3, padding: 1}"
+    names = [f"c{i}" for i in range(1, layers + 1)]
+    chain = ["img", *names]
+    return "\n".join(
+        [
+            "version: 1",
+            f"name: bench_cnn_{layers}x{channels}",
+            f"inputs: {{img: {{shape: [{inputs}, {size}, {size}]}}}}",
+            "nodes:",
+            *(f"  {v}: {{channels: {channels}, activation: relu{extra}}}" for v in names),
+            f"  pool: {{channels: {channels}, bias: false}}",
+            f"  flat: {{width: {channels}, bias: false}}",
+            "  out: {width: 10}",
+            "edges:",
+            *(f"  - {{from: {u}, to: {v}, op: {conv}}}" for u, v in zip(chain, chain[1:], strict=False)),
+            f"  - {{from: {names[-1]}, to: pool, op: {{type: avg_pool, kernel: {size}}}}}",
+            "  - {from: pool, to: flat, op: flatten}",
+            "  - {from: flat, to: out}",
+            "outputs: [out]",
+            "growth: {widen: all, new_nodes: edges, new_edges: all}",
+            "",
+        ]
+    )
+
+
+def peak_bytes(fn, device: str) -> int:
+    """Peak bytes allocated while ``fn`` runs, above what was allocated before it."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = [e for e in prof.events() if e.name == "[memory]"]
+    events.sort(key=lambda e: e.time_range.start)
+    running = peak = 0
+    for e in events:
+        running += e.cpu_memory_usage
+        peak = max(peak, running)
+    return peak
+
+
+def verdict(name: str, ratio: float, detail: str) -> str:
+    target = TARGETS[name]
+    return f"{name}/train_step = {ratio:.2f}x ({detail}) target <= {target:g}x: {'OK' if ratio <= target else 'MISS'}"
+
+
+def gromo_line() -> str:
+    try:
+        import gromo  # noqa: F401
+    except ImportError:
+        return "GroMo 0.1.0: skipped (gromo does not import here; `pip install gromo==0.1.0` to try)"
+    return (
+        "GroMo 0.1.0: skipped (gromo imports, but this bench has no GroMo version of the network yet: "
+        "its conv modules need the network rebuilt as a chain of Conv2dGrowingModule)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--norm", default=None, help="norm of the conv nodes (batch_norm, ...; needs norms in the spec)"
+    )
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    try:
+        spec = dagrow.load_spec(cnn_spec(norm=args.norm))
+    except SpecError as err:
+        sys.exit(f"--norm {args.norm}: this dagrow's spec refuses it ({str(err).splitlines()[0]})")
+    torch.manual_seed(0)
+    model = dagrow.compile(spec, seed=0, device=args.device)
+    x = torch.randn(args.batch, *spec.inputs["img"].shape, device=args.device)
+    y = torch.randint(0, 10, (args.batch,), device=args.device)
+    sites = enumerate_sites(spec, include_unsupported=False)
+    batches = [(x, y)]
+    strategy = GrowthConfig().make_strategy()
+
+    def stats():
+        return measure(model, batches, "cross_entropy", sites=sites, output_factors=False)
+
+    def decide():
+        return strategy.plan(model, (x, y), "cross_entropy", sites)
+
+    decision = decide()
+    print(
+        f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, batch {args.batch}, "
+        f"norm {args.norm or 'none'}"
+    )
+    print(f"{spec.name}: {len(sites)} supported sites: {', '.join(s.id for s in sites)}")
+    print(f"the decision made {decision.figures.get('candidates')} line searches and chose {decision.site}")
+    t = median_times(
+        {
+            "step": train_step_fn(model, x, y),
+            "recorded": recorded_step_fn(model, x, y, sites, output_factors=False),
+            "stats": stats,
+        },
+        args.repeat,
+        args.warmup,
+        sync,
+    )
+    step = t["step"]
+    print(verdict("stats", t["stats"] / step, f"stats {t['stats'] * 1e3:.1f} ms, step {step * 1e3:.1f} ms"))
+    extra = t["recorded"] - step
+    print(verdict("recorded", extra / step, f"extra time of a recording step {extra * 1e3:.1f} ms"))
+    t = median_times(
+        {"step": train_step_fn(model, x, y, torch.optim.Adam), "decision": decide},
+        max(1, args.repeat // 2),
+        1,
+        sync,
+    )
+    print(
+        verdict(
+            "decision",
+            t["decision"] / t["step"],
+            f"decision {t['decision'] * 1e3:.0f} ms, Adam step {t['step'] * 1e3:.1f} ms",
+        )
+    )
+    step_fn = train_step_fn(model, x, y)
+    step_fn()  # the optimizer's state exists before the measured step, as in training
+    peaks = {"stats": peak_bytes(stats, args.device), "step": peak_bytes(step_fn, args.device)}
+    how = (
+        "torch.cuda.max_memory_allocated"
+        if args.device.startswith("cuda")
+        else "torch.profiler profile_memory"
+    )
+    mib = {k: v / 2**20 for k, v in peaks.items()}
+    print(
+        verdict(
+            "memory",
+            peaks["stats"] / max(peaks["step"], 1),
+            f"peak {mib['stats']:.1f} MiB vs {mib['step']:.1f} MiB, {how}",
+        ).replace("memory/train_step", "memory(stats)/memory(train_step)")
+    )
+    print(gromo_line())
+
+
+if __name__ == "__main__":
+    main()
