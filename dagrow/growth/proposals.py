@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..features import Geometry, parse_geometry
 from ..graph import SpecGraph, analyze
 from ..sites import Site
 from ..spec import GraphSpec
@@ -147,10 +148,23 @@ def _activation_of(spec: GraphSpec, site: Site) -> Any:
     return spec.growth.new_node_activation
 
 
+def _fan_out(site: Site, w: str, stats: Statistics) -> int:
+    """Parameters of one new neuron's fan-out into w: w's width, times the kernel's area when the new
+    channel writes through a conv2d edge (the rewrite adds whole kernels, zero but at the centre tap)."""
+    area = 1
+    if site.kind != "widen":  # a grown conv reads the patches of the site's first source
+        geometry = parse_geometry(site.sources[0])
+        area = 1 if geometry is None else geometry.area
+    elif isinstance(stats.spec, GraphSpec):
+        op = stats.spec.edge(site.node, w).op  # type: ignore[arg-type]
+        area = Geometry.of(op).area if op.type == "conv2d" else 1
+    return stats.widths[w] * area
+
+
 def _params_added(site: Site, K: int, stats: Statistics) -> int:
     if site.kind == "edge":
         return stats.dim(site.sources) * stats.widths[site.targets[0]]
-    return K * stats.dim(site.sources) + K * sum(stats.widths[w] for w in site.targets)
+    return K * stats.dim(site.sources) + K * sum(_fan_out(site, w, stats) for w in site.targets)
 
 
 def _above(values: list[float], threshold: float) -> int:
