@@ -103,7 +103,8 @@ def peak_bytes(fn, device: str) -> int:
 
 def verdict(name: str, ratio: float, detail: str) -> str:
     target = TARGETS[name]
-    return f"{name}/train_step = {ratio:.2f}x ({detail}) target <= {target:g}x: {'OK' if ratio <= target else 'MISS'}"
+    ok = "OK" if ratio <= target else "MISS"
+    return f"{name}/train_step = {ratio:.2f}x ({detail}) target <= {target:g}x: {ok}"
 
 
 def gromo_line() -> str:
@@ -151,8 +152,8 @@ def main() -> None:
 
     decision = decide()
     print(
-        f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, batch {args.batch}, "
-        f"norm {args.norm or 'none'}"
+        f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
+        f"batch {args.batch}, norm {args.norm or 'none'}"
     )
     print(f"{spec.name}: {len(sites)} supported sites: {', '.join(s.id for s in sites)}")
     print(f"the decision made {decision.figures.get('candidates')} line searches and chose {decision.site}")

@@ -255,7 +255,8 @@ def _check_growth(spec: GraphSpec) -> list[Problem]:
                         problems.append(
                             Problem(
                                 ("growth", key, i),
-                                f"cannot deepen {u}->{w}: it {what} (deepen takes existing linear or conv2d edges)",
+                                f"cannot deepen {u}->{w}: it {what} "
+                                "(deepen takes existing linear or conv2d edges)",
                             )
                         )
     return problems

@@ -49,7 +49,7 @@ def test_sites_of_the_resnet_list_image_sites_and_the_tied_nodes_with_their_reas
     }
     for name in doc["growable"]:
         assert sites[name]["lambdas"] and sites[name]["skipped"] is None
-    # two new channels of a1: 2 x (8 x 3 x 3 + 1) in, 2 x 8 x 3 x 3 out (whole kernels, zero but at the centre)
+    # two new channels of a1: 2 x (8 x 3 x 3 + 1) in, 2 x 8 x 3 x 3 out (whole kernels, zero off centre)
     assert sites["widen:a1"]["params_added"] == sites["node:stem->b1"]["params_added"] == 2 * 73 + 2 * 72
     assert sites["edge:img->b1"]["params_added"] == 1 * 9 * 8
     assert (

@@ -264,8 +264,8 @@ def test_bars_noise_is_added_to_the_same_bars():
 
 
 def test_a_small_cnn_learns_bars_far_above_chance():
-    """specs/cnn_bars.yaml trained 100 Adam steps of 32 samples: test accuracy well above chance (0.25), and above a
-    linear model trained the same way (the class is a local pattern at a random place)."""
+    """specs/cnn_bars.yaml trained 100 Adam steps of 32 samples: test accuracy well above chance (0.25),
+    and above a linear model trained the same way (the class is a local pattern at a random place)."""
     import dagrow
 
     task = make_task("bars", n=1000, seed=0)

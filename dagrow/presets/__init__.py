@@ -9,8 +9,8 @@ tests/test_compare.py. The seeds are in the shared design folder (seeds/README.m
 
 One module per preset, each with ``build(quick)`` and ``claims(rows)``: :mod:`.regression1d`,
 :mod:`.sin50_depth`, :mod:`.sin50_init`, :mod:`.teacher_student`, :mod:`.digits`, :mod:`.narrow` (its
-own runner), :mod:`.senn` and :mod:`.digits_cnn`; :mod:`.common` holds what they share (the chain-MLP spec, the sin50
-setting, the claim helpers). Importing this package registers them all, in this order.
+own runner), :mod:`.senn` and :mod:`.digits_cnn`; :mod:`.common` holds what they share (the chain-MLP
+spec, the sin50 setting, the claim helpers). Importing this package registers them all, in this order.
 """
 
 from __future__ import annotations
