@@ -347,8 +347,8 @@ class Accumulator:
         of ``n`` samples (or one chunk of it); the flat constant "1" only with ``flat``."""
         # one product per block: no concatenated copy of the features, and each accumulator is
         # updated in place (addmm_) after the first batch
-        device = next(iter(z.values()), next(iter(g.values()), None))
-        device = device.device if device is not None else None
+        some = next(iter(z.values()), next(iter(g.values()), None))
+        device = some.device if some is not None else None
         for s in [ONE, *z] if flat else list(z):
             for p in self.partners[s]:
                 if p == ONE:  # only s == ONE pairs with ONE (it ranks lowest)

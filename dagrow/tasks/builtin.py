@@ -191,9 +191,9 @@ def bars(
     # a bar at angle theta runs along (row, column) = (-sin theta, cos theta): 45 degrees rises to the right
     rows = np.rint(centre[:, :1] - t * np.sin(angle)[:, None]).astype(np.int64).clip(0, size - 1)
     cols = np.rint(centre[:, 1:] + t * np.cos(angle)[:, None]).astype(np.int64).clip(0, size - 1)
-    x = np.zeros((n, size, size), dtype=np.float64)
-    x[np.arange(n)[:, None], rows, cols] = 1.0
-    x = (x + noise * rng.standard_normal((n, size, size))).astype(np.float32)[:, None]
+    bars_only = np.zeros((n, size, size), dtype=np.float64)
+    bars_only[np.arange(n)[:, None], rows, cols] = 1.0
+    x = (bars_only + noise * rng.standard_normal((n, size, size))).astype(np.float32)[:, None]
     return TaskData(
         x,
         y,
