@@ -32,6 +32,7 @@ bench/stats.py), so that the ratios survive a machine whose load changes.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -42,9 +43,11 @@ from stats import median_times, recorded_step_fn, train_step_fn  # noqa: E402  (
 
 import dagrow  # noqa: E402
 from dagrow.config import GrowthConfig  # noqa: E402
+from dagrow.features import Geometry, feature_grid, feature_width, is_one, patch_feature  # noqa: E402
+from dagrow.graph import analyze  # noqa: E402
 from dagrow.sites import enumerate_sites  # noqa: E402
 from dagrow.spec import SpecError  # noqa: E402
-from dagrow.stats import measure  # noqa: E402
+from dagrow.stats import measure, requirements  # noqa: E402
 
 TARGETS = {"stats": 3.0, "recorded": 1.5, "decision": 20.0, "memory": 2.0}
 
@@ -77,6 +80,42 @@ def cnn_spec(
             "",
         ]
     )
+
+
+def arithmetic_floor(spec, sites) -> tuple[float, float]:
+    """Multiply-adds per sample of the statistics (a separate pass: forward, input gradients, one
+    product per block; recorded: the products a training step does not already make) over those of a
+    training step (forward, input and weight gradients of every parametric edge)."""
+    sg = analyze(spec)
+    shapes = {v: tuple(s) for v, s in sg.shapes.items()}
+
+    def rows(feature: str) -> int:
+        grid = feature_grid(feature, shapes)
+        return 1 if grid is None else grid[0] * grid[1]
+
+    def edge_cost(e) -> int:
+        if e.op.type == "conv2d":
+            out = shapes[e.target]
+            return out[0] * out[1] * out[2] * shapes[e.source][0] * Geometry.of(e.op).area
+        if e.op.type == "linear":
+            return math.prod(shapes[e.source]) * math.prod(shapes[e.target])
+        return 0
+
+    layers = sum(edge_cost(e) for e in spec.edges)
+    backward = sum(edge_cost(e) for e in spec.edges if e.source not in spec.inputs)
+    req = requirements(spec, sites, output_factors=False)
+    width = {f: feature_width(f, shapes) for pair in req.pairs | req.grads for f in pair if f not in shapes}
+    width |= {v: shapes[v][0] if len(shapes[v]) == 3 else math.prod(shapes[v]) for v in shapes}
+    canonical = {tuple(sorted(p)) for p in req.pairs}
+    blocks = sum(rows(a) * width[a] * width[b] for a, b in canonical if not (is_one(a) or is_one(b)))
+    grads = {(s, w): rows(s) * width[s] * width[w] for s, w in req.grads if not is_one(s)}
+    own = {
+        (patch_feature(e.source, Geometry.of(e.op)), e.target) for e in spec.edges if e.op.type == "conv2d"
+    }
+    own |= {(e.source, e.target) for e in spec.edges if e.op.type == "linear"}
+    separate = (layers + backward + blocks + sum(grads.values())) / (3 * layers)
+    recorded = (blocks + sum(c for k, c in grads.items() if k not in own)) / (3 * layers)
+    return separate, recorded
 
 
 def peak_bytes(fn, device: str) -> int:
@@ -171,6 +210,11 @@ def main() -> None:
     print(verdict("stats", t["stats"] / step, f"stats {t['stats'] * 1e3:.1f} ms, step {step * 1e3:.1f} ms"))
     extra = t["recorded"] - step
     print(verdict("recorded", extra / step, f"extra time of a recording step {extra * 1e3:.1f} ms"))
+    separate, recorded = arithmetic_floor(spec, sites)
+    print(
+        f"floor: {separate:.2f}x separate pass, {recorded:.2f}x recorded (multiply-adds of the statistics "
+        "/ of a training step: the patch covariances cost (C k^2)^2 per position, a conv C_out C k^2)"
+    )
     t = median_times(
         {"step": train_step_fn(model, x, y, torch.optim.Adam), "decision": decide},
         max(1, args.repeat // 2),
