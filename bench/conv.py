@@ -17,11 +17,12 @@ step (Adam for the decision, as bench/grow.py) at batch 256.
 3. ``decision/train_step``: one whole growth decision, the ``amplitude_factor`` strategy's plan over
    every site (statistics, proposals, line searches, actions; ``GrowthConfig()`` defaults: init tiny,
    one neuron). Target <= 20x.
-4. ``memory``: peak memory allocated during the statistics pass over that of a training step, both
-   measured with torch's profiler (``torch.profiler.profile(profile_memory=True)``: the running sum of
-   its allocation and free events, from the start of the call; tensors alive before the call, the
-   model and the batch, are not counted). On CUDA: ``torch.cuda.max_memory_allocated`` above the memory
-   allocated before the call. Target <= 2x.
+4. ``memory``: how far the statistics pass raises the peak memory over how far a training step does.
+   On CPU: each runs once in a fresh process (this script with ``--memory-child``) after the network
+   and the batch are built, and the figure is the rise of the process's peak resident memory
+   (``resource.getrusage().ru_maxrss``; large tensors are mmapped by glibc, so their memory is
+   returned when freed). On CUDA: ``torch.cuda.max_memory_allocated`` above the memory allocated
+   before the call. Target <= 2x.
 5. GroMo 0.1.0: the same statistics with GroMo's conv growing modules, printed as a ratio to dagrow's,
    when ``gromo`` imports and a comparison is written for it; otherwise a line says it was skipped.
 
@@ -119,25 +120,53 @@ def arithmetic_floor(spec, sites) -> tuple[float, float]:
 
 
 def peak_bytes(fn, device: str) -> int:
-    """Peak bytes allocated while ``fn`` runs, above what was allocated before it."""
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
-    from torch.profiler import ProfilerActivity, profile
+    """Peak bytes allocated while ``fn`` runs, above what was allocated before it (CUDA)."""
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = [e for e in prof.events() if e.name == "[memory]"]
-    events.sort(key=lambda e: e.time_range.start)
-    running = peak = 0
-    for e in events:
-        running += e.cpu_memory_usage
-        peak = max(peak, running)
-    return peak
+
+def rss_child(what: str, args) -> None:
+    """In a fresh process: build the network and the batch, then run ``what`` (stats or step) once and
+    print how far it raised the process's peak resident memory (ru_maxrss, bytes)."""
+    import resource
+
+    spec, model, x, y = setting(args)
+    sites = enumerate_sites(spec, include_unsupported=False)
+    fn = (
+        (lambda: measure(model, [(x, y)], "cross_entropy", sites=sites, output_factors=False))
+        if what == "stats"
+        else train_step_fn(model, x, y)
+    )
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fn()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print((after - before) * 1024)  # KiB on Linux
+
+
+def peak_rss(what: str, args) -> int:
+    import subprocess
+
+    argv = [sys.executable, __file__, "--memory-child", what, "--batch", str(args.batch)]
+    argv += ["--threads", str(args.threads)] if args.threads else []
+    argv += ["--norm", args.norm] if args.norm else []
+    done = subprocess.run(argv, capture_output=True, text=True, check=True)
+    return int(done.stdout.strip().splitlines()[-1])
+
+
+def setting(args):
+    try:
+        spec = dagrow.load_spec(cnn_spec(norm=args.norm))
+    except SpecError as err:
+        sys.exit(f"--norm {args.norm}: this dagrow's spec refuses it ({str(err).splitlines()[0]})")
+    torch.manual_seed(0)
+    model = dagrow.compile(spec, seed=0, device=args.device)
+    x = torch.randn(args.batch, *spec.inputs["img"].shape, device=args.device)
+    y = torch.randint(0, 10, (args.batch,), device=args.device)
+    return spec, model, x, y
 
 
 def verdict(name: str, ratio: float, detail: str) -> str:
@@ -167,18 +196,15 @@ def main() -> None:
     parser.add_argument(
         "--norm", default=None, help="norm of the conv nodes (batch_norm, ...; needs norms in the spec)"
     )
+    parser.add_argument("--memory-child", choices=["stats", "step"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
-    try:
-        spec = dagrow.load_spec(cnn_spec(norm=args.norm))
-    except SpecError as err:
-        sys.exit(f"--norm {args.norm}: this dagrow's spec refuses it ({str(err).splitlines()[0]})")
-    torch.manual_seed(0)
-    model = dagrow.compile(spec, seed=0, device=args.device)
-    x = torch.randn(args.batch, *spec.inputs["img"].shape, device=args.device)
-    y = torch.randint(0, 10, (args.batch,), device=args.device)
+    if args.memory_child:
+        rss_child(args.memory_child, args)
+        return
+    spec, model, x, y = setting(args)
     sites = enumerate_sites(spec, include_unsupported=False)
     batches = [(x, y)]
     strategy = GrowthConfig().make_strategy()
@@ -228,22 +254,24 @@ def main() -> None:
             f"decision {t['decision'] * 1e3:.0f} ms, Adam step {t['step'] * 1e3:.1f} ms",
         )
     )
-    step_fn = train_step_fn(model, x, y)
-    step_fn()  # the optimizer's state exists before the measured step, as in training
-    peaks = {"stats": peak_bytes(stats, args.device), "step": peak_bytes(step_fn, args.device)}
-    how = (
-        "torch.cuda.max_memory_allocated"
-        if args.device.startswith("cuda")
-        else "torch.profiler profile_memory"
-    )
+    if args.device.startswith("cuda"):
+        step_fn = train_step_fn(model, x, y)
+        step_fn()  # the optimizer's state exists before the measured step, as in training
+        peaks = {"stats": peak_bytes(stats, args.device), "step": peak_bytes(step_fn, args.device)}
+        how = "torch.cuda.max_memory_allocated above the memory allocated before the call"
+    else:
+        peaks = {k: peak_rss(k, args) for k in ("stats", "step")}
+        how = "peak resident memory (ru_maxrss) of a fresh process, raised by one call"
     mib = {k: v / 2**20 for k, v in peaks.items()}
-    print(
-        verdict(
+    if peaks["step"] <= 0:
+        print(f"memory: not measured (the training step raised the peak by {mib['step']:.1f} MiB; {how})")
+    else:
+        line = verdict(
             "memory",
-            peaks["stats"] / max(peaks["step"], 1),
-            f"peak {mib['stats']:.1f} MiB vs {mib['step']:.1f} MiB, {how}",
-        ).replace("memory/train_step", "memory(stats)/memory(train_step)")
-    )
+            peaks["stats"] / peaks["step"],
+            f"{mib['stats']:.1f} MiB vs {mib['step']:.1f} MiB, {how}",
+        )
+        print(line.replace("memory/train_step", "memory(stats)/memory(train_step)"))
     print(gromo_line())
 
 
