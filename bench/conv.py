@@ -18,8 +18,8 @@ step (Adam for the decision, as bench/grow.py) at batch 256.
    every site (statistics, proposals, line searches, actions; ``GrowthConfig()`` defaults: init tiny,
    one neuron). Target <= 20x.
 4. ``memory``: how far the statistics pass raises the peak memory over how far a training step does.
-   On CPU: each runs once in a fresh process (this script with ``--memory-child``) after the network
-   and the batch are built, and the figure is the rise of the process's peak resident memory
+   On CPU: each runs once in a fresh process (this script with ``--memory-child``; three processes,
+   the median) after the network and the batch are built, and the figure is the rise of the process's peak resident memory
    (``resource.getrusage().ru_maxrss``; large tensors are mmapped by glibc, so their memory is
    returned when freed). On CUDA: ``torch.cuda.max_memory_allocated`` above the memory allocated
    before the call. Target <= 2x.
