@@ -19,10 +19,11 @@ step (Adam for the decision, as bench/grow.py) at batch 256.
    one neuron). Target <= 20x.
 4. ``memory``: how far the statistics pass raises the peak memory over how far a training step does.
    On CPU: each runs once in a fresh process (this script with ``--memory-child``; three processes,
-   the median) after the network and the batch are built, and the figure is the rise of the process's peak resident memory
-   (``resource.getrusage().ru_maxrss``; large tensors are mmapped by glibc, so their memory is
-   returned when freed). On CUDA: ``torch.cuda.max_memory_allocated`` above the memory allocated
-   before the call. Target <= 2x.
+   the median) after the network and the batch are built; the figure is the peak resident memory
+   during the call above the resident memory before it (Linux: the peak is reset through
+   ``/proc/self/clear_refs`` and read as ``VmHWM``; glibc mmaps large tensors, so freed memory
+   leaves the process; ``ru_maxrss`` alone kept the peak of the imports). On CUDA:
+   ``torch.cuda.max_memory_allocated`` above the memory allocated before the call. Target <= 2x.
 5. GroMo 0.1.0: the same statistics with GroMo's conv growing modules, printed as a ratio to dagrow's,
    when ``gromo`` imports and a comparison is written for it; otherwise a line says it was skipped.
 
@@ -129,11 +130,15 @@ def peak_bytes(fn, device: str) -> int:
     return torch.cuda.max_memory_allocated() - base
 
 
-def rss_child(what: str, args) -> None:
-    """In a fresh process: build the network and the batch, then run ``what`` (stats or step) once and
-    print how far it raised the process's peak resident memory (ru_maxrss, bytes)."""
-    import resource
+def _status_kib(key: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
 
+
+def rss_child(what: str, args) -> None:
+    """In a fresh process: build the network and the batch, reset the peak resident memory (Linux:
+    ``/proc/self/clear_refs``), run ``what`` (stats or step) once and print how far the peak (VmHWM)
+    rose above the resident memory before the call, in bytes."""
     spec, model, x, y = setting(args)
     sites = enumerate_sites(spec, include_unsupported=False)
     fn = (
@@ -141,10 +146,11 @@ def rss_child(what: str, args) -> None:
         if what == "stats"
         else train_step_fn(model, x, y)
     )
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # VmHWM := VmRSS
+    before = _status_kib("VmRSS")
     fn()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print((after - before) * 1024)  # KiB on Linux
+    print((_status_kib("VmHWM") - before) * 1024)
 
 
 def peak_rss(what: str, args) -> int:
@@ -154,7 +160,7 @@ def peak_rss(what: str, args) -> int:
     argv += ["--threads", str(args.threads)] if args.threads else []
     argv += ["--norm", args.norm] if args.norm else []
     rises = []
-    for _ in range(3):  # the median of three fresh processes (one of them once read 0 on a loaded machine)
+    for _ in range(3):  # the median of three fresh processes
         done = subprocess.run(argv, capture_output=True, text=True, check=True)
         rises.append(int(done.stdout.strip().splitlines()[-1]))
     return sorted(rises)[1]
@@ -264,7 +270,7 @@ def main() -> None:
         how = "torch.cuda.max_memory_allocated above the memory allocated before the call"
     else:
         peaks = {k: peak_rss(k, args) for k in ("stats", "step")}
-        how = "peak resident memory (ru_maxrss) of a fresh process, raised by one call"
+        how = "rise of the peak resident memory (VmHWM) of a fresh process over one call"
     mib = {k: v / 2**20 for k, v in peaks.items()}
     if peaks["step"] <= 0:
         print(f"memory: not measured (the training step raised the peak by {mib['step']:.1f} MiB; {how})")
