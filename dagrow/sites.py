@@ -273,6 +273,10 @@ def _pair_reason(sg: SpecGraph, kind: str, u: str, w: str) -> str | None:
         return f"{u}->{w} already exists"
     if kind == "deepen" and not (sg.dag.has_edge(u, w) and spec.edge(u, w).op.type == op):
         return f"deepen needs an existing {op} edge {u}->{w}"
+    size = sg.shapes[u][0]  # a flat node's width or an image node's channels
+    if kind == "deepen" and size > spec.growth.max_width:  # the identity block copies u's size
+        limit = spec.growth.max_width
+        return f"deepening {u}->{w} adds a node of {u}'s size {size}, more than max_width {limit}"
     if op == "conv2d" and kind != "deepen" and node_grid(sg.shapes[u]) != node_grid(sg.shapes[w]):
         return (
             f"{u} ({sg.shapes[u][1]}x{sg.shapes[u][2]}) and {w} ({sg.shapes[w][1]}x{sg.shapes[w][2]}) are "

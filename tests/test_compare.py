@@ -167,10 +167,11 @@ HOLDS = {
     "digits": ["growth beats the static starting net"],
     "narrow": ["mirrored initialisation outputs 0"],
     "senn": [],
+    "digits-cnn": [],
 }
 
 
-SLOW_QUICK = {"digits", "sin50-depth", "senn"}  # 10-25 s each on the shared 2-core machine
+SLOW_QUICK = {"digits", "sin50-depth", "senn", "digits-cnn"}  # 10-25 s each on the shared 2-core machine
 
 
 @pytest.mark.parametrize(

@@ -53,7 +53,16 @@ def test_preset_contract(name):
 
 
 def test_registry_order_and_names():
-    expected = ["regression1d", "sin50-depth", "sin50-init", "teacher-student", "digits", "narrow", "senn"]
+    expected = [
+        "regression1d",
+        "sin50-depth",
+        "sin50-init",
+        "teacher-student",
+        "digits",
+        "narrow",
+        "senn",
+        "digits-cnn",
+    ]
     assert list_presets() == expected == list(PRESETS)
 
 

@@ -470,6 +470,35 @@ def test_widen_respects_max_width():
     assert p.neurons == 1
 
 
+def test_deepening_is_refused_when_the_identity_block_would_pass_max_width():
+    """Deepening u->w inserts a node of u's size (width or channels); above max_width the grown spec
+    would be invalid, so the site says why instead of failing in the rewrite."""
+    spec = dagrow.load_spec("""
+version: 1
+inputs: {x: {shape: [8]}, img: {shape: [5, 4, 4]}}
+nodes:
+  h: {width: 4, activation: relu}
+  c: {channels: 3, activation: relu}
+  d: {channels: 2, activation: relu}
+  f: {width: 32, bias: false}
+  out: {width: 2}
+edges:
+  - {from: x, to: h}
+  - {from: img, to: c, op: {type: conv2d, kernel: 3, padding: 1}}
+  - {from: c, to: d, op: {type: conv2d, kernel: 3, padding: 1}}
+  - {from: d, to: f, op: flatten}
+  - {from: f, to: out}
+  - {from: h, to: out}
+outputs: [out]
+growth: {widen: [h], deepen: all, new_nodes: none, max_width: 4}
+""")
+    sites = {s.id: s for s in enumerate_sites(spec) if s.kind == "deepen"}
+    for refused, size in (("deepen:x->h", 8), ("deepen:img->c", 5), ("deepen:f->out", 32)):
+        assert not sites[refused].supported
+        assert f"size {size}, more than max_width 4" in str(sites[refused].reason)
+    assert sites["deepen:c->d"].supported and sites["deepen:h->out"].supported  # 3 and 4 <= 4
+
+
 def test_a_new_node_beside_an_existing_edge_has_no_direction_by_construction():
     """For a pair (u, w) whose u already feeds w, N_UW = -(1/n) sum B_u Vperp_w^T = 0 by the normal
     equations of dW*_w; a pair that skips a node has a direction. The reason says which case it is."""

@@ -9,15 +9,15 @@ tests/test_compare.py. The seeds are in the shared design folder (seeds/README.m
 
 One module per preset, each with ``build(quick)`` and ``claims(rows)``: :mod:`.regression1d`,
 :mod:`.sin50_depth`, :mod:`.sin50_init`, :mod:`.teacher_student`, :mod:`.digits`, :mod:`.narrow` (its
-own runner) and :mod:`.senn`; :mod:`.common` holds what they share (the chain-MLP spec, the sin50
-setting, the claim helpers). Importing this package registers them all, in this order.
+own runner), :mod:`.senn` and :mod:`.digits_cnn`; :mod:`.common` holds what they share (the chain-MLP
+spec, the sin50 setting, the claim helpers). Importing this package registers them all, in this order.
 """
 
 from __future__ import annotations
 
 # registration order: the order in which the CLI's help and docs/results.md list the presets
 # isort: off
-from . import regression1d, sin50_depth, sin50_init, teacher_student, digits, narrow, senn
+from . import regression1d, sin50_depth, sin50_init, teacher_student, digits, narrow, senn, digits_cnn
 
 # isort: on
 from .common import Rows, mlp
@@ -29,6 +29,7 @@ __all__ = [
     "Preset",
     "Rows",
     "digits",
+    "digits_cnn",
     "list_presets",
     "make_preset",
     "mlp",

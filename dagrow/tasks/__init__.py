@@ -4,7 +4,7 @@
   (:data:`TASKS`, :func:`register_task`, :func:`list_tasks`, :func:`task_info`), :func:`make_task`
   and :func:`fit_task`;
 - :mod:`dagrow.tasks.builtin`: the built-in generators (sin50, teacher_student, regression1d, moons,
-  digits, multisin), registered on import;
+  digits, multisin, bars), registered on import;
 - :mod:`dagrow.tasks.readers`: :func:`load_data` for ``.npz`` and ``.csv`` files;
 - :mod:`dagrow.tasks.catalog`: :func:`task_card` (what a task is), :func:`fitting_specs` and
   :func:`parse_task_options` (``--task-option KEY=VALUE``).
@@ -16,7 +16,7 @@ indices) for classification, float32 ``[n, output_dim]`` for regression.
 
 from __future__ import annotations
 
-from .builtin import digits, moons, multisin, regression1d, sin50, teacher_student
+from .builtin import bars, digits, moons, multisin, regression1d, sin50, teacher_student
 from .catalog import TaskCard, card_of, fitting_specs, parse_task_options, task_card
 from .core import (
     DEFAULT_FRACTIONS,
@@ -52,6 +52,7 @@ __all__ = [
     "TaskData",
     "TaskCard",
     "TaskInfo",
+    "bars",
     "build_task",
     "card_of",
     "check_seed",

@@ -2,7 +2,7 @@
 
 Each builder is ``builder(rng, n=default, *, option=default, ...) -> TaskData`` with ``rng`` a seeded
 ``np.random.Generator`` (see dagrow/tasks/core.py): sin50, teacher_student, regression1d, moons,
-digits, multisin. Inputs are cast to float32 before the targets are computed (in float64), so every
+digits, multisin, bars. Inputs are cast to float32 before the targets are computed (in float64), so every
 target is an exact function of the stored x.
 """
 
@@ -15,7 +15,7 @@ import torch
 
 from .core import TaskData, register_task
 
-__all__ = ["digits", "moons", "multisin", "regression1d", "sin50", "teacher_student"]
+__all__ = ["bars", "digits", "moons", "multisin", "regression1d", "sin50", "teacher_student"]
 
 
 def _positive(name: str, value: int) -> int:
@@ -158,4 +158,47 @@ def multisin(rng: np.random.Generator, n: int = 1000, *, in_dim: int = 4, out_di
         y,
         "regression",
         f"multisin: y_d = sum_i sin((i+1) x_i + d), x ~ N(0, I_{in_dim}), {out_dim} outputs; {n} samples",
+    )
+
+
+@register_task("bars")
+def bars(
+    rng: np.random.Generator, n: int = 2000, *, size: int = 16, classes: int = 4, noise: float = 0.3
+) -> TaskData:
+    """Image classes: the orientation of one bar at a random place in a noisy 16x16 image.
+
+    x ``[n, 1, size, size]``: a one-pixel-wide bar of value 1 on a background of 0, plus Gaussian
+    noise of standard deviation ``noise``. Class k (k = 0 .. classes - 1) is a bar at angle
+    k * 180 / classes degrees (4 classes: horizontal, 45 degrees, vertical, 135 degrees), of random
+    length (uniform between size / 4 and size / 2 pixels) centred at a random point of the central
+    half of the image, so the class is a local pattern at an unknown place: a convolution sees it
+    wherever it is, a linear model on the pixels does not. The classes are balanced (n % classes
+    samples are spread over the first classes). Pixels are the rounded points of the segment, 4 per
+    pixel of length.
+    """
+    _positive("size", size)
+    _positive("classes", classes)
+    if size < 8:
+        raise ValueError(f"size must be at least 8 (a bar needs room), got {size}")
+    if not noise >= 0:
+        raise ValueError(f"noise must be non-negative, got {noise!r}")
+    y = rng.permutation(np.arange(n) % classes)
+    angle = y * (math.pi / classes)
+    length = rng.uniform(size / 4, size / 2, n)
+    centre = rng.uniform(size / 4, 3 * size / 4 - 1, (n, 2))  # (row, column)
+    steps = 4 * size
+    t = np.linspace(-0.5, 0.5, steps + 1)[None, :] * length[:, None]  # [n, steps + 1]
+    # a bar at angle theta runs along (row, column) = (-sin theta, cos theta): 45 degrees rises to the right
+    rows = np.rint(centre[:, :1] - t * np.sin(angle)[:, None]).astype(np.int64).clip(0, size - 1)
+    cols = np.rint(centre[:, 1:] + t * np.cos(angle)[:, None]).astype(np.int64).clip(0, size - 1)
+    bars_only = np.zeros((n, size, size), dtype=np.float64)
+    bars_only[np.arange(n)[:, None], rows, cols] = 1.0
+    x = (bars_only + noise * rng.standard_normal((n, size, size))).astype(np.float32)[:, None]
+    return TaskData(
+        x,
+        y,
+        "classification",
+        f"bars: {size}x{size} images of one bar in {classes} orientations (0 to 180 degrees), random "
+        f"length and place, Gaussian noise {noise}; {n} samples",
+        output_dim=classes,
     )
