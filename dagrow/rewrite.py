@@ -103,6 +103,7 @@ class UpdateWeights(Action):
         for name, delta in self.deltas.items():
             _require(name in weights, f"update_weights: no parameter {name!r}")
             w = weights[name]
+            _require(w.is_floating_point(), f"update_weights: {name} is a counter ({w.dtype}), not a weight")
             _require(
                 tuple(w.shape) == tuple(delta.shape),
                 f"update_weights: {name} has shape {list(w.shape)}, delta {list(delta.shape)}",

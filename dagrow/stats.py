@@ -126,7 +126,15 @@ class Statistics:
         return self.loss_sum / self.n
 
     def dim(self, sources: Sequence[str]) -> int:
-        return sum(1 if s == ONE else self.widths[s] for s in sources)
+        return sum(self._width(s) for s in sources)
+
+    def _width(self, s: str) -> int:
+        """A feature's width: measured, or (a site that was not measured) from the spec's shapes."""
+        if s == ONE:
+            return 1
+        if s not in self.widths:
+            self.widths[s] = feature_width(s, analyze(self.spec).shapes)  # type: ignore[arg-type]
+        return self.widths[s]
 
     def _pair(self, x: str, y: str) -> Tensor:
         if (x, y) in self.pair_sums:

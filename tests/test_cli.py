@@ -68,7 +68,7 @@ def test_validate_prints_one_summary_line_per_spec():
     result = run("validate", *SPECS)
     lines = result.stdout.splitlines()
     assert len(lines) == len(SPECS)
-    assert lines[1] == f"{DAG}: ok: dag-skip: 1 input, 4 nodes, 6 edges, 121 parameters"
+    assert lines[SPECS.index(DAG)] == f"{DAG}: ok: dag-skip: 1 input, 4 nodes, 6 edges, 121 parameters"
     for path, line in zip(SPECS, lines, strict=True):
         assert line.startswith(f"{path}: ok: ")
         assert all(word in line for word in ("input", "nodes", "edges", "parameters"))

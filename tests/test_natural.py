@@ -582,6 +582,7 @@ def test_a_sample_with_zero_output_gradient_keeps_the_unit_fisher_finite():
 # --------------------------------------------------------------------------------------------------
 
 QUICK_SETTINGS = {"candidates": 2, "refine_steps": 3}
+SAME_BATCH = {**QUICK_SETTINGS, "holdout": 0.0}
 
 
 @pytest.mark.parametrize("reference", ["initial", "current"])
@@ -633,8 +634,9 @@ def test_a_deepening_that_does_not_raise_eta_when_inserted_is_rejected_for_good(
     inserts it only when eta of the grown network, on the same batch, rose by enough to pass the same
     test; otherwise the site is remembered (strategy state, saved in checkpoints) and never scored again."""
     spec, model, x, y = tiny(DEEPEN_ONLY, n=40)
+    # holdout 0: the strategy searches and checks on the whole batch, as the brute force below does
     sites = [s for s in enumerate_sites(spec) if s.supported]
-    probe = Natural(settings=NaturalSettings(tau=0.0, alpha=0.0, **QUICK_SETTINGS))
+    probe = Natural(settings=NaturalSettings(tau=0.0, alpha=0.0, **SAME_BATCH))
     ev = probe.evaluate(model, (x, y), "mse", sites)
     (p,) = ev.proposals
     assert p.site.id == "deepen:x->h"
@@ -648,8 +650,8 @@ def test_a_deepening_that_does_not_raise_eta_when_inserted_is_rejected_for_good(
     assert realised < predicted
     between = math.sqrt(max(realised, 1e-12) * predicted)
 
-    eager = Natural(settings=NaturalSettings(tau=min(realised, predicted) / 2, alpha=0.0, **QUICK_SETTINGS))
-    if realised > 0:
+    if realised > 0:  # (the insertion can even lower eta: then no tau accepts it)
+        eager = Natural(settings=NaturalSettings(tau=min(realised, predicted) / 2, alpha=0.0, **SAME_BATCH))
         accepted = eager.plan(model, (x, y), "mse", sites)
         assert (
             accepted.grows
@@ -657,7 +659,7 @@ def test_a_deepening_that_does_not_raise_eta_when_inserted_is_rejected_for_good(
             and eager.state_dict()["rejected_deepenings"] == []
         )
 
-    strict = Natural(settings=NaturalSettings(tau=between, alpha=0.0, **QUICK_SETTINGS))
+    strict = Natural(settings=NaturalSettings(tau=between, alpha=0.0, **SAME_BATCH))
     refused = strict.plan(model, (x, y), "mse", sites)
     assert not refused.grows and "will not be proposed again" in refused.reason
     (rejected,) = refused.figures["rejected_deepenings"]
@@ -672,7 +674,7 @@ def test_a_deepening_that_does_not_raise_eta_when_inserted_is_rejected_for_good(
     assert not later.grows and later.scores == [] and later.figures["rejected_deepenings"] == []
 
     # the memory travels with the state: a fresh strategy loaded with it skips the site too
-    restored = Natural(settings=NaturalSettings(tau=0.0, alpha=0.0, **QUICK_SETTINGS))
+    restored = Natural(settings=NaturalSettings(tau=0.0, alpha=0.0, **SAME_BATCH))
     restored.load_state_dict(json.loads(json.dumps(strict.state_dict())))
     assert restored.plan(model, (x, y), "mse", sites).scores == []
     with pytest.raises(ValueError, match="unknown fields"):

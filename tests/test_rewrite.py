@@ -72,7 +72,9 @@ def candidate_actions(spec, weights, gamma: float, seed: int = 0) -> list:
     def rnd(*shape):
         return torch.randn(tuple(shape), generator=gen, dtype=torch.float64)
 
-    acts: list = [UpdateWeights({k: rnd(*v.shape) for k, v in weights.items()}, gamma)]
+    acts: list = [
+        UpdateWeights({k: rnd(*v.shape) for k, v in weights.items() if v.is_floating_point()}, gamma)
+    ]
     for h in spec.nodes:
         if h in spec.outputs or any(e.op.type != "linear" for e in sg.in_edges(h) + sg.out_edges(h)):
             continue

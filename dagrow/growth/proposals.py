@@ -40,6 +40,7 @@ eigendecompositions of S_U, the SVDs of S_U^{-1/2} N_UW) from :class:`~dagrow.gr
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -212,6 +213,12 @@ def _above(values: list[float], threshold: float) -> int:
     return count
 
 
+DEEPEN_BY_NATURAL = (
+    "deepen sites are grown by the natural strategy, which scores the identity block by its natural "
+    "gain (the figures here are those of a new node on the same pair)"
+)
+
+
 def propose(
     stats: Statistics,
     site: Site,
@@ -237,7 +244,10 @@ def propose(
     if cache is None:
         cache = {}
     with single_threaded():  # small matrices: threads only add synchronisation (see single_threaded)
-        return _propose(stats, site, init, neurons, weights, settings, _shared(cache, stats, settings), cache)
+        p = _propose(stats, site, init, neurons, weights, settings, _shared(cache, stats, settings), cache)
+    if site.kind == "deepen" and p.skipped is None:  # scored for information, grown by natural only
+        p = dataclasses.replace(p, skipped=DEEPEN_BY_NATURAL)
+    return p
 
 
 def _propose(
