@@ -557,3 +557,27 @@ def test_first_order_prediction_with_batch_norm_in_the_path(site_id):
         grown = dagrow.compile(spec2, w2, dtype=torch.float64).eval()
         slope = (l0 - float(F.mse_loss(grown(x), y))) / gamma
     assert slope == pytest.approx(p.first_order_improvement, rel=1e-4)
+
+
+@pytest.mark.parametrize("name, site_id", [("cnn", "widen:c1"), ("pool", "widen:c2"), ("cnn", "node:c1->r")])
+def test_exact_first_order_gain_of_relu_channels(name, site_id):
+    """ReLU new channels (a kink at 0): the planner's exact figure (one shared forward, per-sample
+    gradients on the image grid, pooled/summed like the channels) is the loss's true slope."""
+    from dagrow.growth.first_order import exact_first_order
+
+    text = (
+        SPECS[name]
+        .replace("activation: tanh", "activation: relu")
+        .replace("new_node_activation: relu", "new_node_activation: relu")
+    )
+    spec, model, x, y = setup(text, n=SAMPLES[name], seed=11)
+    site = find_site(spec, site_id)
+    stats = measure(model, [(x, y)], "mse", sites=[site])
+    (p,) = exact_first_order(
+        [propose(stats, site, "tiny", 2, weights=model.state_dict())], model, (x, y), "mse"
+    )
+    assert p.first_order_exact
+    gamma = 1e-6
+    spec2, w2 = replay(spec, model.state_dict(), proposal_actions(p, spec, gamma))
+    slope = (_loss(spec, model.state_dict(), x, y) - _loss(spec2, w2, x, y)) / gamma
+    assert slope == pytest.approx(p.first_order_improvement, rel=1e-4)

@@ -151,7 +151,7 @@ class _Downstream:
 def _like_value(rows: Tensor, value: Tensor) -> Tensor:
     """A change given as rows ([n, width], or [n * H * W, C] for an image node) shaped like the
     pre-activation it is added to."""
-    if value.dim() != 4:
+    if value.dim() != 4 or rows.dim() == 4:  # flat, or already shaped like the value
         return rows
     n, c, h, w = value.shape
     return rows.reshape(n, h, w, c).permute(0, 3, 1, 2)
