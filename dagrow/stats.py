@@ -167,7 +167,7 @@ class Statistics:
         raise KeyError(f"the gradient of {w!r} was not measured: pass a site that targets it to measure()")
 
 
-MEMORY_BUDGET = 256 * 2**20
+MEMORY_BUDGET = 64 * 2**20
 """Bytes that the rows of one image grid's features may take at once: a batch is measured in chunks
 of samples that fit (the unfolded patches of a conv are ``kh * kw`` times larger than its input)."""
 
