@@ -392,6 +392,9 @@ class DeepenEdge(Action):
             f"deepen_edge: no linear or conv2d edge {u}->{w}",
         )
         _require(m not in spec.nodes and m not in spec.inputs, f"deepen_edge: {m!r} already exists")
+        growth = data.get("growth") or {}
+        if isinstance(growth.get("deepen"), list):  # a listed edge is consumed: it no longer exists
+            growth["deepen"] = [pair for pair in growth["deepen"] if tuple(pair) != (u, w)]
         if op.type == "conv2d":  # type: ignore[union-attr]
             self._apply_conv(data, weights, spec, index[0])
             return
@@ -421,9 +424,6 @@ class DeepenEdge(Action):
                 )
                 new_bias = weights[f"nodes.{w}.bias"].to(torch.float64) - out @ bias
         _insert_node(data, w, m, {"width": width, "activation": self.activation, "bias": True})
-        growth = data.get("growth") or {}
-        if isinstance(growth.get("deepen"), list):  # a listed edge is consumed: it no longer exists
-            growth["deepen"] = [pair for pair in growth["deepen"] if tuple(pair) != (u, w)]
         data["edges"][index[0] : index[0] + 1] = [
             {"from": u, "to": m, "op": {"type": "linear"}},
             {"from": m, "to": w, "op": {"type": "linear"}},

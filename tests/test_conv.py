@@ -581,3 +581,14 @@ def test_exact_first_order_gain_of_relu_channels(name, site_id):
     spec2, w2 = replay(spec, model.state_dict(), proposal_actions(p, spec, gamma))
     slope = (_loss(spec, model.state_dict(), x, y) - _loss(spec2, w2, x, y)) / gamma
     assert slope == pytest.approx(p.first_order_improvement, rel=1e-4)
+
+
+def test_deepening_a_listed_conv_edge_consumes_it_and_keeps_the_function():
+    spec = dagrow.load_spec("specs/resnet_digits.yaml")  # growth.deepen lists a1->b1 and a2->b2
+    model = dagrow.compile(spec, dtype=torch.float64, seed=3).eval()
+    spec2, w2 = DeepenEdge("a1", "b1", "m", kernel=3).apply(spec, model.state_dict())
+    assert [tuple(p) for p in spec2.growth.deepen] == [("a2", "b2")]
+    x = torch.randn(4, 1, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        grown = dagrow.compile(spec2, w2, dtype=torch.float64).eval()
+        assert float((grown(x) - model(x)).abs().max()) < 1e-12
