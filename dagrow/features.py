@@ -111,11 +111,6 @@ def pool_tag(op) -> str:
     return "/avg" + Geometry(_pair(op.kernel), _pair(stride), _pair(op.padding)).tag
 
 
-def summed(feature: str) -> str:
-    """The feature summed over the positions of its grid (a flat feature)."""
-    return feature + SUM
-
-
 def core(feature: str) -> str:
     """The feature before its transforms (``"c1#3x3s1x1p1x1/avg2x2s2x2p0x0/sum"`` -> ``"c1#3x3s1x1p1x1"``)."""
     return feature.partition("/")[0]
@@ -124,10 +119,6 @@ def core(feature: str) -> str:
 def transform(feature: str) -> str:
     """The transforms of a feature (``"/avg2x2s2x2p0x0/sum"``): average pools, then a sum over the grid."""
     return feature[len(core(feature)) :]
-
-
-def unsummed(feature: str) -> str:
-    return core(feature)
 
 
 def is_summed(feature: str) -> bool:

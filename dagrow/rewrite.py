@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .compile import compile as compile_spec
 from .compile import weights_problems
-from .features import SUM, Geometry, as_parameter, feature_width, parameter, patch_feature, unsummed
+from .features import SUM, Geometry, as_parameter, core, feature_width, parameter, patch_feature
 from .graph import analyze
 from .names import name_problem
 from .norms import grow_norm
@@ -158,7 +158,7 @@ class AddNeurons(Action):
         K = fan_in.shape[0]
         expected = linear_sources(sg, h)
         _require(
-            tuple(unsummed(s) for s in self.sources) == expected,
+            tuple(core(s) for s in self.sources) == expected,
             f"add_neurons: sources {list(self.sources)} do not match the edges into {h}: {list(expected)}",
         )
         targets = widen_targets(sg, h)

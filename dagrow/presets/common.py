@@ -96,6 +96,11 @@ def compare_claim(text: str, left: list[float], right: list[float], *, lower: bo
     return f"{text}: {verdict(a < b if lower else a > b)} ({what} {a:.4g} vs {b:.4g})"
 
 
+def ends_above(rows: Rows, contrasts: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> list[str]:
+    """One :func:`contrast` claim per ``(text, a, b)``: a's runs end above b's in test metric."""
+    return [contrast(rows, t, "test_metric", a, b, lower=False) for t, a, b in contrasts]
+
+
 def contrast(
     rows: Rows, text: str, column: str, a: dict[str, Any], b: dict[str, Any], *, lower: bool = True
 ) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..compare import Experiment, TaskSource
 from ..config import GrowthConfig
-from .common import Rows, contrast, mlp, seed_count
+from .common import Rows, ends_above, mlp, seed_count
 from .core import register_preset
 
 
@@ -48,21 +48,14 @@ def build(quick: bool) -> Experiment:
 
 
 def claims(rows: Rows) -> list[str]:
-    return [
-        contrast(
-            rows,
-            "tiny ends above random in test accuracy",
-            "test_metric",
-            {"init": "tiny"},
-            {"init": "random"},
-            lower=False,
-        ),
-        contrast(
-            rows,
-            "growth beats the static starting net (width 4)",
-            "test_metric",
-            {"kind": "grow"},
-            {"init": "w4", "kind": "static"},
-            lower=False,
-        ),
-    ]
+    return ends_above(
+        rows,
+        [
+            ("tiny ends above random in test accuracy", {"init": "tiny"}, {"init": "random"}),
+            (
+                "growth beats the static starting net (width 4)",
+                {"kind": "grow"},
+                {"init": "w4", "kind": "static"},
+            ),
+        ],
+    )

@@ -8,7 +8,7 @@ from typing import Any
 from ..compare import Experiment, TaskSource
 from ..config import GrowthConfig
 from ..spec import GraphSpec, parse_spec
-from .common import Rows, contrast, seed_count
+from .common import Rows, ends_above, seed_count
 from .core import register_preset
 
 CONV = {"type": "conv2d", "kernel": 3, "padding": 1}
@@ -89,37 +89,20 @@ def build(quick: bool) -> Experiment:
 
 
 def claims(rows: Rows) -> list[str]:
-    return [
-        contrast(
-            rows,
-            "tiny ends above random in test accuracy",
-            "test_metric",
-            {"init": "tiny"},
-            {"init": "random"},
-            lower=False,
-        ),
-        contrast(
-            rows,
-            "gradmax ends above random in test accuracy",
-            "test_metric",
-            {"init": "gradmax"},
-            {"init": "random"},
-            lower=False,
-        ),
-        contrast(
-            rows,
-            "growth beats the static starting net (1 inner channel)",
-            "test_metric",
-            {"kind": "grow"},
-            {"init": "c1", "kind": "static"},
-            lower=False,
-        ),
-        contrast(
-            rows,
-            "growth ends above the static net of the grown size (6 + 6 inner channels)",
-            "test_metric",
-            {"kind": "grow"},
-            {"init": "c6", "kind": "static"},
-            lower=False,
-        ),
-    ]
+    return ends_above(
+        rows,
+        [
+            ("tiny ends above random in test accuracy", {"init": "tiny"}, {"init": "random"}),
+            ("gradmax ends above random in test accuracy", {"init": "gradmax"}, {"init": "random"}),
+            (
+                "growth beats the static starting net (1 inner channel)",
+                {"kind": "grow"},
+                {"init": "c1", "kind": "static"},
+            ),
+            (
+                "growth ends above the static net of the grown size (6 + 6 inner channels)",
+                {"kind": "grow"},
+                {"init": "c6", "kind": "static"},
+            ),
+        ],
+    )
