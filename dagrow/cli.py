@@ -249,34 +249,30 @@ def export(
 def ops() -> None:
     """List the registered edge ops, node activations and norms (the registries the spec language is built
     from)."""
-    table = Table(title="edge ops (edges: op: NAME or {type: NAME, ...})")
-    table.add_column("op", no_wrap=True)
-    table.add_column("parameters", no_wrap=True)
-    table.add_column("what it does")
-    for name in list_ops():
-        info = op_info(name)
-        table.add_row(
-            name,
-            _fields(info.model, "type") + (" (learned weight)" if info.parametric else ""),
-            Text(info.summary),
+    ops_rows = [
+        (
+            n,
+            _fields(op_info(n).model, "type") + (" (learned weight)" if op_info(n).parametric else ""),
+            op_info(n).summary,
         )
-    out.print(table)
-    table = Table(title="activations (nodes: activation: NAME or {name: NAME, ...})")
-    table.add_column("activation", no_wrap=True)
-    table.add_column("parameters", no_wrap=True)
-    table.add_column("what it does")
-    for name in list_activations():
-        act = activation_info(name)
-        table.add_row(name, _fields(act.model, "name"), Text(act.summary))
-    out.print(table)
-    table = Table(title="norms (nodes: norm: NAME or {type: NAME, ...}; applied before the activation)")
-    table.add_column("norm", no_wrap=True)
-    table.add_column("parameters", no_wrap=True)
-    table.add_column("what it does")
-    for name in list_norms():
-        norm = norm_info(name)
-        table.add_row(name, _fields(norm.model, "type"), Text(norm.summary))
-    out.print(table)
+        for n in list_ops()
+    ]
+    acts = [
+        (n, _fields(activation_info(n).model, "name"), activation_info(n).summary) for n in list_activations()
+    ]
+    norms = [(n, _fields(norm_info(n).model, "type"), norm_info(n).summary) for n in list_norms()]
+    for title, column, rows in (
+        ("edge ops (edges: op: NAME or {type: NAME, ...})", "op", ops_rows),
+        ("activations (nodes: activation: NAME or {name: NAME, ...})", "activation", acts),
+        ("norms (nodes: norm: NAME or {type: NAME, ...}; applied before the activation)", "norm", norms),
+    ):
+        table = Table(title=title)
+        table.add_column(column, no_wrap=True)
+        table.add_column("parameters", no_wrap=True)
+        table.add_column("what it does")
+        for name, params, summary in rows:
+            table.add_row(name, params, Text(summary))
+        out.print(table)
 
 
 @app.command("list")

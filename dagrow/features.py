@@ -205,10 +205,9 @@ def feature_grid(feature: str, shapes: dict[str, tuple[int, ...]]) -> Pair | Non
     if transform(feature):
         inner = feature_grid(core(feature), shapes)
         return None if inner is None else transformed_grid(inner, transform(feature))
-    name, _, tag = feature.partition("#")
+    name = base(feature)
     if name == ONE:
-        h, _, w = tag.partition("x")
-        return (int(h), int(w))
+        return _tag_grid(feature)
     geometry = parse_geometry(feature)
     if geometry is None:
         shape = shapes[feature]
@@ -263,6 +262,11 @@ def rows(
         patches = F.unfold(value, geometry.kernel, padding=geometry.padding, stride=geometry.stride)
         out = patches.transpose(1, 2).reshape(-1, patches.shape[1])
     return out if dtype is None else out.to(dtype)
+
+
+def node_rows(value: Tensor) -> Tensor:
+    """A node's value (or its gradient) as rows: ``[n, width]``, or ``[n * H * W, C]`` on an image."""
+    return image_rows(value) if value.dim() == 4 else value.flatten(1)
 
 
 def image_rows(value: Tensor) -> Tensor:

@@ -29,7 +29,7 @@ from .graph import analyze
 from .names import name_problem
 from .norms import grow_norm
 from .registry import Registry, unknown_name_message
-from .sites import channel_paths, linear_sources, widen_targets
+from .sites import linear_sources, widen_ways
 from .spec import GraphSpec, SpecError, parse_spec
 
 Weights = dict[str, Tensor]
@@ -161,12 +161,11 @@ class AddNeurons(Action):
             tuple(core(s) for s in self.sources) == expected,
             f"add_neurons: sources {list(self.sources)} do not match the edges into {h}: {list(expected)}",
         )
-        targets = widen_targets(sg, h)
+        paths = {p.target: p for p in widen_ways(sg, h)[0]}
         _require(
-            set(self.fan_out) == set(targets),
-            f"add_neurons: fan-out targets {sorted(self.fan_out)} != targets of {h} {list(targets)}",
+            set(self.fan_out) == set(paths),
+            f"add_neurons: fan-out targets {sorted(self.fan_out)} != targets of {h} {list(paths)}",
         )
-        paths = {p.target: p for p in channel_paths(sg, h)} if not sg.is_flat(h) else {}
         root = math.sqrt(self.gamma)
         blocks = _split_columns(fan_in, self.sources, sg.shapes, f"add_neurons: fan-in of {h}")
         for s, block in blocks.items():
@@ -175,8 +174,8 @@ class AddNeurons(Action):
             weights[name] = torch.cat([weights[name], _like(new, weights[name])], 0)
         grown: dict[str, int] = {}  # the nodes that pass the new channels on, and their new size
         for w, om in self.fan_out.items():
-            path = paths.get(w)
-            last = path.via[-1] if path and path.via else h
+            path = paths[w]
+            last = path.via[-1] if path.via else h
             name = f"edges.{last}__{w}.weight"
             om = _t(om)
             _require(
@@ -184,12 +183,12 @@ class AddNeurons(Action):
                 f"add_neurons: fan-out of {h} into {w} has shape "
                 f"{list(om.shape)}, expected {[weights[name].shape[0], K]}",
             )
-            flattened = path is not None and path.transform.endswith(SUM)
-            before = path.via[-2] if path and len(path.via) > 1 else h  # the image node the flatten reads
+            flattened = path.transform.endswith(SUM)
+            before = path.via[-2] if len(path.via) > 1 else h  # the image node the flatten reads
             positions = spec.nodes[last].size // spec.nodes[before].size if flattened else 1
             new = om.repeat_interleave(positions, 1) if flattened else _at_centre(om, weights[name])
             weights[name] = torch.cat([weights[name], _like(root * new, weights[name])], 1)
-            for v in path.via if path else ():
+            for v in path.via:
                 grown[v] = spec.nodes[v].size + (K * positions if sg.is_flat(v) else K)
         if spec.nodes[h].norm is not None:  # new channels: weight 1, bias 0, mean 0, var 1 - eps
             grow_norm(weights, f"nodes.{h}.norm", spec.nodes[h].norm, K)

@@ -39,8 +39,7 @@ __all__ = [
     "ChannelPath",
     "Site",
     "channel_paths",
-    "widen_sources",
-    "widen_targets",
+    "widen_ways",
     "SiteKind",
     "enumerate_sites",
     "find_site",
@@ -179,7 +178,9 @@ def channel_paths(sg: SpecGraph, h: str) -> list[ChannelPath]:
     return paths
 
 
-def _paths(sg: SpecGraph, h: str) -> tuple[list[ChannelPath], str | None]:
+def widen_ways(sg: SpecGraph, h: str) -> tuple[list[ChannelPath], str | None]:
+    """The ways new neurons of h reach their targets (a flat node: straight to each successor) and
+    why they cannot (None when they can)."""
     if sg.is_flat(h):
         return [ChannelPath(w, (), "") for w in sg.succs(h)], None
     try:
@@ -196,22 +197,24 @@ def _paths(sg: SpecGraph, h: str) -> tuple[list[ChannelPath], str | None]:
     return paths, None
 
 
-def widen_targets(sg: SpecGraph, h: str) -> tuple[str, ...]:
-    """The nodes whose pre-activations new neurons of h write into: h's successors, or for an image
-    node the ends of its :class:`ChannelPath` s."""
-    return tuple(dict.fromkeys(p.target for p in _paths(sg, h)[0]))
+def _targets(ways: list[ChannelPath]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(p.target for p in ways))
 
 
-def widen_sources(sg: SpecGraph, h: str) -> tuple[str, ...]:
-    """The features of new neurons of h: h's own features, transformed as the way to the targets
-    transforms them (pooled, or summed over the grid through a flatten)."""
-    paths = _paths(sg, h)[0]
-    suffix = paths[0].transform if paths else ""
-    return tuple(f + suffix for f in linear_sources(sg, h))
+def _widen_site(sg: SpecGraph, h: str) -> Site:
+    """The widen site of h: its features transformed as the way to its targets transforms them
+    (pooled, or summed over the grid through a flatten), its targets, and why it cannot grow."""
+    ways, why = widen_ways(sg, h)
+    targets = _targets(ways)
+    suffix = ways[0].transform if ways else ""
+    sources = tuple(f + suffix for f in linear_sources(sg, h))
+    reason = _widen_reason(sg, h, why, targets)
+    return Site("widen", sources, targets, node=h, supported=reason is None, reason=reason)
 
 
-def _widen_reason(sg: SpecGraph, h: str) -> str | None:
-    """Why node h cannot take new neurons or channels (None when it can)."""
+def _widen_reason(sg: SpecGraph, h: str, why: str | None, targets: tuple[str, ...]) -> str | None:
+    """Why node h cannot take new neurons or channels (None when it can); ``why``: what its ways
+    to its ``targets`` say (:func:`widen_ways`)."""
     spec, g = sg.spec, sg.spec.growth
     if h in spec.inputs or h in spec.outputs:
         return f"{h} is {sg.tied[h]}"
@@ -228,16 +231,14 @@ def _widen_reason(sg: SpecGraph, h: str) -> str | None:
         bad = [e for e in sg.out_edges(h) if e.op.type != kind]
         if bad:
             return f"{h} has a {bad[0].op.type} edge {bad[0].source}->{bad[0].target}"
-    else:
-        reason = _paths(sg, h)[1]
-        if reason:
-            return reason
+    elif why:
+        return why
     reason = widen_problem(h, spec.nodes[h].norm)
     if reason:
         return reason
     if spec.nodes[h].size >= g.max_width:
         return f"{h} has reached max_width {g.max_width}"
-    return next(filter(None, (_measurable_target(sg, w) for w in widen_targets(sg, h))), None)
+    return next(filter(None, (_measurable_target(sg, w) for w in targets)), None)
 
 
 def _pairs(spec: GraphSpec, setting, sg: SpecGraph, existing: bool) -> list[tuple[str, str]]:
@@ -302,16 +303,7 @@ def enumerate_sites(spec: GraphSpec | SpecGraph, *, include_unsupported: bool = 
 
     widen = list(spec.nodes) if g.widen == "all" else [] if g.widen == "none" else g.widen
     for h in [v for v in sg.order if v in widen]:
-        reason = _widen_reason(sg, h)
-        site = Site(
-            "widen",
-            widen_sources(sg, h),
-            widen_targets(sg, h),
-            node=h,
-            supported=reason is None,
-            reason=reason,
-        )
-        sites.append(site)
+        sites.append(_widen_site(sg, h))
 
     for kind, setting in (("node", g.new_nodes), ("edge", g.new_edges), ("deepen", g.deepen)):
         for u, w in _pairs(spec, setting, sg, existing=kind != "edge"):

@@ -320,13 +320,14 @@ class Accumulator:
         width = sum(self.widths[s] for s in features) + sum(g.shape[1] for g in grads.values())
         per_sample = 2 * width * positions * torch.empty((), dtype=dtype).element_size()
         chunk = max(1, self.memory_budget // max(per_sample, 1))
+        device = first_device(post)
         for start in range(0, n, chunk):
             part = slice(start, min(start + chunk, n))
             m = part.stop - part.start
             z = {}
             for s in features:
                 value = None if is_one(s) else post[base(s)][part].detach()
-                z[s] = feature_rows(s, value, m, grid, dtype=dtype, device=first_device(post))
+                z[s] = feature_rows(s, value, m, grid, dtype=dtype, device=device)
             g = {w: image_rows(grad[part]).to(dtype) for w, grad in grads.items()}
             self._accumulate(z, g, n, dtype, {}, flat=False)
 

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ..activations import directional_derivative, one_sided_slopes
 from ..chunks import chunks_of, size_of
-from ..features import apply_transform, core, feature_grid, image_rows, transform
+from ..features import apply_transform, core, feature_grid, node_rows, transform
 from ..stats import LossFn, loss_function
 from .proposals import Proposal
 from .shared_forward import SharedForward
@@ -48,14 +48,9 @@ def sample_gradients(
             return None
         grads = torch.autograd.grad(L, list(eps.values()), allow_unused=True)
     return {
-        w: _rows(torch.zeros_like(e) if gr is None else gr).double()
+        w: node_rows(torch.zeros_like(e) if gr is None else gr).double()
         for (w, e), gr in zip(eps.items(), grads, strict=True)
     }
-
-
-def _rows(t: Tensor) -> Tensor:
-    """``[n, width]``, or ``[n * H * W, C]`` for an image node (the rows of :mod:`dagrow.features`)."""
-    return image_rows(t) if t.dim() == 4 else t.flatten(1)
 
 
 def _slopes(p: Proposal, model: nn.Module) -> tuple[float, float]:
