@@ -45,8 +45,18 @@ from stats import median_times, recorded_step_fn, train_step_fn  # noqa: E402  (
 
 import dagrow  # noqa: E402
 from dagrow.config import GrowthConfig  # noqa: E402
-from dagrow.features import Geometry, feature_grid, feature_width, is_one, patch_feature  # noqa: E402
+from dagrow.features import (  # noqa: E402
+    Geometry,
+    base,
+    feature_grid,
+    feature_width,
+    is_one,
+    parse_geometry,
+    patch_feature,
+    transform,
+)
 from dagrow.graph import analyze  # noqa: E402
+from dagrow.patch_moments import fast, largest_shift  # noqa: E402
 from dagrow.sites import enumerate_sites  # noqa: E402
 from dagrow.spec import SpecError  # noqa: E402
 from dagrow.stats import measure, requirements  # noqa: E402
@@ -109,7 +119,20 @@ def arithmetic_floor(spec, sites) -> tuple[float, float]:
     width = {f: feature_width(f, shapes) for pair in req.pairs | req.grads for f in pair if f not in shapes}
     width |= {v: shapes[v][0] if len(shapes[v]) == 3 else math.prod(shapes[v]) for v in shapes}
     canonical = {tuple(sorted(p)) for p in req.pairs}
-    blocks = sum(rows(a) * width[a] * width[b] for a, b in canonical if not (is_one(a) or is_one(b)))
+
+    def block_cost(a: str, b: str) -> int:
+        ga, gb = parse_geometry(a), parse_geometry(b)
+        if not (transform(a) or transform(b)) and fast(ga) and fast(gb):
+            assert ga is not None and gb is not None  # dagrow.patch_moments: a product per offset
+            (ha, wa), (hb, wb) = shapes[base(a)][1:], shapes[base(b)][1:]
+            shift = largest_shift(ga, gb)
+            area = (max(ha, hb) + shift[0]) * (max(wa, wb) + shift[1])
+            offsets = (ga.kernel[0] + gb.kernel[0] - 1) * (ga.kernel[1] + gb.kernel[1] - 1)
+            offsets = (offsets + 1) // 2 if a == b else offsets
+            return offsets * shapes[base(a)][0] * shapes[base(b)][0] * area
+        return rows(a) * width[a] * width[b]
+
+    blocks = sum(block_cost(a, b) for a, b in canonical if not (is_one(a) or is_one(b)))
     grads = {(s, w): rows(s) * width[s] * width[w] for s, w in req.grads if not is_one(s)}
     own = {
         (patch_feature(e.source, Geometry.of(e.op)), e.target) for e in spec.edges if e.op.type == "conv2d"
@@ -158,7 +181,7 @@ def peak_rss(what: str, args) -> int:
 
     argv = [sys.executable, __file__, "--memory-child", what, "--batch", str(args.batch)]
     argv += ["--threads", str(args.threads)] if args.threads else []
-    argv += ["--norm", args.norm] if args.norm else []
+    argv += ["--norm", args.norm]
     rises = []
     for _ in range(3):  # the median of three fresh processes
         done = subprocess.run(argv, capture_output=True, text=True, check=True)
@@ -168,7 +191,7 @@ def peak_rss(what: str, args) -> int:
 
 def setting(args):
     try:
-        spec = dagrow.load_spec(cnn_spec(norm=args.norm))
+        spec = dagrow.load_spec(cnn_spec(norm=None if args.norm == "none" else args.norm))
     except SpecError as err:
         sys.exit(f"--norm {args.norm}: this dagrow's spec refuses it ({str(err).splitlines()[0]})")
     torch.manual_seed(0)
@@ -203,7 +226,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
-        "--norm", default=None, help="norm of the conv nodes (batch_norm, ...; needs norms in the spec)"
+        "--norm", default="batch_norm", help="norm of the conv nodes: batch_norm (default), layer_norm, none"
     )
     parser.add_argument("--memory-child", choices=["stats", "step"], help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -227,7 +250,7 @@ def main() -> None:
     decision = decide()
     print(
         f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
-        f"batch {args.batch}, norm {args.norm or 'none'}"
+        f"batch {args.batch}, norm {args.norm}"
     )
     print(f"{spec.name}: {len(sites)} supported sites: {', '.join(s.id for s in sites)}")
     print(f"the decision made {decision.figures.get('candidates')} line searches and chose {decision.site}")
@@ -248,7 +271,8 @@ def main() -> None:
     separate, recorded = arithmetic_floor(spec, sites)
     print(
         f"floor: {separate:.2f}x separate pass, {recorded:.2f}x recorded (multiply-adds of the statistics "
-        "/ of a training step: the patch covariances cost (C k^2)^2 per position, a conv C_out C k^2)"
+        "/ of a training step: a stride-1 patch covariance costs C_u C_v per offset and padded position, "
+        "an unfolded one (C k^2)^2 per position, a conv C_out C k^2)"
     )
     t = median_times(
         {"step": train_step_fn(model, x, y, torch.optim.Adam), "decision": decide},

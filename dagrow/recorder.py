@@ -8,7 +8,8 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from .sites import ONE, Site
+from .features import Geometry, as_columns, is_one, patch_feature
+from .sites import Site
 from .stats import Accumulator, Statistics, StatsError, requirements
 
 
@@ -54,17 +55,17 @@ class Recorder:
         self.batches = 0
 
     def _edge_params(self) -> dict[tuple[str, str], Tensor]:
-        """The parameters whose gradient is an M block: linear edge weights and node biases."""
+        """The parameters whose gradient is an M block: linear and conv2d edge weights and node biases."""
         found: dict[tuple[str, str], Tensor] = {}
         if not self.weight_grads or (self.acc.products not in (None, self._param_dtype())):
             return found
         sg, acc = self.acc.sg, self.acc
         for s, w in self.acc.req.grads:
-            if s == ONE:
+            if is_one(s):
                 if sg.spec.nodes[w].bias:
                     found[(s, w)] = self.model.get_parameter(f"nodes.{w}.bias")
                 continue
-            edge = next((e for e in sg.in_edges(w) if e.source == s and e.op.type == "linear"), None)
+            edge = next((e for e in sg.in_edges(w) if s == _feature(e)), None)
             if edge is not None and s in acc.sources:
                 found[(s, w)] = self.model.get_parameter(f"edges.{edge.key}.weight")
         return {k: p for k, p in found.items() if p.requires_grad}
@@ -109,9 +110,19 @@ class Recorder:
         n = inputs[0].shape[0]
         known = {}
         for (s, w), grad in self.known.items():  # n grad^T = sum_i b_s g_w^T (g = n dL/da)
-            known[(s, w)] = grad.reshape(1, -1) * n if s == ONE else grad.T * n
+            known[(s, w)] = as_columns(grad).T * n
         self.acc.accumulate(self.post, dict(self.grads), self.pre, float(loss.detach()), known)
         self.batches += 1
 
     def result(self) -> Statistics:
         return self.acc.result()
+
+
+def _feature(edge) -> str | None:
+    """The feature whose M block an edge's weight gradient is (linear: its source; conv2d: its
+    source's patches), None for an edge without weights."""
+    if edge.op.type == "linear":
+        return edge.source
+    if edge.op.type == "conv2d":
+        return patch_feature(edge.source, Geometry.of(edge.op))
+    return None

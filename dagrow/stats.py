@@ -24,12 +24,23 @@ import torch
 from torch import Tensor, nn
 
 from .compile import spec_of
-from .features import ONE, base, feature_grid, feature_width, image_rows, is_one, node_grid
+from .features import (
+    ONE,
+    base,
+    feature_grid,
+    feature_width,
+    image_rows,
+    is_one,
+    node_grid,
+    parse_geometry,
+    transform,
+)
 from .features import rows as feature_rows
 from .graph import analyze
 from .losses import LOSSES as LOSSES  # re-exported: dagrow.stats.LOSSES
 from .losses import LossFn, loss_function
 from .norms import running_stats_kept
+from .patch_moments import Layout, fast, largest_shift, patch_gradient, patch_moment
 from .sites import Site, enumerate_sites, linear_sources
 
 
@@ -201,6 +212,7 @@ class Accumulator:
         self.grid = {f: feature_grid(f, shapes) for f in self.sources}
         self.grid.update({w: node_grid(shapes[w]) for w in req.targets})
         self.widths = {f: feature_width(f, shapes) for f in self.sources}
+        self.geometry = {f: parse_geometry(f) for f in self.sources}
         for x, y in [*req.pairs, *req.grads]:
             if ONE not in (x, y) and self.grid[x] != self.grid[y]:
                 raise StatsError(f"the blocks {x} and {y} live on different grids and cannot be multiplied")
@@ -305,31 +317,88 @@ class Accumulator:
         g = {w: grad_of(w).flatten(1).to(dtype) for w in self.targets if self.grid[w] is None}
         self._accumulate(z, g, n, dtype, known or {}, flat=True)
         for grid in self.grids:
-            self._accumulate_grid(
-                grid, post, {w: grad_of(w) for w in self.targets if self.grid[w] == grid}, n, dtype
-            )
+            grid_grads = {w: grad_of(w) for w in self.targets if self.grid[w] == grid}
+            self._accumulate_grid(grid, post, grid_grads, n, dtype, known or {})
         self.n += n
         self.loss_sum += loss * n
 
+    def _quick(self, feature: str) -> bool:
+        """Whether a feature's blocks come from :mod:`dagrow.patch_moments` (a stride-1 patch
+        feature without transforms) rather than from its unfolded rows."""
+        return not transform(feature) and fast(self.geometry.get(feature))
+
     def _accumulate_grid(
-        self, grid: tuple[int, int], post: dict[str, Tensor], grads: dict[str, Tensor], n: int, dtype
+        self,
+        grid: tuple[int, int],
+        post: dict[str, Tensor],
+        grads: dict[str, Tensor],
+        n: int,
+        dtype,
+        known: dict[tuple[str, str], Tensor],
     ) -> None:
-        """The blocks of one image grid, over chunks of samples whose rows fit the memory budget."""
+        """The blocks of one image grid, over chunks of samples that fit the memory budget.
+
+        Stride-1 patch features are never unfolded (:mod:`dagrow.patch_moments`): their blocks with
+        each other are correlations of their inputs, with the grid's constant the weight gradient of
+        a conv of all-one gradients, with a gradient the weight gradient of a conv; the other blocks
+        multiply unfolded rows."""
         features = [s for s in self.sources if self.grid[s] == grid]
-        positions = grid[0] * grid[1]
-        width = sum(self.widths[s] for s in features) + sum(g.shape[1] for g in grads.values())
-        per_sample = 2 * width * positions * torch.empty((), dtype=dtype).element_size()
-        chunk = max(1, self.memory_budget // max(per_sample, 1))
+        geometry = {s: geo for s in features if (geo := self.geometry[s]) is not None and self._quick(s)}
+        quick = list(geometry)
+        rank = self.rank.__getitem__
+        pairs = [(s, p) for s in features for p in self.partners[s]]
+        correlated = [(s, p) for s, p in pairs if s in quick and p in quick]
+        summed = [(s, p) for s, p in pairs if is_one(s) and p in quick]
+        slow = set(pairs) - set(correlated) - set(summed)
+        grad_pairs = [(s, w) for s in features for w in self.grad_targets[s] if w in grads]
+        slow_grads = {(s, w) for s, w in grad_pairs if s not in quick and (s, w) not in known}
+        unfolded = sorted({f for pair in [*slow, *slow_grads] for f in pair if f in self.widths}, key=rank)
+        nodes = sorted({base(s) for s in quick}, key=self.sg.position.__getitem__)
+        shifts = [largest_shift(geometry[s], geometry[p]) for s, p in correlated]
+        layout = Layout.of(
+            [tuple(post[v].shape[2:]) for v in nodes] or [grid],
+            (max([d[0] for d in shifts], default=0), max([d[1] for d in shifts], default=0)),
+        )
+        for key in grad_pairs:  # whole-batch gradient blocks known from the weight gradients
+            if key in known:
+                self._add(self.grad_sums, key, known[key])
+        size = torch.empty((), dtype=dtype).element_size()
+        width = sum(self.widths[s] for s in unfolded) + sum(g.shape[1] for g in grads.values())
+        padded = sum(post[v].shape[1] for v in nodes) * layout.rows * layout.cols
+        chunk = max(1, self.memory_budget // max((2 * width * grid[0] * grid[1] + padded) * size, 1))
         device = first_device(post)
         for start in range(0, n, chunk):
             part = slice(start, min(start + chunk, n))
-            m = part.stop - part.start
+            x = {v: post[v][part].detach().to(dtype) for v in nodes}
+            if correlated:
+                padded_x = {v: layout.pad(x[v], dtype) for v in nodes}
+            for s, p in correlated:
+                u, v = base(s), base(p)
+                block = patch_moment(
+                    padded_x[u],
+                    self.sg.shapes[u],
+                    geometry[s],
+                    padded_x[v],
+                    self.sg.shapes[v],
+                    geometry[p],
+                    grid,
+                    symmetric=s == p,
+                )
+                self._add(self.pair_sums, (s, p), block)
+            for s, p in summed:
+                total = x[base(p)].sum(0, keepdim=True)
+                block = patch_gradient(total, geometry[p], total.new_ones((1, 1, *grid)))
+                self._add(self.pair_sums, (s, p), block.T)
+            for s, w in grad_pairs:
+                if s in quick and (s, w) not in known:
+                    block = patch_gradient(x[base(s)], geometry[s], grads[w][part].to(dtype))
+                    self._add(self.grad_sums, (s, w), block.mul_(n))
             z = {}
-            for s in features:
+            for s in unfolded:
                 value = None if is_one(s) else post[base(s)][part].detach()
-                z[s] = feature_rows(s, value, m, grid, dtype=dtype, device=device)
+                z[s] = feature_rows(s, value, part.stop - part.start, grid, dtype=dtype, device=device)
             g = {w: image_rows(grad[part]).to(dtype) for w, grad in grads.items()}
-            self._accumulate(z, g, n, dtype, {}, flat=False)
+            self._accumulate(z, g, n, dtype, {}, flat=False, pairs=slow, grad_pairs=slow_grads)
 
     def _add(self, store: dict, key, value: Tensor) -> None:
         """store[key] += value, summed in ``dtype`` (the first value is copied, never aliased)."""
@@ -358,15 +427,20 @@ class Accumulator:
         dtype,
         known: dict[tuple[str, str], Tensor],
         flat: bool,
+        pairs: set[tuple[str, str]] | None = None,
+        grad_pairs: set[tuple[str, str]] | None = None,
     ) -> None:
         """Add the blocks among the rows ``z`` (features) and ``g`` (targets' gradients) of one batch
-        of ``n`` samples (or one chunk of it); the flat constant "1" only with ``flat``."""
+        of ``n`` samples (or one chunk of it); the flat constant "1" only with ``flat``; only the
+        canonical ``pairs`` and the ``grad_pairs`` given (None: all)."""
         # one product per block: no concatenated copy of the features, and each accumulator is
         # updated in place (addmm_) after the first batch
         some = next(iter(z.values()), next(iter(g.values()), None))
         device = some.device if some is not None else None
         for s in [ONE, *z] if flat else list(z):
             for p in self.partners[s]:
+                if pairs is not None and (s, p) not in pairs:
+                    continue
                 if p == ONE:  # only s == ONE pairs with ONE (it ranks lowest)
                     count = torch.full((1, 1), float(n), dtype=dtype, device=device)
                     self._add(self.pair_sums, (s, p), count)
@@ -377,7 +451,7 @@ class Accumulator:
                 else:
                     self._add_mm(self.pair_sums, (s, p), z[s], z[p])
             for w in self.grad_targets[s]:
-                if w not in g:
+                if w not in g or (grad_pairs is not None and (s, w) not in grad_pairs):
                     continue
                 if (s, w) in known:
                     self._add(self.grad_sums, (s, w), known[(s, w)])

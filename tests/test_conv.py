@@ -468,13 +468,17 @@ growth: {{new_nodes: all, new_edges: all, new_node_activation: tanh}}
     assert math.isfinite(stats.loss)
 
 
-def test_recorded_conv_statistics_equal_a_separate_pass():
+@pytest.mark.parametrize("weight_grads", [True, False])
+def test_recorded_conv_statistics_equal_a_separate_pass(weight_grads):
     spec, model, x, y = setup(n=5, seed=7)
     sites = _supported(spec)
     measured = measure(model, [(x, y)], "mse", sites=sites)
     from dagrow.recorder import Recorder
 
-    with Recorder(model, sites=sites) as rec:
+    with Recorder(model, sites=sites, weight_grads=weight_grads) as rec:
+        # with weight_grads, the M blocks of the conv edges and image biases are read from their gradients
+        read = {w for (s, w) in rec._edge_params() if "#" in s}
+        assert bool(read) == weight_grads
         loss = F.mse_loss(model(x), y)
         rec.backward(loss)
     recorded = rec.result()

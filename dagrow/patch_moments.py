@@ -1,0 +1,176 @@
+"""Moments of conv patches without unfolding them (stride-1 patch features, :mod:`dagrow.features`).
+
+The patches of a stride-1 conv read their input at shifted positions: the row of output position p
+holds ``x[c, p + o(a)]`` for each tap ``a`` of the kernel, ``o(a) = a - padding``. The moment of two
+such features u and v (kernels k and k', on the same output grid) is therefore, block by block,
+
+    S[(c, a), (c', b)] = sum_samples sum_{q in window(a)} x_u[c, q] x_v[c', q + d],   d = o_v(b) - o_u(a),
+
+a correlation of the two inputs at the offset d summed over the output window that tap ``a`` sees.
+Every pair of taps with the same offset shares the full correlation ``F_d = sum_q x_u[q] x_v[q + d]^T``
+(one matrix product over the channels-last inputs, zero padded so that a flat shift by ``d`` never
+wraps a value onto another row or sample); the window's borders are subtracted by inclusion and
+exclusion (rows, columns, corner points outside the window). A 3x3 feature with itself needs 13
+correlations instead of the 81 blocks an unfolded product computes, and no unfolded copy.
+
+The gradient blocks ``sum_samples sum_p patch(p) g_w(p)^T`` of a stride-1 feature are the weight
+gradient of a conv with that geometry (``torch.ops.aten.convolution_backward``).
+
+Everything here is a sum over the given samples; the accumulator scales and adds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .features import Geometry, Pair
+
+
+def fast(geometry: Geometry | None) -> bool:
+    """Whether a patch feature of this geometry is measured here (stride 1; any kernel and padding)."""
+    return geometry is not None and geometry.stride == (1, 1)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The padded channels-last layout of the inputs of a group of features: ``[n, rows, cols, C]``
+    with each input's values at the top left and zeros after (rows >= height + the largest shift)."""
+
+    rows: int
+    cols: int
+
+    @classmethod
+    def of(cls, grids: Sequence[Sequence[int]], shift: Pair) -> Layout:
+        return cls(max(g[0] for g in grids) + shift[0], max(g[1] for g in grids) + shift[1])
+
+    def pad(self, x: Tensor, dtype: torch.dtype) -> Tensor:
+        """``x [n, C, H, W]`` -> ``[n, rows, cols, C]`` in ``dtype``."""
+        n, c, h, w = x.shape
+        out = x.new_zeros((n, self.rows, self.cols, c), dtype=dtype)
+        out[:, :h, :w] = x.permute(0, 2, 3, 1)
+        return out
+
+
+def offsets(geometry: Geometry) -> tuple[range, range]:
+    """The shifts ``o(a) = a - padding`` of a kernel's taps, per dimension."""
+    return tuple(  # type: ignore[return-value]
+        range(-p, k - p) for k, p in zip(geometry.kernel, geometry.padding, strict=True)
+    )
+
+
+def largest_shift(gu: Geometry, gv: Geometry) -> Pair:
+    """The largest |d| per dimension between the taps of two geometries."""
+    ou, ov = offsets(gu), offsets(gv)
+    return tuple(  # type: ignore[return-value]
+        max(abs(ov[i][-1] - ou[i][0]), abs(ov[i][0] - ou[i][-1])) for i in range(2)
+    )
+
+
+def _span(lo_u: int, hi_u: int, lo_v: int, hi_v: int, d: int) -> tuple[int, int]:
+    """q with q in [lo_u, hi_u) and q + d in [lo_v, hi_v)."""
+    return max(lo_u, lo_v - d), min(hi_u, hi_v - d)
+
+
+def patch_moment(
+    xu: Tensor,
+    shape_u: Sequence[int],
+    gu: Geometry,
+    xv: Tensor,
+    shape_v: Sequence[int],
+    gv: Geometry,
+    out_grid: Pair,
+    symmetric: bool = False,
+) -> Tensor:
+    """``sum_samples sum_p patch_u(p)^T patch_v(p)``, shape ``[C_u kh kw, C_v kh' kw']`` (columns in the
+    order of :func:`dagrow.features.rows`).
+
+    ``xu``, ``xv``: the inputs in one :class:`Layout` (``[n, rows, cols, C]``); ``shape_u``/``shape_v``:
+    their real ``(C, H, W)``; ``symmetric``: u and v are the same feature (half the offsets)."""
+    n, rows, cols, cu = xu.shape
+    cv = xv.shape[3]
+    (hu, wu), (hv, wv) = shape_u[1:], shape_v[1:]
+    au, bv = xu.reshape(-1, cu), xv.reshape(-1, cv)
+    total = au.shape[0]
+    ou, ov = offsets(gu), offsets(gv)
+    ku, kv = gu.area, gv.area
+    out = xu.new_empty((cu, ku, cv, kv))
+    full: dict[Pair, Tensor] = {}
+    edges: dict[tuple, Tensor] = {}
+
+    def correlation(d: Pair) -> Tensor:
+        if d not in full:
+            shift = d[0] * cols + d[1]
+            lo, hi = max(0, -shift), min(total, total - shift)
+            full[d] = au[lo:hi].T @ bv[lo + shift : hi + shift]
+        return full[d]
+
+    def row(d: Pair, q1: int) -> Tensor:  # sum over the full column span of one row q1 of u
+        key = ("r", d, q1)
+        if key not in edges:
+            c0, c1 = _span(0, wu, 0, wv, d[1])
+            c1 = max(c0, c1)
+            a = xu[:, q1, c0:c1].reshape(-1, cu)
+            b = xv[:, q1 + d[0], c0 + d[1] : c1 + d[1]].reshape(-1, cv)
+            edges[key] = a.T @ b
+        return edges[key]
+
+    def column(d: Pair, q2: int) -> Tensor:
+        key = ("c", d, q2)
+        if key not in edges:
+            r0, r1 = _span(0, hu, 0, hv, d[0])
+            r1 = max(r0, r1)
+            a = xu[:, r0:r1, q2].reshape(-1, cu)
+            b = xv[:, r0 + d[0] : r1 + d[0], q2 + d[1]].reshape(-1, cv)
+            edges[key] = a.T @ b
+        return edges[key]
+
+    def point(d: Pair, q1: int, q2: int) -> Tensor:
+        return xu[:, q1, q2].T @ xv[:, q1 + d[0], q2 + d[1]]
+
+    def outside(o: int, size: int, lo: int, hi: int) -> list[int]:
+        """The q in [lo, hi) (the span where both inputs are real) outside the window [o, o + size)."""
+        return [*range(lo, min(hi, max(lo, o))), *range(max(lo, min(hi, o + size)), hi)]
+
+    for i, a in enumerate((a1, a2) for a1 in ou[0] for a2 in ou[1]):
+        for j, b in enumerate((b1, b2) for b1 in ov[0] for b2 in ov[1]):
+            if symmetric and j < i:
+                continue
+            d = (b[0] - a[0], b[1] - a[1])
+            block = correlation(d).clone()  # with ``symmetric``, j >= i: d is never below (0, 0)
+            rows_out = outside(a[0], out_grid[0], *_span(0, hu, 0, hv, d[0]))
+            cols_out = outside(a[1], out_grid[1], *_span(0, wu, 0, wv, d[1]))
+            for q1 in rows_out:
+                block -= row(d, q1)
+            for q2 in cols_out:
+                block -= column(d, q2)
+            for q1 in rows_out:
+                for q2 in cols_out:
+                    block += point(d, q1, q2)
+            out[:, i, :, j] = block
+            if symmetric and j > i:
+                out[:, j, :, i] = block.T
+    return out.reshape(cu * ku, cv * kv)
+
+
+def patch_gradient(x: Tensor, geometry: Geometry, grad: Tensor) -> Tensor:
+    """``sum_samples sum_p patch(p)^T g(p)``, shape ``[C_x kh kw, C_g]``: the weight gradient of a
+    stride-1 conv of ``geometry`` from ``x [n, C_x, H, W]`` with output gradient ``grad [n, C_g, H', W']``."""
+    weight = grad.new_empty((grad.shape[1], x.shape[1], *geometry.kernel))  # its shape only
+    _, dw, _ = torch.ops.aten.convolution_backward(
+        grad,
+        x,
+        weight,
+        None,
+        list(geometry.stride),
+        list(geometry.padding),
+        [1, 1],
+        False,
+        [0, 0],
+        1,
+        [False, True, False],
+    )
+    return dw.reshape(grad.shape[1], -1).T

@@ -1,0 +1,59 @@
+"""Patch moments without unfolding (dagrow.patch_moments) equal products of unfolded patches (float64)."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.nn import functional as F
+
+from dagrow.features import Geometry
+from dagrow.patch_moments import Layout, fast, largest_shift, patch_gradient, patch_moment
+
+
+def unfolded(x: torch.Tensor, g: Geometry) -> torch.Tensor:
+    patches = F.unfold(x, g.kernel, padding=g.padding, stride=g.stride)
+    return patches.transpose(1, 2).reshape(-1, patches.shape[1])
+
+
+geometries = st.builds(
+    lambda kh, kw, ph, pw: Geometry((kh, kw), (1, 1), (min(ph, kh - 1), min(pw, kw - 1))),
+    st.integers(1, 5),
+    st.integers(1, 5),
+    st.integers(0, 2),
+    st.integers(0, 2),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(gu=geometries, gv=geometries, h=st.integers(1, 7), w=st.integers(1, 7), seed=st.integers(0, 9))
+def test_moment_of_two_patch_features_is_the_product_of_their_unfolded_rows(gu, gv, h, w, seed):
+    out = gu.out_grid((h, w))
+    # v's input grid chosen so that both features land on the same output grid
+    hv = out[0] - 2 * gv.padding[0] + gv.kernel[0] - 1
+    wv = out[1] - 2 * gv.padding[1] + gv.kernel[1] - 1
+    if min(out) < 1 or hv < 1 or wv < 1:
+        return
+    gen = torch.Generator().manual_seed(seed)
+    xu = torch.randn(3, 2, h, w, generator=gen, dtype=torch.float64)
+    xv = torch.randn(3, 3, hv, wv, generator=gen, dtype=torch.float64)
+    layout = Layout.of([(h, w), (hv, wv)], largest_shift(gu, gv))
+    got = patch_moment(
+        layout.pad(xu, torch.float64), (2, h, w), gu, layout.pad(xv, torch.float64), (3, hv, wv), gv, out
+    )
+    torch.testing.assert_close(got, unfolded(xu, gu).T @ unfolded(xv, gv), rtol=0, atol=1e-12)
+    # a feature with itself: half the offsets, the same matrix (symmetric)
+    layout = Layout.of([(h, w)], largest_shift(gu, gu))
+    xp = layout.pad(xu, torch.float64)
+    itself = patch_moment(xp, (2, h, w), gu, xp, (2, h, w), gu, out, symmetric=True)
+    torch.testing.assert_close(itself, unfolded(xu, gu).T @ unfolded(xu, gu), rtol=0, atol=1e-12)
+    grad = torch.randn(3, 4, *out, generator=gen, dtype=torch.float64)
+    rows = grad.permute(0, 2, 3, 1).reshape(-1, 4)
+    torch.testing.assert_close(patch_gradient(xu, gu, grad), unfolded(xu, gu).T @ rows, rtol=0, atol=1e-12)
+
+
+def test_only_stride_one_patches_are_correlated():
+    assert fast(Geometry.same(3))
+    assert fast(Geometry((2, 2), (1, 1), (0, 0)))
+    assert not fast(Geometry((2, 2), (2, 2), (0, 0)))
+    assert not fast(None)
