@@ -140,6 +140,31 @@ def apply_transform(rows_: Tensor, n: int, grid: Pair, transforms: str) -> Tenso
     return image.sum((2, 3)) if transforms.endswith(SUM) else image_rows(image)
 
 
+def position_weights(grid: Pair, transforms: str, dtype: torch.dtype, device) -> Tensor:
+    """The weight of each position of ``grid`` in a summed transform (``.../sum``): the rows' transform
+    is ``sum_p weights[p] rows(p)`` (average pools then a sum over the grid are linear and act on every
+    column alike), ``[H, W]``."""
+    ones = torch.ones(grid[0] * grid[1], 1, dtype=dtype, device=device, requires_grad=True)
+    with torch.enable_grad():
+        (weights,) = torch.autograd.grad(apply_transform(ones, 1, grid, transforms).sum(), ones)
+    return weights.reshape(grid)
+
+
+def weighted_patch_sum(value: Tensor, geometry: Geometry, weights: Tensor) -> Tensor:
+    """``sum_p weights[p] patch(p)`` per sample without unfolding: ``[n, C * kh * kw]`` (the patch at
+    p reads ``value[c, stride * p + a - padding]``, so the sum is a correlation of each channel with
+    the weights dilated by the stride)."""
+    n, c, h, w = value.shape
+    kh, kw = geometry.kernel
+    out = F.conv2d(
+        value.reshape(n * c, 1, h, w),
+        weights.to(value.dtype)[None, None],
+        padding=geometry.padding,
+        dilation=geometry.stride,
+    )
+    return out[:, 0, :kh, :kw].reshape(n, c * kh * kw)
+
+
 def transformed_grid(grid: Pair, transforms: str) -> Pair | None:
     for g in _pools(transforms):
         grid = g.out_grid(grid)
@@ -249,6 +274,11 @@ def rows(
     if transform(feature):
         inner = core(feature)
         inner_grid = _tag_grid(inner) if is_one(inner) else _value_grid(inner, value)
+        geometry = parse_geometry(inner)
+        if is_summed(feature) and geometry is not None and value is not None:
+            weights = position_weights(inner_grid, transform(feature), value.dtype, value.device)
+            out = weighted_patch_sum(value, geometry, weights)
+            return out if dtype is None else out.to(dtype)
         inner_rows = rows(inner, value, n, inner_grid, dtype=dtype, device=device)
         return apply_transform(inner_rows, n, inner_grid, transform(feature))
     if is_one(feature):

@@ -389,10 +389,13 @@ class Accumulator:
                 total = x[base(p)].sum(0, keepdim=True)
                 block = patch_gradient(total, geometry[p], total.new_ones((1, 1, *grid)))
                 self._add(self.pair_sums, (s, p), block.T)
-            for s, w in grad_pairs:
-                if s in quick and (s, w) not in known:
-                    block = patch_gradient(x[base(s)], geometry[s], grads[w][part].to(dtype))
-                    self._add(self.grad_sums, (s, w), block.mul_(n))
+            for s in quick:  # one weight gradient per feature, of all its targets at once
+                ws = [w for w in self.grad_targets[s] if w in grads and (s, w) not in known]
+                if ws:
+                    together = torch.cat([grads[w][part].to(dtype) for w in ws], 1)
+                    blocks = patch_gradient(x[base(s)], geometry[s], together).mul_(n)
+                    for w, block in zip(ws, blocks.split([grads[w].shape[1] for w in ws], 1), strict=True):
+                        self._add(self.grad_sums, (s, w), block)
             z = {}
             for s in unfolded:
                 value = None if is_one(s) else post[base(s)][part].detach()

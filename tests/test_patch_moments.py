@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch.nn import functional as F
 
-from dagrow.features import Geometry
+from dagrow.features import SUM, Geometry, apply_transform, rows, transformed_grid
 from dagrow.patch_moments import Layout, fast, largest_shift, patch_gradient, patch_moment
 
 
@@ -57,3 +57,28 @@ def test_only_stride_one_patches_are_correlated():
     assert fast(Geometry((2, 2), (1, 1), (0, 0)))
     assert not fast(Geometry((2, 2), (2, 2), (0, 0)))
     assert not fast(None)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    g=st.builds(
+        lambda k, s, p: Geometry((k, k), (s, s), (min(p, k - 1), min(p, k - 1))),
+        st.integers(1, 4),
+        st.integers(1, 2),
+        st.integers(0, 2),
+    ),
+    size=st.integers(3, 9),
+    pool=st.sampled_from(["", "/avg2x2s2x2p0x0", "/avg3x3s1x1p1x1", "/avg2x2s1x1p0x0/avg2x2s2x2p1x1"]),
+)
+def test_a_summed_patch_feature_equals_its_unfolded_rows_pooled_and_summed(g, size, pool):
+    out = g.out_grid((size, size))
+    transforms = pool + SUM
+    grid = out
+    for step in pool.split("/")[1:]:  # every pooled grid must keep a position
+        grid = transformed_grid(grid, "/" + step)
+        assume(grid is not None and min(grid) >= 1)
+    assume(min(out) >= 1)
+    x = torch.randn(3, 2, size, size, generator=torch.Generator().manual_seed(size), dtype=torch.float64)
+    feature = f"x#{g.tag}{transforms}"
+    expected = apply_transform(unfolded(x, g), 3, out, transforms)
+    torch.testing.assert_close(rows(feature, x, 3, None), expected, rtol=0, atol=1e-12)
