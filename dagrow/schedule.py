@@ -169,9 +169,9 @@ class Rounds(Schedule):
                 f"more than val_min_delta = {self.val_min_delta:g} of it"
             )
         return {
-            "val_loss_before": loss,
-            "val_best": self.val_best,
-            "growths_since_val_best": self.val_growths,
+            "checked_val_loss": loss,
+            "best_val_loss": self.val_best,
+            "growths_since_best_val": self.val_growths,
         }
 
     def over_budget(self, params: int) -> bool:

@@ -266,8 +266,8 @@ def test_rounds_stop_once_rounds_that_grew_no_longer_lower_the_validation_loss()
         assert not schedule.finished
         schedule.done(added, added)
     # 0.95 is within 10% of 1.0 (one round grew since), 0.85 is better (the count starts again)
-    assert [f["val_best"] for f in figures] == [1.0, 1.0, 0.85, 0.85]
-    assert [f["growths_since_val_best"] for f in figures] == [0, 1, 0, 1]
+    assert [f["best_val_loss"] for f in figures] == [1.0, 1.0, 0.85, 0.85]
+    assert [f["growths_since_best_val"] for f in figures] == [0, 1, 0, 1]
     assert schedule.due()
     schedule.validated(0.8)  # 0.8 > 0.85 - 0.085, after the two rounds that grew since 0.85
     assert schedule.finished and "after 2 rounds that grew (val_patience 2)" in schedule.reason
@@ -279,7 +279,7 @@ def test_rounds_stop_once_rounds_that_grew_no_longer_lower_the_validation_loss()
         quiet.validated(loss)
         assert not quiet.finished
         quiet.done(1, added)
-    assert quiet.due() and quiet.validated(0.499)["val_best"] == 0.5 and quiet.finished  # 1% below: no
+    assert quiet.due() and quiet.validated(0.499)["best_val_loss"] == 0.5 and quiet.finished  # 1% below: no
     # val_patience 0: SENN's rule alone
     off = SCHEDULES.get("rounds")(cooldown=0, val_patience=0)
     for _ in range(5):

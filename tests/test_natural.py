@@ -802,16 +802,17 @@ def test_growth_stops_once_rounds_that_grew_no_longer_lower_the_validation_loss(
     while not grower.finished and len(steps) < 6:
         steps.append(grower.step(grower.model, None, (x, y), validation=lambda m: next(losses)))
     assert [s.grew for s in steps] == [True, True, True, False]
-    assert [s.events[0]["growths_since_val_best"] for s in steps] == [0, 0, 1, 2]
-    assert [s.events[0]["val_best"] for s in steps] == [1.0, 0.5, 0.5, 0.5]
+    assert [s.events[0]["growths_since_best_val"] for s in steps] == [0, 0, 1, 2]
+    assert [s.events[0]["best_val_loss"] for s in steps] == [1.0, 0.5, 0.5, 0.5]
     (last,) = steps[-1].events
-    assert last["event"] == "evaluation" and last["val_loss_before"] == 0.55 and not steps[-1].plans
+    assert last["event"] == "evaluation" and last["checked_val_loss"] == 0.55 and not steps[-1].plans
     assert "after 2 rounds that grew (val_patience 2) the validation loss 0.55" in last["reason"]
     assert grower.schedule.reason == last["reason"] and grower.schedule.rounds == 4
+    assert not [k for k in last if k.startswith("val_")]  # val_<metric> keys are the plots' metric
     blind = dagrow.Grower(tiny(MLP, n=40)[1], loss="mse", val_patience=2, **settings, **QUICK_SETTINGS)
     for _ in range(4):
         step = blind.step(blind.model, None, (x, y))
-        assert step.grew and "val_best" not in step.events[0]
+        assert step.grew and "best_val_loss" not in step.events[0]
     assert not blind.finished
 
 
