@@ -274,6 +274,9 @@ def _print_summary(run: Run, out_dir: Path) -> None:
     start = run.source.get("params", end["params"])
     out.print(f"parameters: {start} -> {end['params']}", highlight=False, soft_wrap=True)
     out.print(f"sites grown: {', '.join(grown) or 'none'}", highlight=False, soft_wrap=True)
+    stops = [h["reason"] for h in history if h.get("event") == "stop" and h.get("reason")]
+    if stops:
+        out.print(printable(f"growth stopped: {stops[-1]}"), highlight=False, markup=False, soft_wrap=True)
     out.print(
         f"validation {metric}: {end[f'val_{metric}']:.4f}   test {metric}: {end[f'test_{metric}']:.4f}",
         highlight=False,

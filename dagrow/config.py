@@ -70,6 +70,14 @@ class NaturalConfig(_Model):
     max_additions: int = Field(8, description="additions per round at most")
     patience: int = Field(3, description="stop after this many evaluations in a row without growth")
     max_rounds: int = Field(50, description="training rounds at most")
+    val_patience: int = Field(
+        3,
+        description="stop growing once this many rounds that grew have not lowered the best validation "
+        "loss by val_min_delta (0: SENN's thresholds alone)",
+    )
+    val_min_delta: float = Field(
+        0.01, description="the relative fall of the validation loss that counts as an improvement"
+    )
 
     @field_validator("tau", "alpha", "damping")
     @classmethod
@@ -92,7 +100,14 @@ class NaturalConfig(_Model):
             raise ValueError(f"depth_cost must be a positive number, got {v!r}")
         return v
 
-    @field_validator("candidates", "refine_steps", "cooldown")
+    @field_validator("val_min_delta")
+    @classmethod
+    def _min_delta(cls, v: float) -> float:
+        if not (math.isfinite(v) and 0 <= v < 1):
+            raise ValueError(f"val_min_delta must be a fraction in [0, 1), got {v!r}")
+        return v
+
+    @field_validator("candidates", "refine_steps", "cooldown", "val_patience")
     @classmethod
     def _count(cls, v: int, info) -> int:
         if v < 0:
@@ -279,6 +294,8 @@ class GrowthConfig(_Model):
                 max_additions=n.max_additions,
                 patience=n.patience,
                 max_rounds=n.max_rounds,
+                val_patience=n.val_patience,
+                val_min_delta=n.val_min_delta,
             )
         return Fixed(growths=self.growths, max_params=self.max_params)
 

@@ -146,17 +146,31 @@ class Grower:
         statistics: Statistics | None = None,
         evaluate: Callable[[DagModel], Mapping[str, Any]] | None = None,
         info: Mapping[str, Any] | None = None,
+        validation: Callable[[DagModel], float] | None = None,
     ) -> GrowthStep:
         """One growth step (module docstring). ``batches``: (inputs, targets) pairs (any iterable, a
         DataLoader, or one pair), used for the statistics, the line search and the rollback check;
         ``statistics``: those recorded during training (then ``batches`` serve the rest). ``evaluate``
-        adds its figures to the history line of every growth; ``info`` is copied into every line."""
+        adds its figures to the history line of every growth; ``info`` is copied into every line.
+        ``validation(model)``: the model's loss on held-out data, read by a schedule with a validation
+        rule (``rounds``: ``val_patience``) before anything is measured; without it that rule is off."""
         model = self._current(model)
         check_optimizer(optimizer, model)
         started = time.perf_counter()
         result = GrowthStep(model)
         if not self.schedule.due():
             return result
+        checked: dict[str, Any] = {}
+        if validation is not None and self.schedule.uses_validation:
+            value = float(validation(model))
+            if self.ranks is not None:  # every rank takes the same decision
+                value = self.ranks.mean(value)
+            checked = self.schedule.validated(value) or {}
+            if self.schedule.finished:  # growth stops here: nothing is measured
+                stop = {"event": self.schedule.idle_event, **(info or {}), "round": self.schedule.rounds}
+                stop.update(growth=self.schedule.growth, strategy=self.config.strategy, **checked)
+                result.events.append({**stop, "reason": self.schedule.reason})
+                return result
         if batches is None:
             raise ValueError(
                 "Grower.step needs batches: the samples to measure and to search the amplitude on"
@@ -187,6 +201,7 @@ class Grower:
                 + (attempts if self.schedule.idle_event == "growth" else added),
                 "strategy": self.config.strategy,
                 "init": self.config.init,
+                **checked,
             }
             if self.schedule.over_budget(params):
                 result.events.append({**line, "event": "stop", "reason": self.schedule.reason})

@@ -158,7 +158,13 @@ class Run:
             train_loss = self.train(c.every)
         info = {"step": self.step, "train_loss": train_loss}
         result = self.grower.step(
-            self.model, self.opt, batches, statistics=stats, evaluate=self.evaluate, info=info
+            self.model,
+            self.opt,
+            batches,
+            statistics=stats,
+            evaluate=self.evaluate,
+            info=info,
+            validation=lambda m: evaluate(m, self.task, "val", self.device)[0],
         )
         self.emit(result.events)
         if (

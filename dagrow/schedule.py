@@ -9,11 +9,15 @@ make (``additions``), and when the run stops growing (``finished``, with a ``rea
   also stops after ``IDLE_LIMIT`` decisions in a row that grew nothing (no site fits what is left);
 - ``rounds`` (SENN): after a round that grew, ``cooldown`` rounds without growth; up to
   ``max_additions`` additions per round; stops after ``patience`` evaluations in a row that added
-  nothing, after ``max_rounds`` rounds, or after ``growths`` additions when given.
+  nothing, after ``max_rounds`` rounds, or after ``growths`` additions when given; and, when the
+  grower is given a validation loss (the built-in loop gives the task's validation split), once
+  ``val_patience`` rounds that grew have not lowered the best validation loss by ``val_min_delta``
+  (relative) at the evaluations that followed them (``val_patience: 0`` leaves SENN's own rule alone).
 """
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
@@ -50,6 +54,16 @@ class Schedule(ABC):
     @abstractmethod
     def done(self, attempts: int, added: int) -> None:
         """End a growth step that made ``attempts`` plans and applied ``added`` of them."""
+
+    def validated(self, loss: float) -> dict[str, Any] | None:
+        """Take the validation loss of the model at the start of a growth step (after ``due``); the
+        figures of the rule that reads it, or None when the schedule has no such rule (the default)."""
+        return None
+
+    @property
+    def uses_validation(self) -> bool:
+        """The schedule reads a validation loss at each growth step (:meth:`validated`)."""
+        return False
 
     def over_budget(self, params: int) -> bool:
         """True (and the schedule finished) when ``params`` reached ``max_params``."""
@@ -119,9 +133,46 @@ class Rounds(Schedule):
     max_additions: int = 8
     patience: int = 3
     max_rounds: int = 50
+    val_patience: int = 3  # rounds that grew without a better validation loss before growth stops (0: off)
+    val_min_delta: float = 0.01  # the relative fall of the validation loss that counts as better
     waiting: int = 0  # rounds of cooldown left
     quiet: int = 0  # evaluations in a row that added nothing
+    val_best: float | None = None  # the best validation loss measured at an evaluation
+    val_growths: int = 0  # rounds that grew since that evaluation
     idle_event: ClassVar[str] = "evaluation"
+
+    def __post_init__(self) -> None:
+        vp, vd = self.val_patience, self.val_min_delta
+        if isinstance(vp, bool) or not isinstance(vp, int) or vp < 0:
+            raise ValueError(f"val_patience must be a whole number >= 0 (0: off), got {vp!r}")
+        if isinstance(vd, bool) or not isinstance(vd, int | float) or not (math.isfinite(vd) and 0 <= vd < 1):
+            raise ValueError(f"val_min_delta must be a fraction in [0, 1), got {vd!r}")
+
+    @property
+    def uses_validation(self) -> bool:
+        return self.val_patience > 0
+
+    def validated(self, loss: float) -> dict[str, Any] | None:
+        """The validation rule: ``loss`` is better when it is below the best so far by more than
+        ``val_min_delta`` of it; otherwise, once ``val_patience`` rounds grew since the best, the
+        schedule finishes (growth stops, training goes on). A non-finite loss is never better."""
+        if not self.uses_validation:
+            return None
+        best = self.val_best
+        better = math.isfinite(loss) and (best is None or loss < best - self.val_min_delta * abs(best))
+        if better:
+            self.val_best, self.val_growths = loss, 0
+        elif self.val_growths >= self.val_patience and not self.reason:
+            self.reason = (
+                f"stopped growing: after {self.val_growths} rounds that grew (val_patience "
+                f"{self.val_patience}) the validation loss {loss:.6g} is not below its best {best:.6g} by "
+                f"more than val_min_delta = {self.val_min_delta:g} of it"
+            )
+        return {
+            "checked_val_loss": loss,
+            "best_val_loss": self.val_best,
+            "growths_since_best_val": self.val_growths,
+        }
 
     def over_budget(self, params: int) -> bool:
         """Never: at the budget the natural strategy finds no site, and patience ends the run."""
@@ -146,6 +197,8 @@ class Rounds(Schedule):
 
     def done(self, attempts: int, added: int) -> None:
         self.growth += added
+        if added and self.val_best is not None:
+            self.val_growths += 1
         self.quiet = 0 if added else self.quiet + 1
         self.waiting = self.cooldown if added else 0
         if self.growths is not None and self.growth >= self.growths:

@@ -255,6 +255,50 @@ def test_rounds_cool_down_after_growth_and_stop_on_patience():
     assert schedule.finished and "2 evaluations in a row" in schedule.reason
 
 
+def test_rounds_stop_once_rounds_that_grew_no_longer_lower_the_validation_loss():
+    """val_patience 2, val_min_delta 0.1: a loss counts as better only 10% below the best; growth
+    stops at the first evaluation that is not better after two rounds that grew since the best."""
+    schedule = SCHEDULES.get("rounds")(cooldown=0, patience=5, val_patience=2, val_min_delta=0.1)
+    figures = []
+    for loss, added in [(1.0, 1), (0.95, 1), (0.85, 1), (0.8, 2)]:
+        assert schedule.due()
+        figures.append(schedule.validated(loss))
+        assert not schedule.finished
+        schedule.done(added, added)
+    # 0.95 is within 10% of 1.0 (one round grew since), 0.85 is better (the count starts again)
+    assert [f["best_val_loss"] for f in figures] == [1.0, 1.0, 0.85, 0.85]
+    assert [f["growths_since_best_val"] for f in figures] == [0, 1, 0, 1]
+    assert schedule.due()
+    schedule.validated(0.8)  # 0.8 > 0.85 - 0.085, after the two rounds that grew since 0.85
+    assert schedule.finished and "after 2 rounds that grew (val_patience 2)" in schedule.reason
+    assert "loss 0.8 is not below its best 0.85 by more than val_min_delta = 0.1" in schedule.reason
+    # a non-finite loss is never better; rounds that added nothing do not count
+    quiet = SCHEDULES.get("rounds")(cooldown=0, patience=9, val_patience=1)
+    for loss, added in [(1.0, 0), (float("nan"), 0), (1.0, 0), (0.5, 1)]:
+        assert quiet.due()
+        quiet.validated(loss)
+        assert not quiet.finished
+        quiet.done(1, added)
+    assert quiet.due() and quiet.validated(0.499)["best_val_loss"] == 0.5 and quiet.finished  # 1% below: no
+    # val_patience 0: SENN's rule alone
+    off = SCHEDULES.get("rounds")(cooldown=0, val_patience=0)
+    for _ in range(5):
+        assert off.due() and off.validated(1.0) is None
+        off.done(1, 1)
+    assert not off.finished and not off.uses_validation
+    again = SCHEDULES.get("rounds")()
+    again.load_state_dict(json.loads(json.dumps(schedule.state_dict())))
+    assert (again.val_best, again.val_growths, again.reason) == (0.85, 2, schedule.reason)
+    for bad, message in [
+        ({"val_patience": -1}, "val_patience must be a whole number >= 0"),
+        ({"val_patience": 1.5}, "val_patience must be a whole number >= 0"),
+        ({"val_min_delta": 1.0}, r"val_min_delta must be a fraction in \[0, 1\)"),
+        ({"val_min_delta": float("nan")}, r"val_min_delta must be a fraction in \[0, 1\)"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            SCHEDULES.get("rounds")(**bad)
+
+
 def test_a_budget_without_a_growth_count_stops_when_nothing_fits():
     x, y = data()
     grower = dagrow.Grower(SPEC, loss="mse", dtype=torch.float64, growths=None, max_params=75, neurons=2)

@@ -788,3 +788,54 @@ def test_candidates_are_judged_on_the_held_out_part_of_the_growth_batch():
     assert sum(p.searched > p.score for p in ev.proposals) > len(ev.proposals) / 2
     with pytest.raises(ValueError, match="holdout must be a fraction"):
         NaturalSettings(holdout=1.0).validate()
+
+
+def test_growth_stops_once_rounds_that_grew_no_longer_lower_the_validation_loss():
+    """val_patience 2 with SENN's thresholds at 0 (every evaluation grows): the validation losses 1.0,
+    0.5, 0.6, 0.55 stop growth at the fourth step, before anything is measured; the lines carry the
+    rule's figures. Without a validation loss the rule is off and the same grower keeps growing."""
+    spec, model, x, y = tiny(MLP, n=40)
+    settings = dict(strategy="natural", growths=None, tau=0.0, alpha=0.0, cooldown=0, max_additions=1)
+    grower = dagrow.Grower(model, loss="mse", val_patience=2, **settings, **QUICK_SETTINGS)
+    losses = iter([1.0, 0.5, 0.6, 0.55])
+    steps = []
+    while not grower.finished and len(steps) < 6:
+        steps.append(grower.step(grower.model, None, (x, y), validation=lambda m: next(losses)))
+    assert [s.grew for s in steps] == [True, True, True, False]
+    assert [s.events[0]["growths_since_best_val"] for s in steps] == [0, 0, 1, 2]
+    assert [s.events[0]["best_val_loss"] for s in steps] == [1.0, 0.5, 0.5, 0.5]
+    (last,) = steps[-1].events
+    assert last["event"] == "evaluation" and last["checked_val_loss"] == 0.55 and not steps[-1].plans
+    assert "after 2 rounds that grew (val_patience 2) the validation loss 0.55" in last["reason"]
+    assert grower.schedule.reason == last["reason"] and grower.schedule.rounds == 4
+    assert not [k for k in last if k.startswith("val_")]  # val_<metric> keys are the plots' metric
+    blind = dagrow.Grower(tiny(MLP, n=40)[1], loss="mse", val_patience=2, **settings, **QUICK_SETTINGS)
+    for _ in range(4):
+        step = blind.step(blind.model, None, (x, y))
+        assert step.grew and "best_val_loss" not in step.events[0]
+    assert not blind.finished
+
+
+def test_the_validation_rule_settings_are_checked(tmp_path):
+    assert GrowthConfig(strategy="natural").natural.val_patience == 3
+    assert GrowthConfig(strategy="natural").make_schedule().val_min_delta == 0.01
+    senn = GrowthConfig(strategy="natural", val_patience=0).make_schedule()
+    assert not senn.uses_validation and senn.validated(1.0) is None
+    for bad, message in [
+        ({"val_patience": -1}, "val_patience must be >= 0"),
+        ({"val_min_delta": 1.0}, "val_min_delta must be a fraction in [0, 1)"),
+        ({"val_min_delta": float("inf")}, "val_min_delta must be a fraction in [0, 1)"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            GrowthConfig(strategy="natural", **bad)
+    path = tmp_path / "spec.yaml"
+    path.write_text(chain_spec("r1", 1, {"h": {"width": 1}}, 1, {}).to_yaml())
+    for args, message in [
+        (["--val-patience", "-2"], "val_patience must be >= 0"),
+        (["--val-min-delta", "-0.5"], "val_min_delta must be a fraction in [0, 1)"),
+    ]:
+        result = run_cli(
+            "grow", path, "--task", "regression1d", "--strategy", "natural", "--out", tmp_path / "o", *args,
+            ok=False,
+        )  # fmt: skip
+        assert message in result.stderr and "Traceback" not in result.stderr
