@@ -91,7 +91,9 @@ def exact_first_order(
         share = size_of(part) / total  # each chunk's loss is a mean over its own samples
         for p in todo:
             cores = [core(s) for s in p.site.sources]
-            dz = directional_derivative(fw.features(cores).double() @ p.fan_in.T, slopes[id(p)])
+            # B_U alpha^T in the model's dtype (a conv for patches), then float64 as the statistics
+            z = fw.project(cores, p.fan_in.to(fw.ref.dtype).T).double()
+            dz = directional_derivative(z, slopes[id(p)])
             way = transform(p.site.sources[0])
             if way:  # pooled or summed on the way to the targets, as the new channels are
                 dz = apply_transform(dz, fw.n, feature_grid(cores[0], fw.shapes), way)  # type: ignore[arg-type]

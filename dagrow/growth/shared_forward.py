@@ -23,9 +23,21 @@ from typing import Any
 
 import torch
 from torch import Tensor, fx
+from torch.nn import functional as F
 
 from ..compile import spec_of
-from ..features import apply_transform, base, core, feature_grid, is_one, rows, transform
+from ..features import (
+    apply_transform,
+    base,
+    core,
+    feature_grid,
+    feature_width,
+    image_rows,
+    is_one,
+    parse_geometry,
+    rows,
+    transform,
+)
 from ..graph import analyze
 from ..norms import apply_to_new_channels
 from .proposals import Proposal
@@ -76,6 +88,27 @@ class SharedForward:
                 self._features[s] = self.feature(s)
             blocks.append(self._features[s])
         return blocks[0] if len(blocks) == 1 else torch.cat(blocks, 1)
+
+    def project(self, sources: Sequence[str], matrix: Tensor) -> Tensor:
+        """``features(sources) @ matrix`` (``matrix [dim, K]``, rows as in :meth:`features`), in the
+        dtype of ``matrix``. Patch features are never unfolded: their share is a conv of their node's
+        value with the matching columns as kernels (``K`` output channels)."""
+        total: Tensor | None = None
+        col = 0
+        for s in sources:
+            width = feature_width(s, self.shapes)
+            block = matrix[col : col + width]
+            col += width
+            geometry = parse_geometry(s)
+            if geometry is not None and not transform(s):
+                x = self.values[self.post[base(s)]].to(block.dtype)
+                kernels = block.T.reshape(block.shape[1], x.shape[1], *geometry.kernel)
+                part = image_rows(F.conv2d(x, kernels, stride=geometry.stride, padding=geometry.padding))
+            else:
+                part = self.features([s]).to(block.dtype) @ block
+            total = part if total is None else total + part
+        assert total is not None, "project needs at least one source"
+        return total
 
     def outputs(self) -> Outputs:
         """The model's outputs on the batch (cached)."""
@@ -180,11 +213,11 @@ def proposal_outputs(
     products: dict[str, list[tuple[Tensor | str, Tensor]]] = {}
     if edge and proposal.edge_weight is not None:
         w = site.pair[1]  # type: ignore[index]
-        linear[w].append(forward.features(site.sources) @ cast(proposal.edge_weight).T)
+        linear[w].append(forward.project(site.sources, cast(proposal.edge_weight).T))
     for w, upd in proposal.updates.items() if update else ():
         col, fixed = 0, []
         for s in upd.sources:
-            width = forward.features([s]).shape[1]
+            width = feature_width(s, forward.shapes)
             block = -cast(upd.delta[:, col : col + width]).T  # [width_s, width_w]
             col += width
             if not is_one(s) and program.moves(base(s)):
@@ -192,7 +225,7 @@ def proposal_outputs(
             else:
                 fixed.append((s, block))
         if fixed:
-            linear[w].append(forward.features([s for s, _ in fixed]) @ torch.cat([b for _, b in fixed]))
+            linear[w].append(forward.project([s for s, _ in fixed], torch.cat([b for _, b in fixed])))
     slope = {w: torch.stack(ts).sum(0) if len(ts) > 1 else ts[0] for w, ts in linear.items() if ts}
 
     z: Tensor | None = None
@@ -203,7 +236,7 @@ def proposal_outputs(
         # summed over the grid through a flatten (their fan-out is then the same at every position)
         way = transform(site.sources[0])
         cores = [core(s) for s in site.sources]
-        z = forward.features(cores) @ cast(proposal.fan_in).T  # [rows, K]
+        z = forward.project(cores, cast(proposal.fan_in).T)  # [rows, K]
         grid = feature_grid(cores[0], forward.shapes)
         fan_out = {w: cast(t).T for w, t in proposal.fan_out.items()}  # [K, width_w]
         if site.kind == "widen":
