@@ -236,7 +236,7 @@ def export(
         else:
             model = model if model is not None else compile(spec, seed=0)
             (write_pt2 if to is ExportFormat.pt2 else write_onnx)(model, output)
-        out.print(printable(f"wrote {output}"), highlight=False, markup=False)
+        out.print(printable(f"wrote {output}"), highlight=False, markup=False, soft_wrap=True)
         return
     text = to_dot(spec) if to is ExportFormat.dot else spec.to_yaml()
     if output is None:

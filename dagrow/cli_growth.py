@@ -177,7 +177,7 @@ def _grow(args: GrowArgs, given: dict[str, Any]) -> None:
             run = Run.resume(directory, the_task)
             if run.finished:
                 message = printable(f"{run_dir}: the run is finished; nothing to resume")
-                out.print(message, highlight=False, markup=False)
+                out.print(message, highlight=False, markup=False, soft_wrap=True)
                 return
         else:
             if source is None or out_dir is None:
