@@ -276,7 +276,8 @@ def _print_summary(run: Run, out_dir: Path) -> None:
     out.print(f"sites grown: {', '.join(grown) or 'none'}", highlight=False, soft_wrap=True)
     stops = [h["reason"] for h in history if h.get("event") == "stop" and h.get("reason")]
     if stops:
-        out.print(printable(f"growth stopped: {stops[-1]}"), highlight=False, markup=False, soft_wrap=True)
+        reason = stops[-1].removeprefix("stopped growing: ")
+        out.print(printable(f"growth stopped: {reason}"), highlight=False, markup=False, soft_wrap=True)
     out.print(
         f"validation {metric}: {end[f'val_{metric}']:.4f}   test {metric}: {end[f'test_{metric}']:.4f}",
         highlight=False,
