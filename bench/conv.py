@@ -24,8 +24,12 @@ step (Adam for the decision, as bench/grow.py) at batch 256.
    ``/proc/self/clear_refs`` and read as ``VmHWM``; glibc mmaps large tensors, so freed memory
    leaves the process; ``ru_maxrss`` alone kept the peak of the imports). On CUDA:
    ``torch.cuda.max_memory_allocated`` above the memory allocated before the call. Target <= 2x.
-5. GroMo 0.1.0: the same statistics with GroMo's conv growing modules, printed as a ratio to dagrow's,
-   when ``gromo`` imports and a comparison is written for it; otherwise a line says it was skipped.
+5. GroMo 0.1.0 (``pip install gromo==0.1.0``): the same network as a chain of GroMo's
+   ``RestrictedConv2dGrowingModule`` (new channels fan out through a 1x1 conv, as dagrow's centre tap),
+   its statistics pass (every conv's S, M and gradient covariance, and the tensors that grow the
+   channels between two convs) against dagrow's for the same sites (widen:c1..c3 with every conv's S,
+   M and G), printed as GroMo's time / dagrow's; the line also says whether GroMo's S and M of the conv
+   c1 -> c2 equal dagrow's on a float64 copy of the network. Without gromo a line says it was skipped.
 
 Every time is the median of ``--repeat`` rounds in which the functions alternate (``median_times`` of
 bench/stats.py), so that the ratios survive a machine whose load changes.
@@ -207,15 +211,113 @@ def verdict(name: str, ratio: float, detail: str) -> str:
     return f"{name}/train_step = {ratio:.2f}x ({detail}) target <= {target:g}x: {ok}"
 
 
-def gromo_line() -> str:
+def gromo_network(args, norm: bool):
+    """The bench network in GroMo 0.1.0's modules: a chain of ``RestrictedConv2dGrowingModule`` (3x3,
+    padding 1, no bias, then [batch norm,] ReLU), each linked to the one before it (GroMo grows the
+    channels between two convs; "restricted": the new channels' fan-out is a 1x1 conv, as dagrow's
+    centre tap, where ``FullConv2dGrowingModule`` would fit the whole kernel), then the same pool,
+    flatten and linear head."""
+    from gromo.modules.conv2d_growing_module import RestrictedConv2dGrowingModule
+
+    convs, previous, channels = [], None, 3
+    for _ in range(4):
+        post = torch.nn.Sequential(*([torch.nn.BatchNorm2d(32)] if norm else []), torch.nn.ReLU())
+        conv = RestrictedConv2dGrowingModule(
+            channels,
+            32,
+            3,
+            padding=1,
+            use_bias=False,
+            input_size=(16, 16),
+            post_layer_function=post,
+            previous_module=previous,
+            allow_growing=previous is not None,
+            device=torch.device(args.device),
+        )
+        if previous is not None:
+            previous.next_module = conv
+        convs.append(conv)
+        previous, channels = conv, 32
+    head = torch.nn.Sequential(torch.nn.AvgPool2d(16), torch.nn.Flatten(), torch.nn.Linear(32, 10))
+    return convs, torch.nn.Sequential(*convs, head).to(args.device)
+
+
+def gromo_line(args, x, y, model, sync) -> str:
+    """GroMo's statistics (every conv's S, M and gradient covariance, and for the convs after the
+    first the tensors that grow the channels before them) against dagrow's for the same sites
+    (widen:c1..c3 with every conv's S, M and G), timed alternately in one run."""
     try:
         import gromo  # noqa: F401
     except ImportError:
         return "GroMo 0.1.0: skipped (gromo does not import here; `pip install gromo==0.1.0` to try)"
+    if args.norm not in ("batch_norm", "none"):
+        return f"GroMo 0.1.0: skipped (the GroMo network of this bench has no {args.norm})"
+    convs, net = gromo_network(args, args.norm == "batch_norm")
+    net.train()
+
+    def gromo_stats():
+        for conv in convs:
+            conv.init_computation()
+        net.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        for conv in convs:
+            conv.update_computation()
+        for conv in convs:
+            conv.reset_computation()
+
+    sites = [s for s in enumerate_sites(dagrow.spec_of(model), include_unsupported=False) if s.id in WIDEN_C]
+
+    def dagrow_stats():
+        return measure(model, [(x, y)], "cross_entropy", sites=sites, output_factors=True)
+
+    t = median_times({"gromo": gromo_stats, "dagrow": dagrow_stats}, args.repeat, args.warmup, sync)
     return (
-        "GroMo 0.1.0: skipped (gromo imports, but this bench has no GroMo version of the network yet: "
-        "its conv modules need the network rebuilt as a chain of Conv2dGrowingModule)"
+        f"GroMo 0.1.0 / dagrow = {t['gromo'] / t['dagrow']:.2f}x (GroMo {t['gromo'] * 1e3:.1f} ms, dagrow "
+        f"{t['dagrow'] * 1e3:.1f} ms: {', '.join(WIDEN_C)} and every conv's S, M and G, "
+        f"RestrictedConv2dGrowingModule chain of the same network; {gromo_agreement(args)})"
     )
+
+
+def gromo_agreement(args) -> str:
+    """Whether GroMo's S and M of the conv c1 -> c2 equal dagrow's on the same float64 network and
+    batch (16 samples; GroMo's M is the gradient of the mean loss, dagrow's n times it)."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # GroMo builds some of its tensors in the default dtype
+    try:
+        return _gromo_agreement(args)
+    finally:
+        torch.set_default_dtype(default)
+
+
+def _gromo_agreement(args) -> str:
+    spec = dagrow.load_spec(cnn_spec(norm=None if args.norm == "none" else args.norm))
+    model = dagrow.compile(spec, seed=0, dtype=torch.float64)
+    convs, net = gromo_network(argparse.Namespace(device="cpu"), args.norm == "batch_norm")
+    chain = ["img", "c1", "c2", "c3", "c4"]
+    with torch.no_grad():
+        for conv, u, v in zip(convs, chain, chain[1:], strict=False):
+            conv.layer.weight.copy_(model.get_parameter(f"edges.{u}__{v}.weight"))
+        net[4][2].weight.copy_(model.get_parameter("edges.flat__out.weight"))
+        net[4][2].bias.copy_(model.get_parameter("nodes.out.bias"))
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(16, 3, 16, 16, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 10, (16,), generator=gen)
+    for conv in convs:
+        conv.init_computation()
+    torch.nn.functional.cross_entropy(net(x), y).backward()
+    for conv in convs:
+        conv.update_computation()
+    sites = [s for s in enumerate_sites(spec, include_unsupported=False) if s.id in WIDEN_C]
+    stats = measure(model, [(x, y)], "cross_entropy", sites=sites, output_factors=True)
+    f = patch_feature("c1", Geometry.same(3))
+    same = torch.allclose(convs[1].tensor_s(), stats.moment([f], [f]), rtol=1e-9, atol=1e-12)
+    same &= torch.allclose(16 * convs[1].tensor_m(), stats.grad_moment([f], "c2"), rtol=1e-9, atol=1e-12)
+    return (
+        "S and M of c1 -> c2 equal dagrow's in float64" if same else "S or M of c1 -> c2 DIFFER from dagrow's"
+    )
+
+
+WIDEN_C = ("widen:c1", "widen:c2", "widen:c3")
 
 
 def main() -> None:
@@ -305,7 +407,7 @@ def main() -> None:
             f"{mib['stats']:.1f} MiB vs {mib['step']:.1f} MiB, {how}",
         )
         print(line.replace("memory/train_step", "memory(stats)/memory(train_step)"))
-    print(gromo_line())
+    print(gromo_line(args, x, y, model, sync))
 
 
 if __name__ == "__main__":
