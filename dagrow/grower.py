@@ -212,16 +212,15 @@ class Grower:
                 stats = statistics if attempt == 0 else None
                 if self.ranks is not None and self.strategy.needs_statistics:
                     stats = self._global_statistics(model, batch, sites, stats)
-                with running_stats_kept(model):  # a decision never moves a batch norm's statistics
-                    plan = self.strategy.plan(
-                        model,
-                        batch,
-                        loss,
-                        sites,
-                        statistics=stats,
-                        growth=line["growth"],
-                        budget=self.schedule.budget(params),
-                    )
+                plan = self.strategy.plan(  # a plan never moves a batch norm's statistics
+                    model,
+                    batch,
+                    loss,
+                    sites,
+                    statistics=stats,
+                    growth=line["growth"],
+                    budget=self.schedule.budget(params),
+                )
             except StatsError as exc:  # training diverged: stop growing and say why
                 self.diverged = self.schedule.reason = str(exc)
                 result.events.append({**line, "event": "stop", "reason": str(exc)})

@@ -23,9 +23,10 @@ amplitude search, so each of them reports gamma* and Delta_l. Proposals become a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +50,7 @@ from .growth.natural import (
 )
 from .growth.proposals import Proposal, ProposalSettings, propose_all
 from .growth.shared_forward import SharedForward
+from .norms import running_stats_kept
 from .plan import Plan, SiteScore
 from .registry import Registry
 from .rewrite import replay
@@ -74,8 +76,22 @@ def growable(proposals: list[Proposal]) -> list[Proposal]:
     return [p for p in proposals if p.skipped is None and (p.neurons > 0 or p.edge_weight is not None)]
 
 
+def keeps_running_stats(plan: Callable[..., Plan]) -> Callable[..., Plan]:
+    """Make a strategy's ``plan`` leave the running statistics of the model's norms as they were:
+    its statistics pass, shared forward and line searches run the model (in training mode a batch
+    norm would move its running mean and variance towards every candidate it evaluates)."""
+
+    @functools.wraps(plan)
+    def wrapped(self, model, *args, **kwargs) -> Plan:
+        with running_stats_kept(model):
+            return plan(self, model, *args, **kwargs)
+
+    return wrapped
+
+
 class Strategy(ABC):
-    """Turns a network, a growth batch and its growable sites into a :class:`Plan`."""
+    """Turns a network, a growth batch and its growable sites into a :class:`Plan` (a plan never
+    changes the model: its norms' running statistics included, :func:`keeps_running_stats`)."""
 
     name: str = ""
     summary: str = ""
@@ -152,6 +168,7 @@ class ProposalStrategy(Strategy):
         """The decision for growth number ``step`` (None when no site can grow); ``forward``: the
         model's shared forward on ``batch`` (made when needed if None)."""
 
+    @keeps_running_stats
     def plan(self, model, batch, loss, sites, *, statistics=None, growth=0, budget=None) -> Plan:
         sites = list(sites)
         # a growth batch in chunks (growth_batch: all) is streamed through one accumulator
@@ -425,6 +442,7 @@ class Natural(Strategy):
             )
         return None, rejected
 
+    @keeps_running_stats
     def plan(self, model, batch, loss, sites, *, statistics=None, growth=0, budget=None) -> Plan:
         sites = list(sites)
         if budget is not None and budget <= 0:

@@ -425,6 +425,24 @@ def test_statistics_and_decisions_leave_the_running_statistics_alone():
     assert step.model.training
 
 
+@pytest.mark.parametrize(
+    "text, strategy",
+    [(IMAGE, "amplitude_factor"), (IMAGE, "naive"), (IMAGE, "max_eigenvalue"), (MLP, "natural")],
+)
+def test_a_plan_called_directly_leaves_the_running_statistics_alone(text, strategy):
+    # the statistics pass, the shared forward and every line-search evaluation run the model in train
+    # mode; without the guard each moved the batch norms' running statistics towards the candidates
+    text = text.replace("growth: {widen: none, new_nodes: none}", "growth: {widen: all, new_edges: all}")
+    spec, model, xs, y = setup(text)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    sites = enumerate_sites(spec, include_unsupported=False)
+    chosen = dagrow.GrowthConfig(strategy=strategy, neurons=1).make_strategy()
+    plan = chosen.plan(model, (tuple(xs) if len(xs) > 1 else xs[0], y), "mse", sites)
+    assert plan.actions, plan.reason
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def test_grow_a_normed_mlp_then_export_and_reload_bit_identically(tmp_path):
     text = MLP.replace(
         "h1: {width: 5, activation: tanh}",
