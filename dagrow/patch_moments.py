@@ -21,7 +21,7 @@ Everything here is a sum over the given samples; the accumulator scales and adds
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -47,11 +47,16 @@ class Layout:
     def of(cls, grids: Sequence[Sequence[int]], shift: Pair) -> Layout:
         return cls(max(g[0] for g in grids) + shift[0], max(g[1] for g in grids) + shift[1])
 
-    def pad(self, x: Tensor, dtype: torch.dtype) -> Tensor:
-        """``x [n, C, H, W]`` -> ``[n, rows, cols, C]`` in ``dtype``."""
-        n, c, h, w = x.shape
-        out = x.new_zeros((n, self.rows, self.cols, c), dtype=dtype)
-        out[:, :h, :w] = x.permute(0, 2, 3, 1)
+    def pad(self, *xs: Tensor, dtype: torch.dtype) -> Tensor:
+        """``x [n, C, H, W]`` (each of ``xs``) -> ``[n, rows, cols, sum C]`` in ``dtype``, the channels of
+        each input after those of the one before."""
+        n, channels = xs[0].shape[0], sum(x.shape[1] for x in xs)
+        out = xs[0].new_zeros((n, self.rows, self.cols, channels), dtype=dtype)
+        start = 0
+        for x in xs:
+            _, c, h, w = x.shape
+            out[:, :h, :w, start : start + c] = x.permute(0, 2, 3, 1)
+            start += c
         return out
 
 
@@ -75,6 +80,64 @@ def _span(lo_u: int, hi_u: int, lo_v: int, hi_v: int, d: int) -> tuple[int, int]
     return max(lo_u, lo_v - d), min(hi_u, hi_v - d)
 
 
+def _shifted_product(a: Tensor, b: Tensor, cols: int, d: Pair) -> Tensor:
+    """``sum_q a[q]^T b[q + d]`` over the flat rows of one :class:`Layout` (``[total, C]`` each)."""
+    total = a.shape[0]
+    shift = d[0] * cols + d[1]
+    lo, hi = max(0, -shift), min(total, total - shift)
+    return a[lo:hi].T @ b[lo + shift : hi + shift]
+
+
+class Correlations:
+    """The full correlations of several nodes' inputs at once: their channels concatenated in one
+    :class:`Layout` (``x [n, rows, cols, sum C]``, ``channels[v]`` the slice of node v), one product
+    ``X^T X_d`` per offset d >= (0, 0) gives every pair's ``F_d`` (and ``F_-d(u, v) = F_d(v, u)^T``).
+    Fewer, wider products than one per pair and offset: each reads the inputs once."""
+
+    def __init__(self, x: Tensor, channels: dict[str, slice]) -> None:
+        self.x, self.channels = x, channels
+        self.flat = x.reshape(-1, x.shape[3])
+        self.products: dict[Pair, Tensor] = {}
+
+    def view(self, v: str) -> Tensor:
+        return self.x[..., self.channels[v]]
+
+    def full(self, u: str, v: str, d: Pair) -> Tensor:
+        """``F_d(u, v) = sum_q x_u[q] x_v[q + d]^T``, ``[C_u, C_v]``."""
+        if d >= (0, 0):
+            return self._product(d)[self.channels[u], self.channels[v]]
+        return self._product((-d[0], -d[1]))[self.channels[v], self.channels[u]].T
+
+    def _product(self, d: Pair) -> Tensor:
+        if d not in self.products:
+            self.products[d] = _shifted_product(self.flat, self.flat, self.x.shape[2], d)
+        return self.products[d]
+
+
+def shifts(gu: Geometry, gv: Geometry) -> set[Pair]:
+    """The offsets d = o_v(b) - o_u(a) between the taps of two geometries."""
+    ou, ov = offsets(gu), offsets(gv)
+    return {(b1 - a1, b2 - a2) for a1 in ou[0] for a2 in ou[1] for b1 in ov[0] for b2 in ov[1]}
+
+
+def canonical(d: Pair) -> Pair:
+    """d or -d, whichever is >= (0, 0): the product of :class:`Correlations` that holds F_d."""
+    return d if d >= (0, 0) else (-d[0], -d[1])
+
+
+def correlate_jointly(pairs: Sequence[tuple[Geometry, int, Geometry, int, bool]], channels: int) -> bool:
+    """Whether :class:`Correlations` of all ``channels`` at once cost at most 1.5 times the
+    multiply-adds of the pairs' own correlations (``(geometry_u, C_u, geometry_v, C_v, symmetric)``
+    each): the wider products are faster per multiply-add, but compute every pair of nodes."""
+    alone, needed = 0, set()
+    for gu, cu, gv, cv, symmetric in pairs:
+        ds = shifts(gu, gv)
+        own = {canonical(d) for d in ds}
+        needed |= own
+        alone += (len(own) if symmetric else len(ds)) * cu * cv
+    return bool(pairs) and len(needed) * channels * channels <= 1.5 * alone
+
+
 def patch_moment(
     xu: Tensor,
     shape_u: Sequence[int],
@@ -84,29 +147,29 @@ def patch_moment(
     gv: Geometry,
     out_grid: Pair,
     symmetric: bool = False,
+    correlation: Callable[[Pair], Tensor] | None = None,
 ) -> Tensor:
     """``sum_samples sum_p patch_u(p)^T patch_v(p)``, shape ``[C_u kh kw, C_v kh' kw']`` (columns in the
     order of :func:`dagrow.features.rows`).
 
     ``xu``, ``xv``: the inputs in one :class:`Layout` (``[n, rows, cols, C]``); ``shape_u``/``shape_v``:
-    their real ``(C, H, W)``; ``symmetric``: u and v are the same feature (half the offsets)."""
+    their real ``(C, H, W)``; ``symmetric``: u and v are the same feature (half the offsets);
+    ``correlation(d)``: ``F_d(u, v)`` when already at hand (:class:`Correlations`), else computed here."""
     n, rows, cols, cu = xu.shape
     cv = xv.shape[3]
     (hu, wu), (hv, wv) = shape_u[1:], shape_v[1:]
-    au, bv = xu.reshape(-1, cu), xv.reshape(-1, cv)
-    total = au.shape[0]
     ou, ov = offsets(gu), offsets(gv)
     ku, kv = gu.area, gv.area
     out = xu.new_empty((cu, ku, cv, kv))
-    full: dict[Pair, Tensor] = {}
     edges: dict[tuple, Tensor] = {}
+    if correlation is None:
+        au, bv = xu.reshape(-1, cu), xv.reshape(-1, cv)
+        full: dict[Pair, Tensor] = {}
 
-    def correlation(d: Pair) -> Tensor:
-        if d not in full:
-            shift = d[0] * cols + d[1]
-            lo, hi = max(0, -shift), min(total, total - shift)
-            full[d] = au[lo:hi].T @ bv[lo + shift : hi + shift]
-        return full[d]
+        def correlation(d: Pair) -> Tensor:
+            if d not in full:
+                full[d] = _shifted_product(au, bv, cols, d)
+            return full[d]
 
     def row(d: Pair, q1: int) -> Tensor:  # sum over the full column span of one row q1 of u
         key = ("r", d, q1)

@@ -16,6 +16,7 @@ Only the blocks the sites need are computed, one matrix product per block.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -40,7 +41,15 @@ from .graph import analyze
 from .losses import LOSSES as LOSSES  # re-exported: dagrow.stats.LOSSES
 from .losses import LossFn, loss_function
 from .norms import running_stats_kept
-from .patch_moments import Layout, fast, largest_shift, patch_gradient, patch_moment
+from .patch_moments import (
+    Correlations,
+    Layout,
+    correlate_jointly,
+    fast,
+    largest_shift,
+    patch_gradient,
+    patch_moment,
+)
 from .sites import Site, enumerate_sites, linear_sources
 
 
@@ -354,10 +363,21 @@ class Accumulator:
         slow_grads = {(s, w) for s, w in grad_pairs if s not in quick and (s, w) not in known}
         unfolded = sorted({f for pair in [*slow, *slow_grads] for f in pair if f in self.widths}, key=rank)
         nodes = sorted({base(s) for s in quick}, key=self.sg.position.__getitem__)
-        shifts = [largest_shift(geometry[s], geometry[p]) for s, p in correlated]
+        reach = [largest_shift(geometry[s], geometry[p]) for s, p in correlated]
         layout = Layout.of(
             [tuple(post[v].shape[2:]) for v in nodes] or [grid],
-            (max([d[0] for d in shifts], default=0), max([d[1] for d in shifts], default=0)),
+            (max([d[0] for d in reach], default=0), max([d[1] for d in reach], default=0)),
+        )
+        channels, total_channels = {}, 0
+        for v in nodes:
+            channels[v] = slice(total_channels, total_channels + post[v].shape[1])
+            total_channels += post[v].shape[1]
+        jointly = correlate_jointly(
+            [
+                (geometry[s], post[base(s)].shape[1], geometry[p], post[base(p)].shape[1], s == p)
+                for s, p in correlated
+            ],
+            total_channels,
         )
         for key in grad_pairs:  # whole-batch gradient blocks known from the weight gradients
             if key in known:
@@ -370,8 +390,11 @@ class Accumulator:
         for start in range(0, n, chunk):
             part = slice(start, min(start + chunk, n))
             x = {v: post[v][part].detach().to(dtype) for v in nodes}
-            if correlated:
-                padded_x = {v: layout.pad(x[v], dtype) for v in nodes}
+            if jointly:  # one correlation per offset for all the nodes' channels at once
+                corr = Correlations(layout.pad(*x.values(), dtype=dtype), channels)
+                padded_x = {v: corr.view(v) for v in nodes}
+            elif correlated:
+                padded_x = {v: layout.pad(x[v], dtype=dtype) for v in nodes}
             for s, p in correlated:
                 u, v = base(s), base(p)
                 block = patch_moment(
@@ -383,6 +406,7 @@ class Accumulator:
                     geometry[p],
                     grid,
                     symmetric=s == p,
+                    correlation=functools.partial(corr.full, u, v) if jointly else None,
                 )
                 self._add(self.pair_sums, (s, p), block)
             for s, p in summed:

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch.nn import functional as F
 
 from dagrow.features import SUM, Geometry, apply_transform, rows, transformed_grid
-from dagrow.patch_moments import Layout, fast, largest_shift, patch_gradient, patch_moment
+from dagrow.patch_moments import (
+    Correlations,
+    Layout,
+    correlate_jointly,
+    fast,
+    largest_shift,
+    patch_gradient,
+    patch_moment,
+)
 
 
 def unfolded(x: torch.Tensor, g: Geometry) -> torch.Tensor:
@@ -38,13 +48,20 @@ def test_moment_of_two_patch_features_is_the_product_of_their_unfolded_rows(gu, 
     xu = torch.randn(3, 2, h, w, generator=gen, dtype=torch.float64)
     xv = torch.randn(3, 3, hv, wv, generator=gen, dtype=torch.float64)
     layout = Layout.of([(h, w), (hv, wv)], largest_shift(gu, gv))
-    got = patch_moment(
-        layout.pad(xu, torch.float64), (2, h, w), gu, layout.pad(xv, torch.float64), (3, hv, wv), gv, out
-    )
-    torch.testing.assert_close(got, unfolded(xu, gu).T @ unfolded(xv, gv), rtol=0, atol=1e-12)
+    pu, pv = layout.pad(xu, dtype=torch.float64), layout.pad(xv, dtype=torch.float64)
+    expected = unfolded(xu, gu).T @ unfolded(xv, gv)
+    got = patch_moment(pu, (2, h, w), gu, pv, (3, hv, wv), gv, out)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    # the same from the correlations of both inputs' channels at once (one layout, u then v)
+    corr = Correlations(layout.pad(xu, xv, dtype=torch.float64), {"u": slice(0, 2), "v": slice(2, 5)})
+    pair = (corr.view("u"), (2, h, w), gu, corr.view("v"), (3, hv, wv), gv, out)
+    jointly = patch_moment(*pair, correlation=functools.partial(corr.full, "u", "v"))
+    torch.testing.assert_close(jointly, expected, rtol=0, atol=1e-12)
+    backwards = patch_moment(*pair[3:6], *pair[:3], out, correlation=functools.partial(corr.full, "v", "u"))
+    torch.testing.assert_close(backwards, expected.T, rtol=0, atol=1e-12)
     # a feature with itself: half the offsets, the same matrix (symmetric)
     layout = Layout.of([(h, w)], largest_shift(gu, gu))
-    xp = layout.pad(xu, torch.float64)
+    xp = layout.pad(xu, dtype=torch.float64)
     itself = patch_moment(xp, (2, h, w), gu, xp, (2, h, w), gu, out, symmetric=True)
     torch.testing.assert_close(itself, unfolded(xu, gu).T @ unfolded(xu, gu), rtol=0, atol=1e-12)
     grad = torch.randn(3, 4, *out, generator=gen, dtype=torch.float64)
@@ -82,3 +99,12 @@ def test_a_summed_patch_feature_equals_its_unfolded_rows_pooled_and_summed(g, si
     feature = f"x#{g.tag}{transforms}"
     expected = apply_transform(unfolded(x, g), 3, out, transforms)
     torch.testing.assert_close(rows(feature, x, 3, None), expected, rtol=0, atol=1e-12)
+
+
+def test_correlations_are_joint_when_every_pair_of_nodes_is_needed():
+    g = Geometry.same(3)
+    widths = (3, 32, 32)
+    every = [(g, a, g, b, i == j) for i, a in enumerate(widths) for j, b in enumerate(widths) if j >= i]
+    assert correlate_jointly(every, 67)  # all pairs: the same multiply-adds in fewer, wider products
+    assert not correlate_jointly([(g, 32, g, 32, True)], 96)  # one node of three: 9 times the work
+    assert not correlate_jointly([], 0)
