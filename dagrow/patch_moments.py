@@ -11,7 +11,9 @@ Every pair of taps with the same offset shares the full correlation ``F_d = sum_
 (one matrix product over the channels-last inputs, zero padded so that a flat shift by ``d`` never
 wraps a value onto another row or sample); the window's borders are subtracted by inclusion and
 exclusion (rows, columns, corner points outside the window). A 3x3 feature with itself needs 13
-correlations instead of the 81 blocks an unfolded product computes, and no unfolded copy.
+correlations instead of the 81 blocks an unfolded product computes, and no unfolded copy. When the
+sites need every pair of a grid's nodes, :class:`Correlations` correlates all their channels at once
+(one wider product per offset serves every pair, ``F_-d(u, v) = F_d(v, u)^T``).
 
 The gradient blocks ``sum_samples sum_p patch(p) g_w(p)^T`` of a stride-1 feature are the weight
 gradient of a conv with that geometry (``torch.ops.aten.convolution_backward``).
