@@ -307,6 +307,7 @@ class NaturalEvaluation:
     absolute: float  # best score / E||dL/dy||^2
     batch: Any = None  # the samples of ``state`` (the held-out part of the growth batch)
     loss: float | None = None  # the mean loss on the whole growth batch
+    images: list[str] = field(default_factory=list)  # sites on image nodes, not scored
 
     @property
     def best(self) -> NaturalProposal | None:
@@ -372,13 +373,15 @@ class Natural(Strategy):
         state = search if check_batch is search_batch else observe(model, check_batch, loss, self.settings)
         reference = self.reference(state)
         sg = analyze(model.spec)  # type: ignore[arg-type]
+
         # SENN's factors cover flat nodes: image sites are left to the proposal strategies
-        flat = [
-            s
-            for s in sites
-            if s.id not in self.rejected
-            and all(sg.is_flat(v) for v in (*s.targets, *(s.pair or ()), *([s.node] if s.node else [])))
-        ]
+        def on_images(s: Site) -> bool:
+            return not all(
+                sg.is_flat(v) for v in (*s.targets, *(s.pair or ()), *([s.node] if s.node else []))
+            )
+
+        flat = [s for s in sites if s.id not in self.rejected and not on_images(s)]
+        images = [s.id for s in sites if on_images(s)]
         found = score_sites(search, flat)
         if state is not search:  # the search's best fits its own samples: judge it on the others
             found = check_candidates(state, found)
@@ -386,9 +389,9 @@ class Natural(Strategy):
         if state is not search:
             loss_all = (search.n * search.loss + state.n * state.loss) / (search.n + state.n)
         if not found:
-            return NaturalEvaluation(state, [], False, 0.0, 0.0, check_batch, loss_all)
+            return NaturalEvaluation(state, [], False, 0.0, 0.0, check_batch, loss_all, images)
         ok, rel, absolute = passes(state, found[0], reference)
-        return NaturalEvaluation(state, found, ok, rel, absolute, check_batch, loss_all)
+        return NaturalEvaluation(state, found, ok, rel, absolute, check_batch, loss_all, images)
 
     def actions(self, best: NaturalProposal, model: nn.Module):
         if self.settings.construction == "identity":
@@ -472,8 +475,15 @@ class Natural(Strategy):
         )
         if chosen is None:
             ref = "the first" if s.alpha_reference == "initial" else "the current"
+            nothing = "no site can grow"
+            if ev.images:
+                nothing += (
+                    " (natural scores sites on flat nodes only; left to the other strategies: "
+                    + ", ".join(ev.images)
+                    + ")"
+                )
             why = (
-                "no site can grow"
+                nothing
                 if ev.best is None
                 else "no deepening raised eta when inserted: "
                 + ", ".join(r["site"] for r in rejected)

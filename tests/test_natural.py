@@ -839,3 +839,39 @@ def test_the_validation_rule_settings_are_checked(tmp_path):
             ok=False,
         )  # fmt: skip
         assert message in result.stderr and "Traceback" not in result.stderr
+
+
+CNN_FLATTENED = """
+version: 1
+name: cnn_flattened
+inputs: {img: {shape: [1, 6, 6]}}
+nodes:
+  c1: {channels: 2, activation: relu}
+  c2: {channels: 2, activation: relu}
+  flat: {width: 72, bias: false}
+  out: {width: 3}
+edges:
+  - {from: img, to: c1, op: {type: conv2d, kernel: 3, padding: 1}}
+  - {from: c1, to: c2, op: {type: conv2d, kernel: 3, padding: 1}}
+  - {from: c2, to: flat, op: flatten}
+  - {from: flat, to: out}
+outputs: [out]
+growth: {widen: [c1], new_nodes: [[img, c2]]}
+"""
+
+
+def test_natural_on_a_cnn_names_the_image_sites_it_leaves_to_other_strategies():
+    # the flat node after the flatten has no parameters of its own (no linear source, no bias): it
+    # has no Kronecker factors, and used to end the evaluation with torch.cat() of nothing
+    spec = dagrow.load_spec(CNN_FLATTENED)
+    model = dagrow.compile(spec, seed=0, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    x, y = (
+        torch.randn(16, 1, 6, 6, generator=gen, dtype=torch.float64),
+        torch.randint(0, 3, (16,), generator=gen),
+    )
+    sites = enumerate_sites(spec, include_unsupported=False)
+    plan = dagrow.GrowthConfig(strategy="natural").make_strategy().plan(model, (x, y), "cross_entropy", sites)
+    assert not plan.actions
+    assert plan.reason.startswith("no site can grow (natural scores sites on flat nodes only")
+    assert "widen:c1" in plan.reason and "node:img->c2" in plan.reason

@@ -150,9 +150,12 @@ class NaturalState:
 
 
 def _measurable(sg: SpecGraph, v: str) -> bool:
-    """Flat nodes whose parametric incoming edges are all linear (the nodes the factors cover)."""
-    return sg.is_flat(v) and all(
-        e.op.type == "linear" or not op_info(e.op.type).parametric for e in sg.in_edges(v)
+    """Flat nodes whose parametric incoming edges are all linear and that have some parameters (a
+    linear source or a bias; a node fed only through a flatten has none): the nodes the factors cover."""
+    return (
+        sg.is_flat(v)
+        and all(e.op.type == "linear" or not op_info(e.op.type).parametric for e in sg.in_edges(v))
+        and bool(linear_sources(sg, v))
     )
 
 
