@@ -65,6 +65,7 @@ def main() -> None:
         batch_size=64,
         max_rounds=30,
         depth_cost=args.depth_cost,
+        construction="basis",  # SENN's new layers (dagrow's default is the identity construction)
         tau=args.tau,
         alpha=args.alpha,
         final_steps=args.final_steps,

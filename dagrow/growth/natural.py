@@ -80,7 +80,7 @@ class NaturalSettings:
     refine_steps: int = 20  # Adam steps on the exact score per candidate
     refine_lr: float = 0.05
     depth_cost: float = 2.0  # a deepen site's score is divided by this
-    construction: Construction = "basis"  # how a deepened edge is initialised
+    construction: Construction = "identity"  # how a deepened edge is initialised
     numerical_threshold: float = 1e-10
     seed: int = 0
 
