@@ -144,8 +144,8 @@ def position_weights(grid: Pair, transforms: str, dtype: torch.dtype, device) ->
     """The weight of each position of ``grid`` in a summed transform (``.../sum``): the rows' transform
     is ``sum_p weights[p] rows(p)`` (average pools then a sum over the grid are linear and act on every
     column alike), ``[H, W]``."""
-    ones = torch.ones(grid[0] * grid[1], 1, dtype=dtype, device=device, requires_grad=True)
-    with torch.enable_grad():
+    with torch.inference_mode(False), torch.enable_grad():  # autograd on a small tensor, in any mode
+        ones = torch.ones(grid[0] * grid[1], 1, dtype=dtype, device=device, requires_grad=True)
         (weights,) = torch.autograd.grad(apply_transform(ones, 1, grid, transforms).sum(), ones)
     return weights.reshape(grid)
 
