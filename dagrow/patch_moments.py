@@ -23,7 +23,7 @@ Everything here is a sum over the given samples; the accumulator scales and adds
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -100,6 +100,7 @@ class Correlations:
         self.x, self.channels = x, channels
         self.flat = x.reshape(-1, x.shape[3])
         self.products: dict[Pair, Tensor] = {}
+        self.edges: dict[tuple, Tensor] = {}
 
     def view(self, v: str) -> Tensor:
         return self.x[..., self.channels[v]]
@@ -114,6 +115,112 @@ class Correlations:
         if d not in self.products:
             self.products[d] = _shifted_product(self.flat, self.flat, self.x.shape[2], d)
         return self.products[d]
+
+    def terms(self, u: str, v: str) -> Terms:
+        """The correlation terms of the pair (u, v), from products of all the channels (shared by
+        every pair: the border terms too)."""
+        return _JointTerms(self, u, v)
+
+    def _edge(self, key: tuple, a: Tensor, b: Tensor) -> Tensor:
+        if key not in self.edges:
+            self.edges[key] = a.reshape(-1, a.shape[-1]).T @ b.reshape(-1, b.shape[-1])
+        return self.edges[key]
+
+    def row(self, e: Pair, r: int) -> Tensor:
+        """``sum_{n, q2} X[n, r, q2] X[n, r + e1, q2 + e2]^T`` for e >= (0, 0), all channels."""
+        lo, hi = max(0, -e[1]), min(self.x.shape[2], self.x.shape[2] - e[1])
+        return self._edge(("r", e, r), self.x[:, r, lo:hi], self.x[:, r + e[0], lo + e[1] : hi + e[1]])
+
+    def column(self, e: Pair, c: int) -> Tensor:
+        lo, hi = max(0, -e[0]), min(self.x.shape[1], self.x.shape[1] - e[0])
+        return self._edge(("c", e, c), self.x[:, lo:hi, c], self.x[:, lo + e[0] : hi + e[0], c + e[1]])
+
+    def point(self, e: Pair, r: int, c: int) -> Tensor:
+        return self._edge(("p", e, r, c), self.x[:, r, c], self.x[:, r + e[0], c + e[1]])
+
+
+class Terms:
+    """The four kinds of correlation terms of a pair (u, v) at an offset d: the full correlation, one
+    row q1 of u (all columns), one column q2, one point (q1, q2) (``[C_u, C_v]`` each)."""
+
+    def full(self, d: Pair) -> Tensor:
+        raise NotImplementedError
+
+    def row(self, d: Pair, q1: int) -> Tensor:
+        raise NotImplementedError
+
+    def column(self, d: Pair, q2: int) -> Tensor:
+        raise NotImplementedError
+
+    def point(self, d: Pair, q1: int, q2: int) -> Tensor:
+        raise NotImplementedError
+
+
+class _JointTerms(Terms):
+    """A pair's terms read from :class:`Correlations` (for d below (0, 0) from the transposed term of
+    -d, which starts at the row and column of v's side)."""
+
+    def __init__(self, corr: Correlations, u: str, v: str) -> None:
+        self.corr, self.u, self.v = corr, corr.channels[u], corr.channels[v]
+
+    def _pick(self, term: Tensor, flipped: bool) -> Tensor:
+        return term[self.v, self.u].T if flipped else term[self.u, self.v]
+
+    def full(self, d: Pair) -> Tensor:
+        return self._pick(self.corr._product(canonical(d)), d < (0, 0))
+
+    def row(self, d: Pair, q1: int) -> Tensor:
+        if d < (0, 0):
+            return self._pick(self.corr.row(canonical(d), q1 + d[0]), True)
+        return self._pick(self.corr.row(d, q1), False)
+
+    def column(self, d: Pair, q2: int) -> Tensor:
+        if d < (0, 0):
+            return self._pick(self.corr.column(canonical(d), q2 + d[1]), True)
+        return self._pick(self.corr.column(d, q2), False)
+
+    def point(self, d: Pair, q1: int, q2: int) -> Tensor:
+        if d < (0, 0):
+            return self._pick(self.corr.point(canonical(d), q1 + d[0], q2 + d[1]), True)
+        return self._pick(self.corr.point(d, q1, q2), False)
+
+
+class _PairTerms(Terms):
+    """A pair's terms from its own two inputs (one product per term, cached)."""
+
+    def __init__(self, xu: Tensor, shape_u: Sequence[int], xv: Tensor, shape_v: Sequence[int]) -> None:
+        self.xu, self.xv = xu, xv
+        (self.hu, self.wu), (self.hv, self.wv) = shape_u[1:], shape_v[1:]
+        self.cache: dict[tuple, Tensor] = {}
+
+    def _product(self, key: tuple, a: Tensor, b: Tensor) -> Tensor:
+        if key not in self.cache:
+            self.cache[key] = a.reshape(-1, a.shape[-1]).T @ b.reshape(-1, b.shape[-1])
+        return self.cache[key]
+
+    def full(self, d: Pair) -> Tensor:
+        if ("f", d) not in self.cache:
+            xu, xv = self.xu, self.xv
+            a, b = xu.reshape(-1, xu.shape[3]), xv.reshape(-1, xv.shape[3])
+            self.cache[("f", d)] = _shifted_product(a, b, xu.shape[2], d)
+        return self.cache[("f", d)]
+
+    def row(self, d: Pair, q1: int) -> Tensor:
+        c0, c1 = _span(0, self.wu, 0, self.wv, d[1])
+        c1 = max(c0, c1)
+        return self._product(
+            ("r", d, q1), self.xu[:, q1, c0:c1], self.xv[:, q1 + d[0], c0 + d[1] : c1 + d[1]]
+        )
+
+    def column(self, d: Pair, q2: int) -> Tensor:
+        r0, r1 = _span(0, self.hu, 0, self.hv, d[0])
+        r1 = max(r0, r1)
+        return self._product(
+            ("c", d, q2), self.xu[:, r0:r1, q2], self.xv[:, r0 + d[0] : r1 + d[0], q2 + d[1]]
+        )
+
+    def point(self, d: Pair, q1: int, q2: int) -> Tensor:
+        return self.xu[:, q1, q2].T @ self.xv[:, q1 + d[0], q2 + d[1]]
 
 
 def shifts(gu: Geometry, gv: Geometry) -> set[Pair]:
@@ -149,52 +256,20 @@ def patch_moment(
     gv: Geometry,
     out_grid: Pair,
     symmetric: bool = False,
-    correlation: Callable[[Pair], Tensor] | None = None,
+    terms: Terms | None = None,
 ) -> Tensor:
     """``sum_samples sum_p patch_u(p)^T patch_v(p)``, shape ``[C_u kh kw, C_v kh' kw']`` (columns in the
     order of :func:`dagrow.features.rows`).
 
     ``xu``, ``xv``: the inputs in one :class:`Layout` (``[n, rows, cols, C]``); ``shape_u``/``shape_v``:
     their real ``(C, H, W)``; ``symmetric``: u and v are the same feature (half the offsets);
-    ``correlation(d)``: ``F_d(u, v)`` when already at hand (:class:`Correlations`), else computed here."""
-    n, rows, cols, cu = xu.shape
-    cv = xv.shape[3]
+    ``terms``: the pair's correlation terms when already at hand (``Correlations.terms``), else
+    computed here from ``xu`` and ``xv``."""
+    cu, cv = xu.shape[3], xv.shape[3]
     (hu, wu), (hv, wv) = shape_u[1:], shape_v[1:]
     ou, ov = offsets(gu), offsets(gv)
-    ku, kv = gu.area, gv.area
-    out = xu.new_empty((cu, ku, cv, kv))
-    edges: dict[tuple, Tensor] = {}
-    if correlation is None:
-        au, bv = xu.reshape(-1, cu), xv.reshape(-1, cv)
-        full: dict[Pair, Tensor] = {}
-
-        def correlation(d: Pair) -> Tensor:
-            if d not in full:
-                full[d] = _shifted_product(au, bv, cols, d)
-            return full[d]
-
-    def row(d: Pair, q1: int) -> Tensor:  # sum over the full column span of one row q1 of u
-        key = ("r", d, q1)
-        if key not in edges:
-            c0, c1 = _span(0, wu, 0, wv, d[1])
-            c1 = max(c0, c1)
-            a = xu[:, q1, c0:c1].reshape(-1, cu)
-            b = xv[:, q1 + d[0], c0 + d[1] : c1 + d[1]].reshape(-1, cv)
-            edges[key] = a.T @ b
-        return edges[key]
-
-    def column(d: Pair, q2: int) -> Tensor:
-        key = ("c", d, q2)
-        if key not in edges:
-            r0, r1 = _span(0, hu, 0, hv, d[0])
-            r1 = max(r0, r1)
-            a = xu[:, r0:r1, q2].reshape(-1, cu)
-            b = xv[:, r0 + d[0] : r1 + d[0], q2 + d[1]].reshape(-1, cv)
-            edges[key] = a.T @ b
-        return edges[key]
-
-    def point(d: Pair, q1: int, q2: int) -> Tensor:
-        return xu[:, q1, q2].T @ xv[:, q1 + d[0], q2 + d[1]]
+    out = xu.new_empty((cu, gu.area, cv, gv.area))
+    t = _PairTerms(xu, shape_u, xv, shape_v) if terms is None else terms
 
     def outside(o: int, size: int, lo: int, hi: int) -> list[int]:
         """The q in [lo, hi) (the span where both inputs are real) outside the window [o, o + size)."""
@@ -205,20 +280,20 @@ def patch_moment(
             if symmetric and j < i:
                 continue
             d = (b[0] - a[0], b[1] - a[1])
-            block = correlation(d).clone()  # with ``symmetric``, j >= i: d is never below (0, 0)
+            block = out[:, i, :, j]
+            block.copy_(t.full(d))  # with ``symmetric``, j >= i: d is never below (0, 0)
             rows_out = outside(a[0], out_grid[0], *_span(0, hu, 0, hv, d[0]))
             cols_out = outside(a[1], out_grid[1], *_span(0, wu, 0, wv, d[1]))
             for q1 in rows_out:
-                block -= row(d, q1)
+                block -= t.row(d, q1)
             for q2 in cols_out:
-                block -= column(d, q2)
+                block -= t.column(d, q2)
             for q1 in rows_out:
                 for q2 in cols_out:
-                    block += point(d, q1, q2)
-            out[:, i, :, j] = block
+                    block += t.point(d, q1, q2)
             if symmetric and j > i:
                 out[:, j, :, i] = block.T
-    return out.reshape(cu * ku, cv * kv)
+    return out.reshape(cu * gu.area, cv * gv.area)
 
 
 def patch_gradient(x: Tensor, geometry: Geometry, grad: Tensor) -> Tensor:

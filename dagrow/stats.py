@@ -16,7 +16,6 @@ Only the blocks the sites need are computed, one matrix product per block.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -406,7 +405,7 @@ class Accumulator:
                     geometry[p],
                     grid,
                     symmetric=s == p,
-                    correlation=functools.partial(corr.full, u, v) if jointly else None,
+                    terms=corr.terms(u, v) if jointly else None,
                 )
                 self._add(self.pair_sums, (s, p), block)
             for s, p in summed:

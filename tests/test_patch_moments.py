@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -52,13 +50,22 @@ def test_moment_of_two_patch_features_is_the_product_of_their_unfolded_rows(gu, 
     expected = unfolded(xu, gu).T @ unfolded(xv, gv)
     got = patch_moment(pu, (2, h, w), gu, pv, (3, hv, wv), gv, out)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
-    # the same from the correlations of both inputs' channels at once (one layout, u then v)
+    # the same from the correlations of both inputs' channels at once (one layout, u then v, padded
+    # for every pair it serves)
+    reach = [largest_shift(g1, g2) for g1, g2 in ((gu, gv), (gu, gu), (gv, gv))]
+    layout = Layout.of([(h, w), (hv, wv)], (max(r[0] for r in reach), max(r[1] for r in reach)))
     corr = Correlations(layout.pad(xu, xv, dtype=torch.float64), {"u": slice(0, 2), "v": slice(2, 5)})
     pair = (corr.view("u"), (2, h, w), gu, corr.view("v"), (3, hv, wv), gv, out)
-    jointly = patch_moment(*pair, correlation=functools.partial(corr.full, "u", "v"))
+    jointly = patch_moment(*pair, terms=corr.terms("u", "v"))
     torch.testing.assert_close(jointly, expected, rtol=0, atol=1e-12)
-    backwards = patch_moment(*pair[3:6], *pair[:3], out, correlation=functools.partial(corr.full, "v", "u"))
+    backwards = patch_moment(*pair[3:6], *pair[:3], out, terms=corr.terms("v", "u"))
     torch.testing.assert_close(backwards, expected.T, rtol=0, atol=1e-12)
+    for name, x, g, c in (("u", xu, gu, 2), ("v", xv, gv, 3)):
+        shape = (c, *x.shape[2:])
+        joint = patch_moment(
+            corr.view(name), shape, g, corr.view(name), shape, g, out, True, corr.terms(name, name)
+        )
+        torch.testing.assert_close(joint, unfolded(x, g).T @ unfolded(x, g), rtol=0, atol=1e-12)
     # a feature with itself: half the offsets, the same matrix (symmetric)
     layout = Layout.of([(h, w)], largest_shift(gu, gu))
     xp = layout.pad(xu, dtype=torch.float64)
