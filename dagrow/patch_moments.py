@@ -23,6 +23,7 @@ Everything here is a sum over the given samples; the accumulator scales and adds
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -139,21 +140,21 @@ class Correlations:
         return self._edge(("p", e, r, c), self.x[:, r, c], self.x[:, r + e[0], c + e[1]])
 
 
-class Terms:
+class Terms(ABC):
     """The four kinds of correlation terms of a pair (u, v) at an offset d: the full correlation, one
     row q1 of u (all columns), one column q2, one point (q1, q2) (``[C_u, C_v]`` each)."""
 
-    def full(self, d: Pair) -> Tensor:
-        raise NotImplementedError
+    @abstractmethod
+    def full(self, d: Pair) -> Tensor: ...
 
-    def row(self, d: Pair, q1: int) -> Tensor:
-        raise NotImplementedError
+    @abstractmethod
+    def row(self, d: Pair, q1: int) -> Tensor: ...
 
-    def column(self, d: Pair, q2: int) -> Tensor:
-        raise NotImplementedError
+    @abstractmethod
+    def column(self, d: Pair, q2: int) -> Tensor: ...
 
-    def point(self, d: Pair, q1: int, q2: int) -> Tensor:
-        raise NotImplementedError
+    @abstractmethod
+    def point(self, d: Pair, q1: int, q2: int) -> Tensor: ...
 
 
 class _JointTerms(Terms):
