@@ -83,66 +83,10 @@ def _span(lo_u: int, hi_u: int, lo_v: int, hi_v: int, d: int) -> tuple[int, int]
     return max(lo_u, lo_v - d), min(hi_u, hi_v - d)
 
 
-def _shifted_product(a: Tensor, b: Tensor, cols: int, d: Pair) -> Tensor:
-    """``sum_q a[q]^T b[q + d]`` over the flat rows of one :class:`Layout` (``[total, C]`` each)."""
-    total = a.shape[0]
-    shift = d[0] * cols + d[1]
-    lo, hi = max(0, -shift), min(total, total - shift)
-    return a[lo:hi].T @ b[lo + shift : hi + shift]
-
-
-class Correlations:
-    """The full correlations of several nodes' inputs at once: their channels concatenated in one
-    :class:`Layout` (``x [n, rows, cols, sum C]``, ``channels[v]`` the slice of node v), one product
-    ``X^T X_d`` per offset d >= (0, 0) gives every pair's ``F_d`` (and ``F_-d(u, v) = F_d(v, u)^T``).
-    Fewer, wider products than one per pair and offset: each reads the inputs once."""
-
-    def __init__(self, x: Tensor, channels: dict[str, slice]) -> None:
-        self.x, self.channels = x, channels
-        self.flat = x.reshape(-1, x.shape[3])
-        self.products: dict[Pair, Tensor] = {}
-        self.edges: dict[tuple, Tensor] = {}
-
-    def view(self, v: str) -> Tensor:
-        return self.x[..., self.channels[v]]
-
-    def full(self, u: str, v: str, d: Pair) -> Tensor:
-        """``F_d(u, v) = sum_q x_u[q] x_v[q + d]^T``, ``[C_u, C_v]``."""
-        if d >= (0, 0):
-            return self._product(d)[self.channels[u], self.channels[v]]
-        return self._product((-d[0], -d[1]))[self.channels[v], self.channels[u]].T
-
-    def _product(self, d: Pair) -> Tensor:
-        if d not in self.products:
-            self.products[d] = _shifted_product(self.flat, self.flat, self.x.shape[2], d)
-        return self.products[d]
-
-    def terms(self, u: str, v: str) -> Terms:
-        """The correlation terms of the pair (u, v), from products of all the channels (shared by
-        every pair: the border terms too)."""
-        return _JointTerms(self, u, v)
-
-    def _edge(self, key: tuple, a: Tensor, b: Tensor) -> Tensor:
-        if key not in self.edges:
-            self.edges[key] = a.reshape(-1, a.shape[-1]).T @ b.reshape(-1, b.shape[-1])
-        return self.edges[key]
-
-    def row(self, e: Pair, r: int) -> Tensor:
-        """``sum_{n, q2} X[n, r, q2] X[n, r + e1, q2 + e2]^T`` for e >= (0, 0), all channels."""
-        lo, hi = max(0, -e[1]), min(self.x.shape[2], self.x.shape[2] - e[1])
-        return self._edge(("r", e, r), self.x[:, r, lo:hi], self.x[:, r + e[0], lo + e[1] : hi + e[1]])
-
-    def column(self, e: Pair, c: int) -> Tensor:
-        lo, hi = max(0, -e[0]), min(self.x.shape[1], self.x.shape[1] - e[0])
-        return self._edge(("c", e, c), self.x[:, lo:hi, c], self.x[:, lo + e[0] : hi + e[0], c + e[1]])
-
-    def point(self, e: Pair, r: int, c: int) -> Tensor:
-        return self._edge(("p", e, r, c), self.x[:, r, c], self.x[:, r + e[0], c + e[1]])
-
-
 class Terms(ABC):
-    """The four kinds of correlation terms of a pair (u, v) at an offset d: the full correlation, one
-    row q1 of u (all columns), one column q2, one point (q1, q2) (``[C_u, C_v]`` each)."""
+    """The four kinds of correlation terms of a pair (u, v) at an offset d, ``[C_u, C_v]`` each: the
+    full correlation ``F_d = sum_q x_u[q] x_v[q + d]^T``, the part of it from one row q1 of u, from one
+    column q2, and from one point (q1, q2)."""
 
     @abstractmethod
     def full(self, d: Pair) -> Tensor: ...
@@ -157,71 +101,84 @@ class Terms(ABC):
     def point(self, d: Pair, q1: int, q2: int) -> Tensor: ...
 
 
-class _JointTerms(Terms):
-    """A pair's terms read from :class:`Correlations` (for d below (0, 0) from the transposed term of
-    -d, which starts at the row and column of v's side)."""
+class _Products(Terms):
+    """The terms of two inputs ``a``, ``b`` in one :class:`Layout` (``[n, rows, cols, C]`` each), one
+    cached product per term. The layout is zero outside each input's values, so a row or column term
+    may run over the whole layout."""
 
-    def __init__(self, corr: Correlations, u: str, v: str) -> None:
-        self.corr, self.u, self.v = corr, corr.channels[u], corr.channels[v]
+    def __init__(self, a: Tensor, b: Tensor) -> None:
+        self.a, self.b = a, b
+        self.cache: dict[tuple, Tensor] = {}
+
+    def _product(self, key: tuple, x: Tensor, y: Tensor) -> Tensor:
+        if key not in self.cache:
+            self.cache[key] = x.reshape(-1, x.shape[-1]).T @ y.reshape(-1, y.shape[-1])
+        return self.cache[key]
+
+    def full(self, d: Pair) -> Tensor:
+        if ("f", d) not in self.cache:  # a flat shift by d: the padding keeps it from wrapping
+            a, b = self.a.reshape(-1, self.a.shape[3]), self.b.reshape(-1, self.b.shape[3])
+            shift = d[0] * self.a.shape[2] + d[1]
+            lo, hi = max(0, -shift), min(a.shape[0], a.shape[0] - shift)
+            self.cache[("f", d)] = a[lo:hi].T @ b[lo + shift : hi + shift]
+        return self.cache[("f", d)]
+
+    def row(self, d: Pair, q1: int) -> Tensor:
+        lo, hi = max(0, -d[1]), min(self.a.shape[2], self.a.shape[2] - d[1])
+        return self._product(("r", d, q1), self.a[:, q1, lo:hi], self.b[:, q1 + d[0], lo + d[1] : hi + d[1]])
+
+    def column(self, d: Pair, q2: int) -> Tensor:
+        lo, hi = max(0, -d[0]), min(self.a.shape[1], self.a.shape[1] - d[0])
+        return self._product(("c", d, q2), self.a[:, lo:hi, q2], self.b[:, lo + d[0] : hi + d[0], q2 + d[1]])
+
+    def point(self, d: Pair, q1: int, q2: int) -> Tensor:
+        return self._product(("p", d, q1, q2), self.a[:, q1, q2], self.b[:, q1 + d[0], q2 + d[1]])
+
+
+class Correlations:
+    """The correlation terms of several nodes' inputs at once: their channels concatenated in one
+    :class:`Layout` (``x [n, rows, cols, sum C]``, ``channels[v]`` the slice of node v); one product of
+    all the channels per offset d >= (0, 0) (and per border row, column, point) serves every pair, a
+    term at -d being the transposed term at d taken from v's side. Fewer, wider products than one per
+    pair and offset: each reads the inputs once."""
+
+    def __init__(self, x: Tensor, channels: dict[str, slice]) -> None:
+        self.x, self.channels = x, channels
+        self.products = _Products(x, x)
+
+    def view(self, v: str) -> Tensor:
+        return self.x[..., self.channels[v]]
+
+    def terms(self, u: str, v: str) -> Terms:
+        """The terms of the pair (u, v)."""
+        return _JointTerms(self.products, self.channels[u], self.channels[v])
+
+
+class _JointTerms(Terms):
+    """A pair's terms read from the products of all the channels: for d below (0, 0) the transposed
+    term of -d, which starts at the row and column of v's side."""
+
+    def __init__(self, products: _Products, u: slice, v: slice) -> None:
+        self.products, self.u, self.v = products, u, v
 
     def _pick(self, term: Tensor, flipped: bool) -> Tensor:
         return term[self.v, self.u].T if flipped else term[self.u, self.v]
 
     def full(self, d: Pair) -> Tensor:
-        return self._pick(self.corr._product(canonical(d)), d < (0, 0))
+        return self._pick(self.products.full(canonical(d)), d < (0, 0))
 
     def row(self, d: Pair, q1: int) -> Tensor:
-        if d < (0, 0):
-            return self._pick(self.corr.row(canonical(d), q1 + d[0]), True)
-        return self._pick(self.corr.row(d, q1), False)
+        flipped = d < (0, 0)
+        return self._pick(self.products.row(canonical(d), q1 + d[0] if flipped else q1), flipped)
 
     def column(self, d: Pair, q2: int) -> Tensor:
-        if d < (0, 0):
-            return self._pick(self.corr.column(canonical(d), q2 + d[1]), True)
-        return self._pick(self.corr.column(d, q2), False)
+        flipped = d < (0, 0)
+        return self._pick(self.products.column(canonical(d), q2 + d[1] if flipped else q2), flipped)
 
     def point(self, d: Pair, q1: int, q2: int) -> Tensor:
-        if d < (0, 0):
-            return self._pick(self.corr.point(canonical(d), q1 + d[0], q2 + d[1]), True)
-        return self._pick(self.corr.point(d, q1, q2), False)
-
-
-class _PairTerms(Terms):
-    """A pair's terms from its own two inputs (one product per term, cached)."""
-
-    def __init__(self, xu: Tensor, shape_u: Sequence[int], xv: Tensor, shape_v: Sequence[int]) -> None:
-        self.xu, self.xv = xu, xv
-        (self.hu, self.wu), (self.hv, self.wv) = shape_u[1:], shape_v[1:]
-        self.cache: dict[tuple, Tensor] = {}
-
-    def _product(self, key: tuple, a: Tensor, b: Tensor) -> Tensor:
-        if key not in self.cache:
-            self.cache[key] = a.reshape(-1, a.shape[-1]).T @ b.reshape(-1, b.shape[-1])
-        return self.cache[key]
-
-    def full(self, d: Pair) -> Tensor:
-        if ("f", d) not in self.cache:
-            xu, xv = self.xu, self.xv
-            a, b = xu.reshape(-1, xu.shape[3]), xv.reshape(-1, xv.shape[3])
-            self.cache[("f", d)] = _shifted_product(a, b, xu.shape[2], d)
-        return self.cache[("f", d)]
-
-    def row(self, d: Pair, q1: int) -> Tensor:
-        c0, c1 = _span(0, self.wu, 0, self.wv, d[1])
-        c1 = max(c0, c1)
-        return self._product(
-            ("r", d, q1), self.xu[:, q1, c0:c1], self.xv[:, q1 + d[0], c0 + d[1] : c1 + d[1]]
-        )
-
-    def column(self, d: Pair, q2: int) -> Tensor:
-        r0, r1 = _span(0, self.hu, 0, self.hv, d[0])
-        r1 = max(r0, r1)
-        return self._product(
-            ("c", d, q2), self.xu[:, r0:r1, q2], self.xv[:, r0 + d[0] : r1 + d[0], q2 + d[1]]
-        )
-
-    def point(self, d: Pair, q1: int, q2: int) -> Tensor:
-        return self.xu[:, q1, q2].T @ self.xv[:, q1 + d[0], q2 + d[1]]
+        flipped = d < (0, 0)
+        at = (q1 + d[0], q2 + d[1]) if flipped else (q1, q2)
+        return self._pick(self.products.point(canonical(d), *at), flipped)
 
 
 def shifts(gu: Geometry, gv: Geometry) -> set[Pair]:
@@ -270,7 +227,7 @@ def patch_moment(
     (hu, wu), (hv, wv) = shape_u[1:], shape_v[1:]
     ou, ov = offsets(gu), offsets(gv)
     out = xu.new_empty((cu, gu.area, cv, gv.area))
-    t = _PairTerms(xu, shape_u, xv, shape_v) if terms is None else terms
+    t = _Products(xu, xv) if terms is None else terms
 
     def outside(o: int, size: int, lo: int, hi: int) -> list[int]:
         """The q in [lo, hi) (the span where both inputs are real) outside the window [o, o + size)."""

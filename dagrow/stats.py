@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from .compile import spec_of
 from .features import (
     ONE,
+    Geometry,
     base,
     feature_grid,
     feature_width,
@@ -220,7 +221,12 @@ class Accumulator:
         self.grid = {f: feature_grid(f, shapes) for f in self.sources}
         self.grid.update({w: node_grid(shapes[w]) for w in req.targets})
         self.widths = {f: feature_width(f, shapes) for f in self.sources}
-        self.geometry = {f: parse_geometry(f) for f in self.sources}
+        # the stride-1 patch features (no transform) whose blocks come from dagrow.patch_moments
+        self.patches: dict[str, Geometry] = {}
+        for f in self.sources:
+            geometry = parse_geometry(f)
+            if geometry is not None and fast(geometry) and not transform(f):
+                self.patches[f] = geometry
         for x, y in [*req.pairs, *req.grads]:
             if ONE not in (x, y) and self.grid[x] != self.grid[y]:
                 raise StatsError(f"the blocks {x} and {y} live on different grids and cannot be multiplied")
@@ -330,11 +336,6 @@ class Accumulator:
         self.n += n
         self.loss_sum += loss * n
 
-    def _quick(self, feature: str) -> bool:
-        """Whether a feature's blocks come from :mod:`dagrow.patch_moments` (a stride-1 patch
-        feature without transforms) rather than from its unfolded rows."""
-        return not transform(feature) and fast(self.geometry.get(feature))
-
     def _accumulate_grid(
         self,
         grid: tuple[int, int],
@@ -351,7 +352,7 @@ class Accumulator:
         a conv of all-one gradients, with a gradient the weight gradient of a conv; the other blocks
         multiply unfolded rows."""
         features = [s for s in self.sources if self.grid[s] == grid]
-        geometry = {s: geo for s in features if (geo := self.geometry[s]) is not None and self._quick(s)}
+        geometry = {s: self.patches[s] for s in features if s in self.patches}
         quick = list(geometry)
         rank = self.rank.__getitem__
         pairs = [(s, p) for s in features for p in self.partners[s]]
