@@ -60,7 +60,8 @@ from dagrow.features import (  # noqa: E402
     transform,
 )
 from dagrow.graph import analyze  # noqa: E402
-from dagrow.patch_moments import fast, largest_shift  # noqa: E402
+from dagrow.patch_moments import Layout, fast, largest_shift  # noqa: E402
+from dagrow.patch_moments import multiply_adds as moment_cost  # noqa: E402
 from dagrow.sites import enumerate_sites  # noqa: E402
 from dagrow.spec import SpecError  # noqa: E402
 from dagrow.stats import measure, requirements  # noqa: E402
@@ -124,19 +125,25 @@ def arithmetic_floor(spec, sites) -> tuple[float, float]:
     width |= {v: shapes[v][0] if len(shapes[v]) == 3 else math.prod(shapes[v]) for v in shapes}
     canonical = {tuple(sorted(p)) for p in req.pairs}
 
+    transformed: dict[str, tuple[int, int]] = {}  # node -> the largest shift of its pairs
+
     def block_cost(a: str, b: str) -> int:
         ga, gb = parse_geometry(a), parse_geometry(b)
         if not (transform(a) or transform(b)) and fast(ga) and fast(gb):
-            assert ga is not None and gb is not None  # dagrow.patch_moments: a product per offset
-            (ha, wa), (hb, wb) = shapes[base(a)][1:], shapes[base(b)][1:]
+            assert ga is not None and gb is not None  # dagrow.patch_moments: spectra and borders
+            (ca, *grid_a), (cb, *grid_b) = shapes[base(a)], shapes[base(b)]
+            out = ga.out_grid(tuple(grid_a))
             shift = largest_shift(ga, gb)
-            area = (max(ha, hb) + shift[0]) * (max(wa, wb) + shift[1])
-            offsets = (ga.kernel[0] + gb.kernel[0] - 1) * (ga.kernel[1] + gb.kernel[1] - 1)
-            offsets = (offsets + 1) // 2 if a == b else offsets
-            return offsets * shapes[base(a)][0] * shapes[base(b)][0] * area
+            for v in (base(a), base(b)):
+                old = transformed.get(v, (0, 0))
+                transformed[v] = (max(old[0], shift[0]), max(old[1], shift[1]))
+            return moment_cost(ga, tuple(grid_a), ca, gb, tuple(grid_b), cb, out, base(a) == base(b))
         return rows(a) * width[a] * width[b]
 
     blocks = sum(block_cost(a, b) for a, b in canonical if not (is_one(a) or is_one(b)))
+    for v, shift in transformed.items():  # each input is transformed once
+        c, *grid = shapes[v]
+        blocks += Layout.of([grid], shift).transform_cost(c)
     grads = {(s, w): rows(s) * width[s] * width[w] for s, w in req.grads if not is_one(s)}
     own = {
         (patch_feature(e.source, Geometry.of(e.op)), e.target) for e in spec.edges if e.op.type == "conv2d"
@@ -373,8 +380,8 @@ def main() -> None:
     separate, recorded = arithmetic_floor(spec, sites)
     print(
         f"floor: {separate:.2f}x separate pass, {recorded:.2f}x recorded (multiply-adds of the statistics "
-        "/ of a training step: a stride-1 patch covariance costs C_u C_v per offset and padded position, "
-        "an unfolded one (C k^2)^2 per position, a conv C_out C k^2)"
+        "/ of a training step: a stride-1 patch covariance costs 3 or 4 C_u C_v per frequency plus its "
+        "border terms and the transforms, an unfolded one (C k^2)^2 per position, a conv C_out C k^2)"
     )
     t = median_times(
         {"step": train_step_fn(model, x, y, torch.optim.Adam), "decision": decide},

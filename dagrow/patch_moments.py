@@ -7,13 +7,19 @@ such features u and v (kernels k and k', on the same output grid) is therefore, 
     S[(c, a), (c', b)] = sum_samples sum_{q in window(a)} x_u[c, q] x_v[c', q + d],   d = o_v(b) - o_u(a),
 
 a correlation of the two inputs at the offset d summed over the output window that tap ``a`` sees.
-Every pair of taps with the same offset shares the full correlation ``F_d = sum_q x_u[q] x_v[q + d]^T``
-(one matrix product over the channels-last inputs, zero padded so that a flat shift by ``d`` never
-wraps a value onto another row or sample); the window's borders are subtracted by inclusion and
-exclusion (rows, columns, corner points outside the window). A 3x3 feature with itself needs 13
-correlations instead of the 81 blocks an unfolded product computes, and no unfolded copy. When the
-sites need every pair of a grid's nodes, :class:`Correlations` correlates all their channels at once
-(one wider product per offset serves every pair, ``F_-d(u, v) = F_d(v, u)^T``).
+Every pair of taps with the same offset shares the full correlation ``F_d = sum_q x_u[q] x_v[q + d]^T``;
+the window's borders are subtracted by inclusion and exclusion (rows, columns, corner points outside
+the window), and every block is one signed sum of these terms (one product with a small matrix of
++-1 per pair of features, :class:`_Assembly`).
+
+The full correlations of every offset come from the inputs' discrete Fourier transforms: zero padded
+to a :class:`Layout` (the grid plus the largest shift, so that no correlation wraps around), the
+correlation is ``F_d = (1/N) sum_k Re(conj(X_u[k])^T X_v[k] e^{2 pi i k.d/N})`` over the frequencies k
+of the real transform. Per sample that is about ``2 rows cols`` products of channel pairs (three real
+products per frequency for a feature with itself) instead of ``rows cols`` per offset (13 offsets for
+a 3x3 feature with itself, 25 for two 3x3 features); the transforms are two small real matrix
+products. When the sites need every pair of a grid's nodes, :class:`Correlations` correlates all
+their channels at once (``F_-d(u, v) = F_d(v, u)^T``).
 
 The gradient blocks ``sum_samples sum_p patch(p) g_w(p)^T`` of a stride-1 feature are the weight
 gradient of a conv with that geometry (``torch.ops.aten.convolution_backward``).
@@ -23,7 +29,8 @@ Everything here is a sum over the given samples; the accumulator scales and adds
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,6 +38,8 @@ import torch
 from torch import Tensor
 
 from .features import Geometry, Pair
+
+Key = tuple  # a term: ("f", d) | ("r", d, q1) | ("c", d, q2) | ("p", d, q1, q2)
 
 
 def fast(geometry: Geometry | None) -> bool:
@@ -40,27 +49,100 @@ def fast(geometry: Geometry | None) -> bool:
 
 @dataclass(frozen=True)
 class Layout:
-    """The padded channels-last layout of the inputs of a group of features: ``[n, rows, cols, C]``
-    with each input's values at the top left and zeros after (rows >= height + the largest shift)."""
+    """Where the inputs of a group of features sit: ``[height, width, n, C]`` (channels last, each
+    input at the top left, zeros after), transformed at ``rows x cols`` (>= the grid + the largest
+    shift, so that a correlation at any needed offset never wraps)."""
 
+    height: int
+    width: int
     rows: int
     cols: int
 
     @classmethod
     def of(cls, grids: Sequence[Sequence[int]], shift: Pair) -> Layout:
-        return cls(max(g[0] for g in grids) + shift[0], max(g[1] for g in grids) + shift[1])
+        h, w = max(g[0] for g in grids), max(g[1] for g in grids)
+        return cls(h, w, h + shift[0], w + shift[1])
 
-    def pad(self, *xs: Tensor, dtype: torch.dtype) -> Tensor:
-        """``x [n, C, H, W]`` (each of ``xs``) -> ``[n, rows, cols, sum C]`` in ``dtype``, the channels of
-        each input after those of the one before."""
+    @property
+    def frequencies(self) -> int:
+        """Frequencies of the real transform: ``rows (cols // 2 + 1)``."""
+        return self.rows * (self.cols // 2 + 1)
+
+    def floats(self, channels: int) -> int:
+        """Floats per sample that one chunk holds for ``channels`` channels: the inputs, the
+        transform along the columns and the spectrum."""
+        half = self.cols // 2 + 1
+        return channels * (self.height * self.width + 2 * self.height * half + 2 * self.frequencies)
+
+    def transform_cost(self, channels: int) -> int:
+        """Multiply-adds per sample of :meth:`spectrum` for ``channels`` channels."""
+        half = self.cols // 2 + 1
+        return channels * (2 * half * self.width * self.height + 4 * self.rows * self.height * half)
+
+    def stack(self, *xs: Tensor, dtype: torch.dtype) -> Tensor:
+        """``x [n, C, H, W]`` (each of ``xs``) -> ``[height, width, n, sum C]`` in ``dtype``, the channels
+        of each input after those of the one before."""
         n, channels = xs[0].shape[0], sum(x.shape[1] for x in xs)
-        out = xs[0].new_zeros((n, self.rows, self.cols, channels), dtype=dtype)
+        if len(xs) == 1 and tuple(xs[0].shape[2:]) == (self.height, self.width):
+            return xs[0].permute(2, 3, 0, 1).to(dtype).contiguous()
+        out = xs[0].new_zeros((self.height, self.width, n, channels), dtype=dtype)
         start = 0
         for x in xs:
             _, c, h, w = x.shape
-            out[:, :h, :w, start : start + c] = x.permute(0, 2, 3, 1)
+            out[:h, :w, :, start : start + c] = x.permute(2, 3, 0, 1)
             start += c
         return out
+
+    def spectrum(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The real and imaginary parts of the 2-D discrete Fourier transform of ``x [height, width,
+        n, C]`` zero padded to ``rows x cols``, at the frequencies of the real transform: ``[F, n, C]``
+        each (F = ``frequencies``, the row frequency outer)."""
+        along_cols, along_rows = _dft(self, x.dtype, x.device)
+        h, w, n, c = x.shape
+        half = self.cols // 2 + 1
+        y = along_cols @ x.reshape(h, w, n * c)  # [h, (re, im) x half, n C]
+        z = along_rows @ y.reshape(2 * h, half * n * c)  # [(re, im) x rows, half n C]
+        z = z.reshape(2, self.frequencies, n, c)
+        return z[0], z[1]
+
+    def phases(self, ds: Sequence[Pair], dtype: torch.dtype, device) -> tuple[Tensor, Tensor]:
+        """``[len(ds), F]`` each: ``w_k cos(theta)/N`` and ``w_k sin(theta)/N`` with ``theta = 2 pi (k1 d1
+        / rows + k2 d2 / cols)``; w_k = 2 for a column frequency whose conjugate is not in the real
+        transform, else 1."""
+        half = self.cols // 2 + 1
+        k1 = torch.arange(self.rows, dtype=torch.float64).view(-1, 1)
+        k2 = torch.arange(half, dtype=torch.float64).view(1, -1)
+        weight = torch.full((self.rows, half), 2.0, dtype=torch.float64)
+        weight[:, 0] = 1.0
+        if self.cols % 2 == 0:
+            weight[:, -1] = 1.0
+        weight /= self.rows * self.cols
+        theta = torch.stack([2 * math.pi * (k1 * d[0] / self.rows + k2 * d[1] / self.cols) for d in ds])
+        theta = theta.reshape(len(ds), -1)
+        flat = weight.reshape(-1)
+        return (
+            (flat * torch.cos(theta)).to(dtype=dtype, device=device),
+            (flat * torch.sin(theta)).to(dtype=dtype, device=device),
+        )
+
+
+@functools.lru_cache(maxsize=32)
+def _dft(layout: Layout, dtype: torch.dtype, device) -> tuple[Tensor, Tensor]:
+    """The two real matrices of :meth:`Layout.spectrum`: along the columns ``[2 half, width]`` (the
+    cosines, then minus the sines, of the real transform's frequencies), then along the rows
+    ``[2 rows, 2 height]`` (a complex transform of (re, im) pairs, the pair inner in its columns)."""
+    half = layout.cols // 2 + 1
+    q2 = torch.arange(layout.width, dtype=torch.float64)
+    angle = 2 * math.pi * torch.arange(half, dtype=torch.float64).view(-1, 1) * q2 / layout.cols
+    along_cols = torch.cat([torch.cos(angle), -torch.sin(angle)])
+    q1 = torch.arange(layout.height, dtype=torch.float64)
+    angle = 2 * math.pi * torch.arange(layout.rows, dtype=torch.float64).view(-1, 1) * q1 / layout.rows
+    c, s = torch.cos(angle), torch.sin(angle)
+    # (c - i s)(y_re + i y_im) = (c y_re + s y_im) + i (c y_im - s y_re); columns (q1, re/im)
+    along_rows = torch.stack(
+        [torch.stack([c, s], -1).reshape(layout.rows, -1), torch.stack([-s, c], -1).reshape(layout.rows, -1)]
+    ).reshape(2 * layout.rows, 2 * layout.height)
+    return along_cols.to(dtype=dtype, device=device), along_rows.to(dtype=dtype, device=device)
 
 
 def offsets(geometry: Geometry) -> tuple[range, range]:
@@ -83,102 +165,132 @@ def _span(lo_u: int, hi_u: int, lo_v: int, hi_v: int, d: int) -> tuple[int, int]
     return max(lo_u, lo_v - d), min(hi_u, hi_v - d)
 
 
-class Terms(ABC):
-    """The four kinds of correlation terms of a pair (u, v) at an offset d, ``[C_u, C_v]`` each: the
-    full correlation ``F_d = sum_q x_u[q] x_v[q + d]^T``, the part of it from one row q1 of u, from one
-    column q2, and from one point (q1, q2)."""
+class _Products:
+    """The correlation terms of two inputs ``a``, ``b`` in one :class:`Layout` (``[height, width, n,
+    C]`` each), ``[C_a, C_b]`` by :data:`Key`: at an offset d the full correlation ``F_d = sum_q a[q]
+    b[q + d]^T`` ("f"), the part of it from one row q1 of a ("r"), from one column q2 ("c"), and from
+    one point (q1, q2) ("p"). Cached: the full correlations of all the offsets asked at once from
+    the spectra, the others one product each. The layout is zero outside each input's values, so a
+    row or column term may run over the whole layout."""
 
-    @abstractmethod
-    def full(self, d: Pair) -> Tensor: ...
+    def __init__(self, a: Tensor, b: Tensor, layout: Layout) -> None:
+        self.a, self.b, self.layout = a, b, layout
+        self.cache: dict[Key, Tensor] = {}
 
-    @abstractmethod
-    def row(self, d: Pair, q1: int) -> Tensor: ...
+    def stack(self, keys: Sequence[Key]) -> Tensor:
+        """``[len(keys), C_a, C_b]``."""
+        self._correlate([k[1] for k in keys if k[0] == "f" and k not in self.cache])
+        return torch.stack([self._term(k) for k in keys])
 
-    @abstractmethod
-    def column(self, d: Pair, q2: int) -> Tensor: ...
+    def _correlate(self, ds: list[Pair]) -> None:
+        """The full correlations at the offsets ``ds`` (one pass over the spectra)."""
+        if not ds:
+            return
+        ds = sorted(set(ds))
+        ar, ai = self.layout.spectrum(self.a)
+        same = self.b is self.a
+        br, bi = (ar, ai) if same else self.layout.spectrum(self.b)
+        cos, sin = self.layout.phases(ds, ar.dtype, ar.device)
+        ca, cb = ar.shape[2], br.shape[2]
+        out = ar.new_zeros((len(ds), ca * cb))
+        step = max(1, (1 << 22) // (ca * cb))  # frequencies per product: 16 MiB of float32 at most
+        for lo in range(0, ar.shape[0], step):
+            f = slice(lo, lo + step)
+            real = torch.baddbmm(ar[f].mT @ br[f], ai[f].mT, bi[f])  # Re sum conj(x_u[k]) x_v[k]^T
+            if same:
+                t = ar[f].mT @ ai[f]
+                imag = t - t.mT
+            else:
+                imag = torch.baddbmm(ar[f].mT @ bi[f], ai[f].mT, br[f], alpha=-1)
+            out.addmm_(cos[:, f], real.reshape(real.shape[0], -1))
+            out.addmm_(sin[:, f], imag.reshape(imag.shape[0], -1), alpha=-1)
+        for d, term in zip(ds, out.reshape(len(ds), ca, cb), strict=True):
+            self.cache[("f", d)] = term
 
-    @abstractmethod
-    def point(self, d: Pair, q1: int, q2: int) -> Tensor: ...
-
-
-class _Products(Terms):
-    """The terms of two inputs ``a``, ``b`` in one :class:`Layout` (``[n, rows, cols, C]`` each), one
-    cached product per term. The layout is zero outside each input's values, so a row or column term
-    may run over the whole layout."""
-
-    def __init__(self, a: Tensor, b: Tensor) -> None:
-        self.a, self.b = a, b
-        self.cache: dict[tuple, Tensor] = {}
-
-    def _product(self, key: tuple, x: Tensor, y: Tensor) -> Tensor:
+    def _term(self, key: Key) -> Tensor:
         if key not in self.cache:
+            kind, d = key[0], key[1]
+            a, b = self.a, self.b
+            if kind == "r":  # row q1 of u against row q1 + d1 of v
+                q1 = key[2]
+                lo = max(0, -d[1])
+                hi = max(lo, min(a.shape[1], a.shape[1] - d[1]))
+                x, y = a[q1, lo:hi], b[q1 + d[0], lo + d[1] : hi + d[1]]
+            elif kind == "c":
+                q2 = key[2]
+                lo = max(0, -d[0])
+                hi = max(lo, min(a.shape[0], a.shape[0] - d[0]))
+                x, y = a[lo:hi, q2], b[lo + d[0] : hi + d[0], q2 + d[1]]
+            else:
+                q1, q2 = key[2], key[3]
+                x, y = a[q1, q2], b[q1 + d[0], q2 + d[1]]
             self.cache[key] = x.reshape(-1, x.shape[-1]).T @ y.reshape(-1, y.shape[-1])
         return self.cache[key]
 
-    def full(self, d: Pair) -> Tensor:
-        if ("f", d) not in self.cache:  # a flat shift by d: the padding keeps it from wrapping
-            a, b = self.a.reshape(-1, self.a.shape[3]), self.b.reshape(-1, self.b.shape[3])
-            shift = d[0] * self.a.shape[2] + d[1]
-            lo, hi = max(0, -shift), min(a.shape[0], a.shape[0] - shift)
-            self.cache[("f", d)] = a[lo:hi].T @ b[lo + shift : hi + shift]
-        return self.cache[("f", d)]
-
-    def row(self, d: Pair, q1: int) -> Tensor:
-        lo, hi = max(0, -d[1]), min(self.a.shape[2], self.a.shape[2] - d[1])
-        return self._product(("r", d, q1), self.a[:, q1, lo:hi], self.b[:, q1 + d[0], lo + d[1] : hi + d[1]])
-
-    def column(self, d: Pair, q2: int) -> Tensor:
-        lo, hi = max(0, -d[0]), min(self.a.shape[1], self.a.shape[1] - d[0])
-        return self._product(("c", d, q2), self.a[:, lo:hi, q2], self.b[:, lo + d[0] : hi + d[0], q2 + d[1]])
-
-    def point(self, d: Pair, q1: int, q2: int) -> Tensor:
-        return self._product(("p", d, q1, q2), self.a[:, q1, q2], self.b[:, q1 + d[0], q2 + d[1]])
-
 
 class Correlations:
-    """The correlation terms of several nodes' inputs at once: their channels concatenated in one
-    :class:`Layout` (``x [n, rows, cols, sum C]``, ``channels[v]`` the slice of node v); one product of
-    all the channels per offset d >= (0, 0) (and per border row, column, point) serves every pair, a
-    term at -d being the transposed term at d taken from v's side. Fewer, wider products than one per
-    pair and offset: each reads the inputs once."""
+    """The patch moments of several nodes' inputs at once: their channels concatenated in one
+    :class:`Layout` (``x [height, width, n, sum C]``, ``channels[v]`` the slice of node v); one
+    spectrum of all the channels and one product per frequency serve every pair, and the blocks of
+    every pair of nodes under two geometries come from one signed sum of terms, a term at -d being
+    the transposed term at d (all the channels correlated with themselves). Fewer, wider products
+    than one per pair: each reads the inputs once."""
 
-    def __init__(self, x: Tensor, channels: dict[str, slice]) -> None:
-        self.x, self.channels = x, channels
-        self.products = _Products(x, x)
+    def __init__(self, x: Tensor, channels: dict[str, slice], layout: Layout) -> None:
+        self.x, self.channels, self.layout = x, channels, layout
+        self.products = _Products(x, x, layout)
+        self.blocks: dict[tuple, Tensor] = {}
 
-    def view(self, v: str) -> Tensor:
-        return self.x[..., self.channels[v]]
+    def moment(
+        self,
+        u: str,
+        shape_u: Sequence[int],
+        gu: Geometry,
+        v: str,
+        shape_v: Sequence[int],
+        gv: Geometry,
+        out_grid: Pair,
+    ) -> Tensor:
+        """:func:`patch_moment` of u's patches under ``gu`` and v's under ``gv``."""
+        _check(self.layout, gu, gv)
+        grid_u, grid_v = tuple(shape_u[1:]), tuple(shape_v[1:])
+        key = (gu, grid_u, gv, grid_v, tuple(out_grid))
+        if key not in self.blocks:  # every pair of channels at once
+            assembly = _Assembly.of(*key)
+            flipped = torch.tensor([k[1] < (0, 0) for k in assembly.keys], device=self.x.device)
+            own = [_canonical_key(k) if k[1] < (0, 0) else k for k in assembly.keys]
+            terms = self.products.stack(own)
+            terms = torch.where(flipped.view(-1, 1, 1), terms.mT, terms)
+            self.blocks[key] = _assemble(assembly, terms)
+        return _block_rows(self.blocks[key][:, :, self.channels[u], self.channels[v]])
 
-    def terms(self, u: str, v: str) -> Terms:
-        """The terms of the pair (u, v)."""
-        return _JointTerms(self.products, self.channels[u], self.channels[v])
+
+def _assemble(assembly: _Assembly, terms: Tensor) -> Tensor:
+    """``[area_u, area_v, C_u, C_v]``: the blocks of every pair of taps, from ``terms [len(keys), C_u,
+    C_v]``."""
+    signs = assembly.signs.to(dtype=terms.dtype, device=terms.device)
+    blocks = signs @ terms.reshape(len(assembly.keys), -1)
+    return blocks.reshape(assembly.areas[0], assembly.areas[1], terms.shape[1], terms.shape[2])
 
 
-class _JointTerms(Terms):
-    """A pair's terms read from the products of all the channels: for d below (0, 0) the transposed
-    term of -d, which starts at the row and column of v's side."""
+def _block_rows(blocks: Tensor) -> Tensor:
+    """``[area_u, area_v, C_u, C_v]`` -> ``[C_u area_u, C_v area_v]`` (in the order of
+    :func:`dagrow.features.rows`)."""
+    au, av, cu, cv = blocks.shape
+    return blocks.permute(2, 0, 3, 1).reshape(cu * au, cv * av)
 
-    def __init__(self, products: _Products, u: slice, v: slice) -> None:
-        self.products, self.u, self.v = products, u, v
 
-    def _pick(self, term: Tensor, flipped: bool) -> Tensor:
-        return term[self.v, self.u].T if flipped else term[self.u, self.v]
+def _check(layout: Layout, gu: Geometry, gv: Geometry) -> None:
+    shift = largest_shift(gu, gv)
+    if layout.rows - layout.height < shift[0] or layout.cols - layout.width < shift[1]:
+        raise ValueError(f"{layout} is too small for offsets up to {shift}: the correlations would wrap")
 
-    def full(self, d: Pair) -> Tensor:
-        return self._pick(self.products.full(canonical(d)), d < (0, 0))
 
-    def row(self, d: Pair, q1: int) -> Tensor:
-        flipped = d < (0, 0)
-        return self._pick(self.products.row(canonical(d), q1 + d[0] if flipped else q1), flipped)
-
-    def column(self, d: Pair, q2: int) -> Tensor:
-        flipped = d < (0, 0)
-        return self._pick(self.products.column(canonical(d), q2 + d[1] if flipped else q2), flipped)
-
-    def point(self, d: Pair, q1: int, q2: int) -> Tensor:
-        flipped = d < (0, 0)
-        at = (q1 + d[0], q2 + d[1]) if flipped else (q1, q2)
-        return self._pick(self.products.point(canonical(d), *at), flipped)
+def _canonical_key(key: Key) -> Key:
+    """The key of the same term seen from v's side, at -d (its row, column or point moves by d)."""
+    kind, d, *at = key
+    moved = [q + shift for q, shift in zip(at, d if kind != "c" else d[1:], strict=False)]
+    return (kind, (-d[0], -d[1]), *moved)
 
 
 def shifts(gu: Geometry, gv: Geometry) -> set[Pair]:
@@ -187,22 +299,75 @@ def shifts(gu: Geometry, gv: Geometry) -> set[Pair]:
     return {(b1 - a1, b2 - a2) for a1 in ou[0] for a2 in ou[1] for b1 in ov[0] for b2 in ov[1]}
 
 
-def canonical(d: Pair) -> Pair:
-    """d or -d, whichever is >= (0, 0): the product of :class:`Correlations` that holds F_d."""
-    return d if d >= (0, 0) else (-d[0], -d[1])
+def correlate_jointly(pairs: Sequence[tuple[int, int, bool]], channels: int) -> bool:
+    """Whether :class:`Correlations` of all ``channels`` at once cost at most 1.5 times the products
+    of the pairs' own spectra (``(C_u, C_v, symmetric)`` each: three real products of C_u C_v per
+    frequency for a feature with itself, four for two): the wider products are faster per
+    multiply-add, but compute every pair of nodes."""
+    alone = sum((3 if symmetric else 4) * cu * cv for cu, cv, symmetric in pairs)
+    return bool(pairs) and 3 * channels * channels <= 1.5 * alone
 
 
-def correlate_jointly(pairs: Sequence[tuple[Geometry, int, Geometry, int, bool]], channels: int) -> bool:
-    """Whether :class:`Correlations` of all ``channels`` at once cost at most 1.5 times the
-    multiply-adds of the pairs' own correlations (``(geometry_u, C_u, geometry_v, C_v, symmetric)``
-    each): the wider products are faster per multiply-add, but compute every pair of nodes."""
-    alone, needed = 0, set()
-    for gu, cu, gv, cv, symmetric in pairs:
-        ds = shifts(gu, gv)
-        own = {canonical(d) for d in ds}
-        needed |= own
-        alone += (len(own) if symmetric else len(ds)) * cu * cv
-    return bool(pairs) and len(needed) * channels * channels <= 1.5 * alone
+@dataclass(frozen=True)
+class _Assembly:
+    """How the blocks of one pair of features are made of terms: ``keys`` (the terms), ``signs``
+    ``[blocks_u blocks_v, len(keys)]`` (+1 for the full correlation and corner points, -1 for a row or
+    column outside a tap's window)."""
+
+    keys: tuple[Key, ...]
+    signs: Tensor
+    areas: Pair
+
+    @staticmethod
+    @functools.lru_cache(maxsize=256)
+    def of(gu: Geometry, grid_u: Pair, gv: Geometry, grid_v: Pair, out_grid: Pair) -> _Assembly:
+        (hu, wu), (hv, wv) = grid_u, grid_v
+        ou, ov = offsets(gu), offsets(gv)
+
+        def outside(o: int, size: int, lo: int, hi: int) -> list[int]:
+            """The q in [lo, hi) (where both inputs are real) outside the window [o, o + size)."""
+            return [*range(lo, min(hi, max(lo, o))), *range(max(lo, min(hi, o + size)), hi)]
+
+        index: dict[Key, int] = {}
+        entries: list[tuple[int, int, float]] = []
+        block = 0
+        for a in ((a1, a2) for a1 in ou[0] for a2 in ou[1]):
+            for b in ((b1, b2) for b1 in ov[0] for b2 in ov[1]):
+                d = (b[0] - a[0], b[1] - a[1])
+                rows_out = outside(a[0], out_grid[0], *_span(0, hu, 0, hv, d[0]))
+                cols_out = outside(a[1], out_grid[1], *_span(0, wu, 0, wv, d[1]))
+                signed: list[tuple[Key, float]] = [(("f", d), 1.0)]
+                signed += [(("r", d, q1), -1.0) for q1 in rows_out]
+                signed += [(("c", d, q2), -1.0) for q2 in cols_out]
+                signed += [(("p", d, q1, q2), 1.0) for q1 in rows_out for q2 in cols_out]
+                for key, sign in signed:
+                    entries.append((block, index.setdefault(key, len(index)), sign))
+                block += 1
+        signs = torch.zeros(block, len(index), dtype=torch.float64)
+        for i, k, sign in entries:
+            signs[i, k] += sign
+        return _Assembly(tuple(index), signs, (gu.area, gv.area))
+
+
+def multiply_adds(
+    gu: Geometry, grid_u: Pair, cu: int, gv: Geometry, grid_v: Pair, cv: int, out_grid: Pair, same: bool
+) -> int:
+    """Multiply-adds per sample of :func:`patch_moment` for one pair of features (``same``: one input):
+    the products of its spectra and its border terms; the transforms are :meth:`Layout.transform_cost`."""
+    layout = Layout.of([grid_u, grid_v], largest_shift(gu, gv))
+    keys = set(_Assembly.of(gu, grid_u, gv, grid_v, out_grid).keys)
+    if same:
+        keys = {_canonical_key(k) if k[1] < (0, 0) else k for k in keys}
+    length = {"f": 0, "p": 1}
+    border = 0
+    for kind, d, *_ in keys:
+        if kind == "r":
+            border += max(0, min(layout.width, layout.width - d[1]) - max(0, -d[1]))
+        elif kind == "c":
+            border += max(0, min(layout.height, layout.height - d[0]) - max(0, -d[0]))
+        else:
+            border += length[kind]
+    return ((3 if same else 4) * layout.frequencies + border) * cu * cv
 
 
 def patch_moment(
@@ -213,45 +378,20 @@ def patch_moment(
     shape_v: Sequence[int],
     gv: Geometry,
     out_grid: Pair,
-    symmetric: bool = False,
-    terms: Terms | None = None,
+    layout: Layout,
 ) -> Tensor:
     """``sum_samples sum_p patch_u(p)^T patch_v(p)``, shape ``[C_u kh kw, C_v kh' kw']`` (columns in the
     order of :func:`dagrow.features.rows`).
 
-    ``xu``, ``xv``: the inputs in one :class:`Layout` (``[n, rows, cols, C]``); ``shape_u``/``shape_v``:
-    their real ``(C, H, W)``; ``symmetric``: u and v are the same feature (half the offsets);
-    ``terms``: the pair's correlation terms when already at hand (``Correlations.terms``), else
-    computed here from ``xu`` and ``xv``."""
-    cu, cv = xu.shape[3], xv.shape[3]
-    (hu, wu), (hv, wv) = shape_u[1:], shape_v[1:]
-    ou, ov = offsets(gu), offsets(gv)
-    out = xu.new_empty((cu, gu.area, cv, gv.area))
-    t = _Products(xu, xv) if terms is None else terms
-
-    def outside(o: int, size: int, lo: int, hi: int) -> list[int]:
-        """The q in [lo, hi) (the span where both inputs are real) outside the window [o, o + size)."""
-        return [*range(lo, min(hi, max(lo, o))), *range(max(lo, min(hi, o + size)), hi)]
-
-    for i, a in enumerate((a1, a2) for a1 in ou[0] for a2 in ou[1]):
-        for j, b in enumerate((b1, b2) for b1 in ov[0] for b2 in ov[1]):
-            if symmetric and j < i:
-                continue
-            d = (b[0] - a[0], b[1] - a[1])
-            block = out[:, i, :, j]
-            block.copy_(t.full(d))  # with ``symmetric``, j >= i: d is never below (0, 0)
-            rows_out = outside(a[0], out_grid[0], *_span(0, hu, 0, hv, d[0]))
-            cols_out = outside(a[1], out_grid[1], *_span(0, wu, 0, wv, d[1]))
-            for q1 in rows_out:
-                block -= t.row(d, q1)
-            for q2 in cols_out:
-                block -= t.column(d, q2)
-            for q1 in rows_out:
-                for q2 in cols_out:
-                    block += t.point(d, q1, q2)
-            if symmetric and j > i:
-                out[:, j, :, i] = block.T
-    return out.reshape(cu * gu.area, cv * gv.area)
+    ``xu``, ``xv``: the inputs in ``layout`` (``[height, width, n, C]``; the same tensor for a feature
+    with itself, whose terms at -d are then the transposed terms at d); ``shape_u``/``shape_v``: their
+    real ``(C, H, W)``. Several nodes at once: :class:`Correlations`."""
+    if xu is xv:
+        everything = {"x": slice(None)}
+        return Correlations(xu, everything, layout).moment("x", shape_u, gu, "x", shape_v, gv, out_grid)
+    _check(layout, gu, gv)
+    assembly = _Assembly.of(gu, tuple(shape_u[1:]), gv, tuple(shape_v[1:]), tuple(out_grid))
+    return _block_rows(_assemble(assembly, _Products(xu, xv, layout).stack(assembly.keys)))
 
 
 def patch_gradient(x: Tensor, geometry: Geometry, grad: Tensor) -> Tensor:

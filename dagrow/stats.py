@@ -373,10 +373,7 @@ class Accumulator:
             channels[v] = slice(total_channels, total_channels + post[v].shape[1])
             total_channels += post[v].shape[1]
         jointly = correlate_jointly(
-            [
-                (geometry[s], post[base(s)].shape[1], geometry[p], post[base(p)].shape[1], s == p)
-                for s, p in correlated
-            ],
+            [(post[base(s)].shape[1], post[base(p)].shape[1], base(s) == base(p)) for s, p in correlated],
             total_channels,
         )
         for key in grad_pairs:  # whole-batch gradient blocks known from the weight gradients
@@ -384,30 +381,24 @@ class Accumulator:
                 self._add(self.grad_sums, key, known[key])
         size = torch.empty((), dtype=dtype).element_size()
         width = sum(self.widths[s] for s in unfolded) + sum(g.shape[1] for g in grads.values())
-        padded = sum(post[v].shape[1] for v in nodes) * layout.rows * layout.cols
-        chunk = max(1, self.memory_budget // max((2 * width * grid[0] * grid[1] + padded) * size, 1))
+        spectra = layout.floats(sum(post[v].shape[1] for v in nodes)) if correlated else 0
+        chunk = max(1, self.memory_budget // max((2 * width * grid[0] * grid[1] + spectra) * size, 1))
         device = first_device(post)
         for start in range(0, n, chunk):
             part = slice(start, min(start + chunk, n))
             x = {v: post[v][part].detach().to(dtype) for v in nodes}
             if jointly:  # one correlation per offset for all the nodes' channels at once
-                corr = Correlations(layout.pad(*x.values(), dtype=dtype), channels)
-                padded_x = {v: corr.view(v) for v in nodes}
+                corr = Correlations(layout.stack(*x.values(), dtype=dtype), channels, layout)
             elif correlated:
-                padded_x = {v: layout.pad(x[v], dtype=dtype) for v in nodes}
+                stacked = {v: layout.stack(x[v], dtype=dtype) for v in nodes}
             for s, p in correlated:
                 u, v = base(s), base(p)
-                block = patch_moment(
-                    padded_x[u],
-                    self.sg.shapes[u],
-                    geometry[s],
-                    padded_x[v],
-                    self.sg.shapes[v],
-                    geometry[p],
-                    grid,
-                    symmetric=s == p,
-                    terms=corr.terms(u, v) if jointly else None,
-                )
+                shape_u, shape_v = self.sg.shapes[u], self.sg.shapes[v]
+                if jointly:
+                    block = corr.moment(u, shape_u, geometry[s], v, shape_v, geometry[p], grid)
+                else:
+                    xu, xv = stacked[u], stacked[v]
+                    block = patch_moment(xu, shape_u, geometry[s], xv, shape_v, geometry[p], grid, layout)
                 self._add(self.pair_sums, (s, p), block)
             for s, p in summed:
                 total = x[base(p)].sum(0, keepdim=True)
