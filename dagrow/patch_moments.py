@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 from .features import Geometry, Pair
 
@@ -49,9 +50,9 @@ def fast(geometry: Geometry | None) -> bool:
 
 @dataclass(frozen=True)
 class Layout:
-    """Where the inputs of a group of features sit: ``[height, width, n, C]`` (channels last, each
-    input at the top left, zeros after), transformed at ``rows x cols`` (>= the grid + the largest
-    shift, so that a correlation at any needed offset never wraps)."""
+    """Where the inputs of a group of features sit: ``[n, C, height, width]`` (each input at the top
+    left, zeros after), transformed at ``rows x cols`` (>= the grid + the largest shift, so that a
+    correlation at any needed offset never wraps)."""
 
     height: int
     width: int
@@ -80,27 +81,24 @@ class Layout:
         return channels * (2 * half * self.width * self.height + 4 * self.rows * self.height * half)
 
     def stack(self, *xs: Tensor, dtype: torch.dtype) -> Tensor:
-        """``x [n, C, H, W]`` (each of ``xs``) -> ``[height, width, n, sum C]`` in ``dtype``, the channels
-        of each input after those of the one before."""
-        n, channels = xs[0].shape[0], sum(x.shape[1] for x in xs)
-        if len(xs) == 1 and tuple(xs[0].shape[2:]) == (self.height, self.width):
-            return xs[0].permute(2, 3, 0, 1).to(dtype).contiguous()
-        out = xs[0].new_zeros((self.height, self.width, n, channels), dtype=dtype)
-        start = 0
-        for x in xs:
-            _, c, h, w = x.shape
-            out[:h, :w, :, start : start + c] = x.permute(2, 3, 0, 1)
-            start += c
-        return out
+        """``x [n, C, H, W]`` (each of ``xs``) -> ``[n, sum C, height, width]`` in ``dtype``, the channels
+        of each input after those of the one before (the input itself when it is the only one, of
+        the layout's grid and ``dtype``)."""
+        grid = (self.height, self.width)
+        padded = [
+            x if tuple(x.shape[2:]) == grid else F.pad(x, (0, grid[1] - x.shape[3], 0, grid[0] - x.shape[2]))
+            for x in xs
+        ]
+        return (padded[0] if len(padded) == 1 else torch.cat(padded, 1)).to(dtype).contiguous()
 
     def spectrum(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The real and imaginary parts of the 2-D discrete Fourier transform of ``x [height, width,
-        n, C]`` zero padded to ``rows x cols``, at the frequencies of the real transform: ``[F, n, C]``
-        each (F = ``frequencies``, the row frequency outer)."""
+        """The real and imaginary parts of the 2-D discrete Fourier transform of ``x [n, C, height,
+        width]`` zero padded to ``rows x cols``, at the frequencies of the real transform: ``[F, n,
+        C]`` each (F = ``frequencies``, the row frequency outer)."""
         along_cols, along_rows = _dft(self, x.dtype, x.device)
-        h, w, n, c = x.shape
+        n, c, h, w = x.shape
         half = self.cols // 2 + 1
-        y = along_cols @ x.reshape(h, w, n * c)  # [h, (re, im) x half, n C]
+        y = along_cols @ x.reshape(n * c, h, w).permute(1, 2, 0)  # [h, (re, im) x half, n C]
         z = along_rows @ y.reshape(2 * h, half * n * c)  # [(re, im) x rows, half n C]
         z = z.reshape(2, self.frequencies, n, c)
         return z[0], z[1]
@@ -166,8 +164,8 @@ def _span(lo_u: int, hi_u: int, lo_v: int, hi_v: int, d: int) -> tuple[int, int]
 
 
 class _Products:
-    """The correlation terms of two inputs ``a``, ``b`` in one :class:`Layout` (``[height, width, n,
-    C]`` each), ``[C_a, C_b]`` by :data:`Key`: at an offset d the full correlation ``F_d = sum_q a[q]
+    """The correlation terms of two inputs ``a``, ``b`` in one :class:`Layout` (``[n, C, height,
+    width]`` each), ``[C_a, C_b]`` by :data:`Key`: at an offset d the full correlation ``F_d = sum_q a[q]
     b[q + d]^T`` ("f"), the part of it from one row q1 of a ("r"), from one column q2 ("c"), and from
     one point (q1, q2) ("p"). Cached: the full correlations of all the offsets asked at once from
     the spectra, the others one product each. The layout is zero outside each input's values, so a
@@ -176,6 +174,15 @@ class _Products:
     def __init__(self, a: Tensor, b: Tensor, layout: Layout) -> None:
         self.a, self.b, self.layout = a, b, layout
         self.cache: dict[Key, Tensor] = {}
+        self.lines: dict[tuple, Tensor] = {}
+
+    def _line(self, x: Tensor, which: str, q: int) -> Tensor:
+        """Row (``which`` "r") or column ("c") ``q`` of ``x``, ``[width or height, n, C]`` (cached)."""
+        key = (id(x), which, q)
+        if key not in self.lines:
+            line = x[:, :, q, :] if which == "r" else x[:, :, :, q]
+            self.lines[key] = line.permute(2, 0, 1).contiguous()
+        return self.lines[key]
 
     def stack(self, keys: Sequence[Key]) -> Tensor:
         """``[len(keys), C_a, C_b]``."""
@@ -210,27 +217,27 @@ class _Products:
     def _term(self, key: Key) -> Tensor:
         if key not in self.cache:
             kind, d = key[0], key[1]
-            a, b = self.a, self.b
-            if kind == "r":  # row q1 of u against row q1 + d1 of v
-                q1 = key[2]
+            a, b, line = self.a, self.b, self._line
+            if kind == "r":  # row q1 of a against row q1 + d1 of b
+                q1, size = key[2], self.layout.width
                 lo = max(0, -d[1])
-                hi = max(lo, min(a.shape[1], a.shape[1] - d[1]))
-                x, y = a[q1, lo:hi], b[q1 + d[0], lo + d[1] : hi + d[1]]
+                hi = max(lo, min(size, size - d[1]))
+                x, y = line(a, "r", q1)[lo:hi], line(b, "r", q1 + d[0])[lo + d[1] : hi + d[1]]
             elif kind == "c":
-                q2 = key[2]
+                q2, size = key[2], self.layout.height
                 lo = max(0, -d[0])
-                hi = max(lo, min(a.shape[0], a.shape[0] - d[0]))
-                x, y = a[lo:hi, q2], b[lo + d[0] : hi + d[0], q2 + d[1]]
+                hi = max(lo, min(size, size - d[0]))
+                x, y = line(a, "c", q2)[lo:hi], line(b, "c", q2 + d[1])[lo + d[0] : hi + d[0]]
             else:
                 q1, q2 = key[2], key[3]
-                x, y = a[q1, q2], b[q1 + d[0], q2 + d[1]]
+                x, y = line(a, "r", q1)[q2], line(b, "r", q1 + d[0])[q2 + d[1]]
             self.cache[key] = x.reshape(-1, x.shape[-1]).T @ y.reshape(-1, y.shape[-1])
         return self.cache[key]
 
 
 class Correlations:
     """The patch moments of several nodes' inputs at once: their channels concatenated in one
-    :class:`Layout` (``x [height, width, n, sum C]``, ``channels[v]`` the slice of node v); one
+    :class:`Layout` (``x [n, sum C, height, width]``, ``channels[v]`` the slice of node v); one
     spectrum of all the channels and one product per frequency serve every pair, and the blocks of
     every pair of nodes under two geometries come from one signed sum of terms, a term at -d being
     the transposed term at d (all the channels correlated with themselves). Fewer, wider products
@@ -261,8 +268,9 @@ class Correlations:
             own = [_canonical_key(k) if k[1] < (0, 0) else k for k in assembly.keys]
             terms = self.products.stack(own)
             terms = torch.where(flipped.view(-1, 1, 1), terms.mT, terms)
-            self.blocks[key] = _assemble(assembly, terms)
-        return _block_rows(self.blocks[key][:, :, self.channels[u], self.channels[v]])
+            self.blocks[key] = _assemble(assembly, terms).permute(2, 0, 3, 1).contiguous()
+        blocks = self.blocks[key][self.channels[u], :, self.channels[v]]  # [C_u, area_u, C_v, area_v]
+        return blocks.reshape(blocks.shape[0] * blocks.shape[1], -1)
 
 
 def _assemble(assembly: _Assembly, terms: Tensor) -> Tensor:
@@ -383,7 +391,7 @@ def patch_moment(
     """``sum_samples sum_p patch_u(p)^T patch_v(p)``, shape ``[C_u kh kw, C_v kh' kw']`` (columns in the
     order of :func:`dagrow.features.rows`).
 
-    ``xu``, ``xv``: the inputs in ``layout`` (``[height, width, n, C]``; the same tensor for a feature
+    ``xu``, ``xv``: the inputs in ``layout`` (``[n, C, height, width]``; the same tensor for a feature
     with itself, whose terms at -d are then the transposed terms at d); ``shape_u``/``shape_v``: their
     real ``(C, H, W)``. Several nodes at once: :class:`Correlations`."""
     if xu is xv:
