@@ -200,7 +200,7 @@ class _Products:
         cos, sin = self.layout.phases(ds, ar.dtype, ar.device)
         ca, cb = ar.shape[2], br.shape[2]
         out = ar.new_zeros((len(ds), ca * cb))
-        step = max(1, (1 << 22) // (ca * cb))  # frequencies per product: 16 MiB of float32 at most
+        step = max(1, (1 << 20) // (ca * cb))  # frequencies per product: 4 MiB of float32 at most
         for lo in range(0, ar.shape[0], step):
             f = slice(lo, lo + step)
             real = torch.baddbmm(ar[f].mT @ br[f], ai[f].mT, bi[f])  # Re sum conj(x_u[k]) x_v[k]^T
