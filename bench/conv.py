@@ -101,8 +101,11 @@ def cnn_spec(
 
 def arithmetic_floor(spec, sites) -> tuple[float, float]:
     """Multiply-adds per sample of the statistics (a separate pass: forward, input gradients, one
-    product per block; recorded: the products a training step does not already make) over those of a
-    training step (forward, input and weight gradients of every parametric edge)."""
+    product per block, for a stride-1 patch pair the products of its spectra and its border terms
+    (``dagrow.patch_moments.multiply_adds``) and each input's transform once; recorded: the products a
+    training step does not already make) over those of a training step (forward, input and weight
+    gradients of every parametric edge). Pairs counted one by one (the bench's statistics correlate
+    all the nodes of the grid at once, which costs more multiply-adds in fewer, wider products)."""
     sg = analyze(spec)
     shapes = {v: tuple(s) for v, s in sg.shapes.items()}
 

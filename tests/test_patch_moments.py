@@ -15,6 +15,7 @@ from dagrow.patch_moments import (
     correlate_jointly,
     fast,
     largest_shift,
+    multiply_adds,
     patch_gradient,
     patch_moment,
 )
@@ -131,3 +132,15 @@ def test_float32_moments_keep_float32_accuracy():
     small = Layout.of([(16, 16)], largest_shift(g, g5))  # too small for a 5x5 feature with itself
     with pytest.raises(ValueError, match="wrap"):
         patch_moment(sv, xv.shape[1:], g5, sv, xv.shape[1:], g5, (16, 16), small)
+
+
+def test_multiply_adds_count_the_spectra_and_the_border_terms():
+    g1, g3 = Geometry.same(1), Geometry.same(3)
+    layout = Layout.of([(16, 16)], (0, 0))
+    # a 1x1 feature has one offset and no border: three real products per frequency with itself
+    assert multiply_adds(g1, (16, 16), 4, g1, (16, 16), 4, (16, 16), True) == 3 * layout.frequencies * 16
+    assert multiply_adds(g1, (16, 16), 4, g1, (16, 16), 5, (16, 16), False) == 4 * layout.frequencies * 20
+    # a 3x3 feature with itself: 18 x 10 frequencies, rows 0 and 15 at three column offsets (16, 15
+    # and 14 products each), the same for columns, and four corner points
+    borders = 2 * 2 * (16 + 15 + 14) + 4
+    assert multiply_adds(g3, (16, 16), 2, g3, (16, 16), 2, (16, 16), True) == (3 * 180 + borders) * 4
