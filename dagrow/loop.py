@@ -188,12 +188,13 @@ class Run:
 
     def end(self) -> None:
         """Train the final steps (unless training diverged), evaluate, and say so in the history."""
-        if not self.grower.diverged:
-            self.train(self.config.final_steps or self.config.every)
+        trained = {}
+        if not self.grower.diverged:  # the final steps' mean training loss, as every round's line
+            trained["train_loss"] = self.train(self.config.final_steps or self.config.every)
         test_loss, test_metric = evaluate(self.model, self.task, "test", self.device)
         val = self.validation(self.model)
         name = self.task.metric_name
-        line = {"event": "end", "step": self.step, "params": num_params(self.model.spec), **val}
+        line = {"event": "end", "step": self.step, "params": num_params(self.model.spec), **trained, **val}
         self.emit(
             [{**line, "test_loss": test_loss, f"test_{name}": test_metric, "config": self.config.to_dict()}]
         )

@@ -112,6 +112,7 @@ def test_grow_writes_the_grown_model(data, tmp_path):
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     growths = [h for h in history if h["event"] in ("growth", "rollback")]
     assert len(growths) == 2 and history[-1]["event"] == "end"
+    assert history[-1]["train_loss"] > 0  # the final steps' training loss, plotted with the rounds'
     model = load(out / "model.safetensors")
     assert model.spec == load_spec(out / "spec.yaml")  # the YAML beside the bundle is the grown spec
     assert history[-1]["params"] == sum(p.numel() for p in model.parameters())
