@@ -8,6 +8,8 @@ defaults. Resuming, checkpoints and the history live in :mod:`dagrow.loop` and :
 from __future__ import annotations
 
 import inspect
+import os
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -135,11 +137,17 @@ def _grow_rank(args: GrowArgs, given: dict[str, Any]) -> None:
     try:
         _grow(replace(args, overwrite=args.overwrite and rank == 0, quiet=args.quiet or rank > 0), given)
     except (typer.Exit, KeyboardInterrupt):
+        close()
         raise
     except Exception as exc:
-        fail(str(rank_error(exc, timeout)))
-    finally:
-        close()
+        error_line(str(rank_error(exc, timeout)))
+        # the process group may be broken (a rank died): tearing it down, or leaving it to the
+        # interpreter's exit, can abort the process in gloo's threads ("terminate called without an
+        # active exception", status -6 instead of 1); the checkpoints are already committed
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+    close()
 
 
 def _grow(args: GrowArgs, given: dict[str, Any]) -> None:

@@ -15,11 +15,11 @@ the window), and every block is one signed sum of these terms (one product with 
 The full correlations of every offset come from the inputs' discrete Fourier transforms: zero padded
 to a :class:`Layout` (the grid plus the largest shift, so that no correlation wraps around), the
 correlation is ``F_d = (1/N) sum_k Re(conj(X_u[k])^T X_v[k] e^{2 pi i k.d/N})`` over the frequencies k
-of the real transform. Per sample that is about ``2 rows cols`` products of channel pairs (three real
-products per frequency for a feature with itself) instead of ``rows cols`` per offset (13 offsets for
-a 3x3 feature with itself, 25 for two 3x3 features); the transforms are two small real matrix
-products. When the sites need every pair of a grid's nodes, :class:`Correlations` correlates all
-their channels at once (``F_-d(u, v) = F_d(v, u)^T``).
+of the real transform, about ``rows cols / 2`` frequencies. Per sample and pair of channels that is
+three real multiply-adds per frequency for an input with itself (four for two inputs) instead of
+``rows cols`` per offset (13 offsets for a 3x3 feature with itself, 25 for two 3x3 features); the
+transforms are two small real matrix products. When the sites need every pair of a grid's nodes,
+:class:`Correlations` correlates all their channels at once (``F_-d(u, v) = F_d(v, u)^T``).
 
 The gradient blocks ``sum_samples sum_p patch(p) g_w(p)^T`` of a stride-1 feature are the weight
 gradient of a conv with that geometry (``torch.ops.aten.convolution_backward``).
@@ -175,6 +175,7 @@ class _Products:
         self.a, self.b, self.layout = a, b, layout
         self.cache: dict[Key, Tensor] = {}
         self.lines: dict[tuple, Tensor] = {}
+        self.spectra: list[tuple[Tensor, Tensor]] = []  # of a, then of b (when b is not a)
 
     def _line(self, x: Tensor, which: str, q: int) -> Tensor:
         """Row (``which`` "r") or column ("c") ``q`` of ``x``, ``[width or height, n, C]`` (cached)."""
@@ -194,9 +195,10 @@ class _Products:
         if not ds:
             return
         ds = sorted(set(ds))
-        ar, ai = self.layout.spectrum(self.a)
         same = self.b is self.a
-        br, bi = (ar, ai) if same else self.layout.spectrum(self.b)
+        if not self.spectra:  # kept for offsets asked later (another pair of geometries)
+            self.spectra = [self.layout.spectrum(x) for x in ((self.a,) if same else (self.a, self.b))]
+        (ar, ai), (br, bi) = self.spectra[0], self.spectra[-1]
         cos, sin = self.layout.phases(ds, ar.dtype, ar.device)
         ca, cb = ar.shape[2], br.shape[2]
         out = ar.new_zeros((len(ds), ca * cb))
