@@ -107,6 +107,9 @@ class Layout:
         """``[len(ds), F]`` each: ``w_k cos(theta)/N`` and ``w_k sin(theta)/N`` with ``theta = 2 pi (k1 d1
         / rows + k2 d2 / cols)``; w_k = 2 for a column frequency whose conjugate is not in the real
         transform, else 1."""
+        return _phases(self, tuple(ds), dtype, device)
+
+    def _phases(self, ds: tuple[Pair, ...], dtype: torch.dtype, device) -> tuple[Tensor, Tensor]:
         half = self.cols // 2 + 1
         k1 = torch.arange(self.rows, dtype=torch.float64).view(-1, 1)
         k2 = torch.arange(half, dtype=torch.float64).view(1, -1)
@@ -122,6 +125,11 @@ class Layout:
             (flat * torch.cos(theta)).to(dtype=dtype, device=device),
             (flat * torch.sin(theta)).to(dtype=dtype, device=device),
         )
+
+
+@functools.lru_cache(maxsize=64)
+def _phases(layout: Layout, ds: tuple[Pair, ...], dtype: torch.dtype, device) -> tuple[Tensor, Tensor]:
+    return layout._phases(ds, dtype, device)
 
 
 @functools.lru_cache(maxsize=32)
@@ -171,19 +179,10 @@ class _Products:
     the spectra, the others one product each. The layout is zero outside each input's values, so a
     row or column term may run over the whole layout."""
 
-    def __init__(self, a: Tensor, b: Tensor, layout: Layout) -> None:
+    def __init__(self, a: Tensor, b: Tensor, layout: Layout, chunk: Chunk | None = None) -> None:
         self.a, self.b, self.layout = a, b, layout
+        self.chunk = chunk or Chunk(layout)  # the spectra and lines of the inputs, shared
         self.cache: dict[Key, Tensor] = {}
-        self.lines: dict[tuple, Tensor] = {}
-        self.spectra: list[tuple[Tensor, Tensor]] = []  # of a, then of b (when b is not a)
-
-    def _line(self, x: Tensor, which: str, q: int) -> Tensor:
-        """Row (``which`` "r") or column ("c") ``q`` of ``x``, ``[width or height, n, C]`` (cached)."""
-        key = (id(x), which, q)
-        if key not in self.lines:
-            line = x[:, :, q, :] if which == "r" else x[:, :, :, q]
-            self.lines[key] = line.permute(2, 0, 1).contiguous()
-        return self.lines[key]
 
     def stack(self, keys: Sequence[Key]) -> Tensor:
         """``[len(keys), C_a, C_b]``."""
@@ -196,9 +195,7 @@ class _Products:
             return
         ds = sorted(set(ds))
         same = self.b is self.a
-        if not self.spectra:  # kept for offsets asked later (another pair of geometries)
-            self.spectra = [self.layout.spectrum(x) for x in ((self.a,) if same else (self.a, self.b))]
-        (ar, ai), (br, bi) = self.spectra[0], self.spectra[-1]
+        (ar, ai), (br, bi) = self.chunk.spectrum(self.a), self.chunk.spectrum(self.b)
         cos, sin = self.layout.phases(ds, ar.dtype, ar.device)
         ca, cb = ar.shape[2], br.shape[2]
         out = ar.new_zeros((len(ds), ca * cb))
@@ -219,7 +216,7 @@ class _Products:
     def _term(self, key: Key) -> Tensor:
         if key not in self.cache:
             kind, d = key[0], key[1]
-            a, b, line = self.a, self.b, self._line
+            a, b, line = self.a, self.b, self.chunk.line
             if kind == "r":  # row q1 of a against row q1 + d1 of b
                 q1, size = key[2], self.layout.width
                 lo = max(0, -d[1])
@@ -245,9 +242,11 @@ class Correlations:
     the transposed term at d (all the channels correlated with themselves). Fewer, wider products
     than one per pair: each reads the inputs once."""
 
-    def __init__(self, x: Tensor, channels: dict[str, slice], layout: Layout) -> None:
+    def __init__(
+        self, x: Tensor, channels: dict[str, slice], layout: Layout, chunk: Chunk | None = None
+    ) -> None:
         self.x, self.channels, self.layout = x, channels, layout
-        self.products = _Products(x, x, layout)
+        self.products = (chunk or Chunk(layout)).products(x, x)
         self.blocks: dict[tuple, Tensor] = {}
 
     def moment(
@@ -395,13 +394,66 @@ def patch_moment(
 
     ``xu``, ``xv``: the inputs in ``layout`` (``[n, C, height, width]``; the same tensor for a feature
     with itself, whose terms at -d are then the transposed terms at d); ``shape_u``/``shape_v``: their
-    real ``(C, H, W)``. Several nodes at once: :class:`Correlations`."""
-    if xu is xv:
-        everything = {"x": slice(None)}
-        return Correlations(xu, everything, layout).moment("x", shape_u, gu, "x", shape_v, gv, out_grid)
-    _check(layout, gu, gv)
-    assembly = _Assembly.of(gu, tuple(shape_u[1:]), gv, tuple(shape_v[1:]), tuple(out_grid))
-    return _block_rows(_assemble(assembly, _Products(xu, xv, layout).stack(assembly.keys)))
+    real ``(C, H, W)``. Several pairs of one chunk of samples: :class:`Chunk`; several nodes at once:
+    :class:`Correlations`."""
+    return Chunk(layout).moment(xu, shape_u, gu, xv, shape_v, gv, out_grid)
+
+
+class Chunk:
+    """The patch moments of the inputs of one chunk of samples in one :class:`Layout`
+    (``[n, C, height, width]`` each): each input's spectrum, its rows and columns that border terms
+    read, and the terms of each pair of inputs are computed once for all the pairs of features
+    asked (the inputs are held, so that their ids stay theirs)."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.inputs: dict[int, Tensor] = {}
+        self.spectra: dict[int, tuple[Tensor, Tensor]] = {}
+        self.lines: dict[tuple, Tensor] = {}
+        self.pairs: dict[tuple[int, int], _Products] = {}
+
+    def _hold(self, x: Tensor) -> int:
+        self.inputs[id(x)] = x
+        return id(x)
+
+    def spectrum(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        key = self._hold(x)
+        if key not in self.spectra:
+            self.spectra[key] = self.layout.spectrum(x)
+        return self.spectra[key]
+
+    def line(self, x: Tensor, which: str, q: int) -> Tensor:
+        """Row (``which`` "r") or column ("c") ``q`` of ``x``, ``[width or height, n, C]``."""
+        key = (self._hold(x), which, q)
+        if key not in self.lines:
+            line = x[:, :, q, :] if which == "r" else x[:, :, :, q]
+            self.lines[key] = line.permute(2, 0, 1).contiguous()
+        return self.lines[key]
+
+    def products(self, a: Tensor, b: Tensor) -> _Products:
+        key = (self._hold(a), self._hold(b))
+        if key not in self.pairs:
+            self.pairs[key] = _Products(a, b, self.layout, self)
+        return self.pairs[key]
+
+    def moment(
+        self,
+        xu: Tensor,
+        shape_u: Sequence[int],
+        gu: Geometry,
+        xv: Tensor,
+        shape_v: Sequence[int],
+        gv: Geometry,
+        out_grid: Pair,
+    ) -> Tensor:
+        """:func:`patch_moment`."""
+        if xu is xv:
+            everything = {"x": slice(None)}
+            joint = Correlations(xu, everything, self.layout, self)
+            return joint.moment("x", shape_u, gu, "x", shape_v, gv, out_grid)
+        _check(self.layout, gu, gv)
+        assembly = _Assembly.of(gu, tuple(shape_u[1:]), gv, tuple(shape_v[1:]), tuple(out_grid))
+        return _block_rows(_assemble(assembly, self.products(xu, xv).stack(assembly.keys)))
 
 
 def patch_gradient(x: Tensor, geometry: Geometry, grad: Tensor) -> Tensor:

@@ -42,13 +42,13 @@ from .losses import LOSSES as LOSSES  # re-exported: dagrow.stats.LOSSES
 from .losses import LossFn, loss_function
 from .norms import running_stats_kept
 from .patch_moments import (
+    Chunk,
     Correlations,
     Layout,
     correlate_jointly,
     fast,
     largest_shift,
     patch_gradient,
-    patch_moment,
 )
 from .sites import Site, enumerate_sites, linear_sources
 
@@ -387,9 +387,10 @@ class Accumulator:
         for start in range(0, n, chunk):
             part = slice(start, min(start + chunk, n))
             x = {v: post[v][part].detach().to(dtype) for v in nodes}
-            if jointly:  # one correlation per offset for all the nodes' channels at once
+            if jointly:  # one spectrum and one product per frequency for all the nodes
                 corr = Correlations(layout.stack(*x.values(), dtype=dtype), channels, layout)
             elif correlated:
+                moments = Chunk(layout)  # each input's spectrum and each pair's terms once
                 stacked = {v: layout.stack(x[v], dtype=dtype) for v in nodes}
             for s, p in correlated:
                 u, v = base(s), base(p)
@@ -398,7 +399,7 @@ class Accumulator:
                     block = corr.moment(u, shape_u, geometry[s], v, shape_v, geometry[p], grid)
                 else:
                     xu, xv = stacked[u], stacked[v]
-                    block = patch_moment(xu, shape_u, geometry[s], xv, shape_v, geometry[p], grid, layout)
+                    block = moments.moment(xu, shape_u, geometry[s], xv, shape_v, geometry[p], grid)
                 self._add(self.pair_sums, (s, p), block)
             for s, p in summed:
                 total = x[base(p)].sum(0, keepdim=True)
