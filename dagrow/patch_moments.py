@@ -259,7 +259,7 @@ class Correlations:
         gv: Geometry,
         out_grid: Pair,
     ) -> Tensor:
-        """:func:`patch_moment` of u's patches under ``gu`` and v's under ``gv``."""
+        """:meth:`Chunk.moment` of u's patches under ``gu`` and v's under ``gv``."""
         _check(self.layout, gu, gv)
         grid_u, grid_v = tuple(shape_u[1:]), tuple(shape_v[1:])
         key = (gu, grid_u, gv, grid_v, tuple(out_grid))
@@ -361,7 +361,7 @@ class _Assembly:
 def multiply_adds(
     gu: Geometry, grid_u: Pair, cu: int, gv: Geometry, grid_v: Pair, cv: int, out_grid: Pair, same: bool
 ) -> int:
-    """Multiply-adds per sample of :func:`patch_moment` for one pair of features (``same``: one input):
+    """Multiply-adds per sample of :meth:`Chunk.moment` for one pair of features (``same``: one input):
     the products of its spectra and its border terms; the transforms are :meth:`Layout.transform_cost`."""
     layout = Layout.of([grid_u, grid_v], largest_shift(gu, gv))
     keys = set(_Assembly.of(gu, grid_u, gv, grid_v, out_grid).keys)
@@ -377,26 +377,6 @@ def multiply_adds(
         else:
             border += length[kind]
     return ((3 if same else 4) * layout.frequencies + border) * cu * cv
-
-
-def patch_moment(
-    xu: Tensor,
-    shape_u: Sequence[int],
-    gu: Geometry,
-    xv: Tensor,
-    shape_v: Sequence[int],
-    gv: Geometry,
-    out_grid: Pair,
-    layout: Layout,
-) -> Tensor:
-    """``sum_samples sum_p patch_u(p)^T patch_v(p)``, shape ``[C_u kh kw, C_v kh' kw']`` (columns in the
-    order of :func:`dagrow.features.rows`).
-
-    ``xu``, ``xv``: the inputs in ``layout`` (``[n, C, height, width]``; the same tensor for a feature
-    with itself, whose terms at -d are then the transposed terms at d); ``shape_u``/``shape_v``: their
-    real ``(C, H, W)``. Several pairs of one chunk of samples: :class:`Chunk`; several nodes at once:
-    :class:`Correlations`."""
-    return Chunk(layout).moment(xu, shape_u, gu, xv, shape_v, gv, out_grid)
 
 
 class Chunk:
@@ -446,7 +426,12 @@ class Chunk:
         gv: Geometry,
         out_grid: Pair,
     ) -> Tensor:
-        """:func:`patch_moment`."""
+        """``sum_samples sum_p patch_u(p)^T patch_v(p)``, shape ``[C_u kh kw, C_v kh' kw']`` (columns in
+        the order of :func:`dagrow.features.rows`).
+
+        ``xu``, ``xv``: the inputs in the layout (``[n, C, height, width]``; the same tensor for a
+        feature with itself, whose terms at -d are then the transposed terms at d); ``shape_u``,
+        ``shape_v``: their real ``(C, H, W)``. Several nodes at once: :class:`Correlations`."""
         if xu is xv:
             everything = {"x": slice(None)}
             joint = Correlations(xu, everything, self.layout, self)

@@ -10,6 +10,7 @@ from torch.nn import functional as F
 
 from dagrow.features import SUM, Geometry, apply_transform, rows, transformed_grid
 from dagrow.patch_moments import (
+    Chunk,
     Correlations,
     Layout,
     correlate_jointly,
@@ -17,7 +18,6 @@ from dagrow.patch_moments import (
     largest_shift,
     multiply_adds,
     patch_gradient,
-    patch_moment,
 )
 
 
@@ -49,7 +49,7 @@ def test_moment_of_two_patch_features_is_the_product_of_their_unfolded_rows(gu, 
     layout = Layout.of([(h, w), (hv, wv)], largest_shift(gu, gv))
     pu, pv = layout.stack(xu, dtype=torch.float64), layout.stack(xv, dtype=torch.float64)
     expected = unfolded(xu, gu).T @ unfolded(xv, gv)
-    got = patch_moment(pu, (2, h, w), gu, pv, (3, hv, wv), gv, out, layout)
+    got = Chunk(layout).moment(pu, (2, h, w), gu, pv, (3, hv, wv), gv, out)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
     # the same from the correlations of both inputs' channels at once (one layout, u then v, padded
     # for every pair it serves)
@@ -67,7 +67,7 @@ def test_moment_of_two_patch_features_is_the_product_of_their_unfolded_rows(gu, 
     # a feature with itself (one input: the terms at -d are the transposed terms at d)
     layout = Layout.of([(h, w)], largest_shift(gu, gu))
     xp = layout.stack(xu, dtype=torch.float64)
-    itself = patch_moment(xp, (2, h, w), gu, xp, (2, h, w), gu, out, layout)
+    itself = Chunk(layout).moment(xp, (2, h, w), gu, xp, (2, h, w), gu, out)
     torch.testing.assert_close(itself, unfolded(xu, gu).T @ unfolded(xu, gu), rtol=0, atol=1e-12)
     grad = torch.randn(3, 4, *out, generator=gen, dtype=torch.float64)
     rows = grad.permute(0, 2, 3, 1).reshape(-1, 4)
@@ -123,15 +123,16 @@ def test_float32_moments_keep_float32_accuracy():
     g, g5 = Geometry.same(3), Geometry.same(5)
     layout = Layout.of([(16, 16)], largest_shift(g5, g5))  # the largest shift of the three pairs
     su, sv = layout.stack(xu, dtype=torch.float32), layout.stack(xv, dtype=torch.float32)
+    chunk = Chunk(layout)  # the pairs share the inputs' spectra
     for a, ga, b, gb in ((su, g, su, g), (su, g, sv, g5), (sv, g5, sv, g5)):
         x, y = (xu if a is su else xv), (xu if b is su else xv)
         exact = unfolded(x.double(), ga).T @ unfolded(y.double(), gb)
-        got = patch_moment(a, x.shape[1:], ga, b, y.shape[1:], gb, (16, 16), layout)
+        got = chunk.moment(a, x.shape[1:], ga, b, y.shape[1:], gb, (16, 16))
         assert got.dtype == torch.float32
         assert float((got.double() - exact).abs().max() / exact.abs().max()) < 1e-5
     small = Layout.of([(16, 16)], largest_shift(g, g5))  # too small for a 5x5 feature with itself
     with pytest.raises(ValueError, match="wrap"):
-        patch_moment(sv, xv.shape[1:], g5, sv, xv.shape[1:], g5, (16, 16), small)
+        Chunk(small).moment(sv, xv.shape[1:], g5, sv, xv.shape[1:], g5, (16, 16))
 
 
 def test_multiply_adds_count_the_spectra_and_the_border_terms():
