@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import math
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -179,9 +180,11 @@ class _Products:
     the spectra, the others one product each. The layout is zero outside each input's values, so a
     row or column term may run over the whole layout."""
 
-    def __init__(self, a: Tensor, b: Tensor, layout: Layout, chunk: Chunk | None = None) -> None:
+    def __init__(self, a: Tensor, b: Tensor, layout: Layout, chunk: Chunk) -> None:
         self.a, self.b, self.layout = a, b, layout
-        self.chunk = chunk or Chunk(layout)  # the spectra and lines of the inputs, shared
+        # the spectra and lines of the inputs, shared; a weak reference: the chunk holds this
+        # object, and a cycle would keep the spectra alive until the garbage collector runs
+        self.chunk = weakref.proxy(chunk)
         self.cache: dict[Key, Tensor] = {}
 
     def stack(self, keys: Sequence[Key]) -> Tensor:
@@ -190,11 +193,17 @@ class _Products:
         return torch.stack([self._term(k) for k in keys])
 
     def _correlate(self, ds: list[Pair]) -> None:
-        """The full correlations at the offsets ``ds`` (one pass over the spectra)."""
+        """The full correlations at the offsets ``ds`` and at every other offset that the layout
+        holds (one pass over the spectra: later pairs of geometries need them no more; the offsets
+        cost only their share of the projection)."""
         if not ds:
             return
-        ds = sorted(set(ds))
         same = self.b is self.a
+        window = (self.layout.rows - self.layout.height, self.layout.cols - self.layout.width)
+        every = [
+            (d0, d1) for d0 in range(-window[0], window[0] + 1) for d1 in range(-window[1], window[1] + 1)
+        ]
+        ds = sorted({*ds, *(d for d in every if not same or d >= (0, 0))})
         (ar, ai), (br, bi) = self.chunk.spectrum(self.a), self.chunk.spectrum(self.b)
         cos, sin = self.layout.phases(ds, ar.dtype, ar.device)
         ca, cb = ar.shape[2], br.shape[2]
@@ -246,7 +255,9 @@ class Correlations:
         self, x: Tensor, channels: dict[str, slice], layout: Layout, chunk: Chunk | None = None
     ) -> None:
         self.x, self.channels, self.layout = x, channels, layout
-        self.products = (chunk or Chunk(layout)).products(x, x)
+        self.chunk = chunk or Chunk(layout)
+        self.products = self.chunk.products(x, x)
+        self.own = chunk is None  # then no other pair reads the spectrum after the first moment
         self.blocks: dict[tuple, Tensor] = {}
 
     def moment(
@@ -268,6 +279,8 @@ class Correlations:
             flipped = torch.tensor([k[1] < (0, 0) for k in assembly.keys], device=self.x.device)
             own = [_canonical_key(k) if k[1] < (0, 0) else k for k in assembly.keys]
             terms = self.products.stack(own)
+            if self.own:
+                self.chunk.spectra.clear()
             terms = torch.where(flipped.view(-1, 1, 1), terms.mT, terms)
             self.blocks[key] = _assemble(assembly, terms).permute(2, 0, 3, 1).contiguous()
         blocks = self.blocks[key][self.channels[u], :, self.channels[v]]  # [C_u, area_u, C_v, area_v]

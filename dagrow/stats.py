@@ -401,6 +401,7 @@ class Accumulator:
                     xu, xv = stacked[u], stacked[v]
                     block = moments.moment(xu, shape_u, geometry[s], xv, shape_v, geometry[p], grid)
                 self._add(self.pair_sums, (s, p), block)
+            corr = moments = None  # type: ignore[assignment]  # the spectra go before the gradients
             for s, p in summed:
                 total = x[base(p)].sum(0, keepdim=True)
                 block = patch_gradient(total, geometry[p], total.new_ones((1, 1, *grid)))
