@@ -189,7 +189,16 @@ class _Products:
 
     def stack(self, keys: Sequence[Key]) -> Tensor:
         """``[len(keys), C_a, C_b]``."""
-        self._correlate([k[1] for k in keys if k[0] == "f" and k not in self.cache])
+        missing = [k for k in keys if k not in self.cache]
+        self._correlate([k[1] for k in missing if k[0] == "f"])
+        lines: dict[tuple[int, str], set[int]] = {}  # the rows and columns the border terms read
+        for kind, d, *at in missing:
+            if kind != "f":
+                which, i = ("c", 1) if kind == "c" else ("r", 0)
+                lines.setdefault((0, which), set()).add(at[0])
+                lines.setdefault((1, which), set()).add(at[0] + d[i])
+        for (side, which), qs in lines.items():
+            self.chunk.read_lines(self.b if side else self.a, which, qs)
         return torch.stack([self._term(k) for k in keys])
 
     def _correlate(self, ds: list[Pair]) -> None:
@@ -417,11 +426,19 @@ class Chunk:
 
     def line(self, x: Tensor, which: str, q: int) -> Tensor:
         """Row (``which`` "r") or column ("c") ``q`` of ``x``, ``[width or height, n, C]``."""
-        key = (self._hold(x), which, q)
-        if key not in self.lines:
-            line = x[:, :, q, :] if which == "r" else x[:, :, :, q]
-            self.lines[key] = line.permute(2, 0, 1).contiguous()
-        return self.lines[key]
+        self.read_lines(x, which, [q])
+        return self.lines[(id(x), which, q)]
+
+    def read_lines(self, x: Tensor, which: str, qs) -> None:
+        """Read the rows or columns ``qs`` of ``x`` that are not read yet, in one pass over ``x``."""
+        key = self._hold(x)
+        todo = sorted(q for q in set(qs) if (key, which, q) not in self.lines)
+        if todo:
+            dim = 2 if which == "r" else 3
+            picked = x.index_select(dim, torch.tensor(todo, device=x.device))
+            lines = picked.permute(dim, 5 - dim, 0, 1).contiguous()  # [len(todo), length, n, C]
+            for q, line in zip(todo, lines, strict=True):
+                self.lines[(key, which, q)] = line
 
     def products(self, a: Tensor, b: Tensor) -> _Products:
         key = (self._hold(a), self._hold(b))
