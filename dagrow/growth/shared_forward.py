@@ -227,6 +227,9 @@ def proposal_outputs(
         if fixed:
             linear[w].append(forward.project([s for s, _ in fixed], torch.cat([b for _, b in fixed])))
     slope = {w: torch.stack(ts).sum(0) if len(ts) > 1 else ts[0] for w, ts in linear.items() if ts}
+    # shaped like the pre-activations once (an image node's rows are channels-last: adding them at
+    # every gamma through a permuted view took 2.3 ms against 0.45 ms on a [256, 32, 16, 16] node)
+    slope = {w: _like_value(t, forward.values[forward.pre[w]]).contiguous() for w, t in slope.items()}
 
     z: Tensor | None = None
     fan_out: dict[str, Tensor] = {}
