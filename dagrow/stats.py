@@ -388,7 +388,9 @@ class Accumulator:
         size = torch.empty((), dtype=dtype).element_size()
         width = sum(self.widths[s] for s in unfolded) + sum(grads[w].shape[1] for w in rows_of)
         spectra = layout.floats(sum(post[v].shape[1] for v in nodes)) if correlated else 0
-        chunk = max(1, self.memory_budget // max((2 * width * grid[0] * grid[1] + spectra) * size, 1))
+        targets = sum(g.shape[1] for g in grads.values()) if quick else 0  # concatenated per feature
+        per_sample = (2 * width + targets) * grid[0] * grid[1] + spectra
+        chunk = max(1, self.memory_budget // max(per_sample * size, 1))
         device = first_device(post)
         for start in range(0, n, chunk):
             part = slice(start, min(start + chunk, n))
