@@ -86,11 +86,11 @@ class NaturalConfig(_Model):
             raise ValueError(f"{info.field_name} must be a finite number >= 0, got {v!r}")
         return v
 
-    @field_validator("holdout")
+    @field_validator("holdout", "val_min_delta")
     @classmethod
-    def _fraction(cls, v: float) -> float:
+    def _fraction(cls, v: float, info) -> float:
         if not (math.isfinite(v) and 0 <= v < 1):
-            raise ValueError(f"holdout must be a fraction in [0, 1), got {v!r}")
+            raise ValueError(f"{info.field_name} must be a fraction in [0, 1), got {v!r}")
         return v
 
     @field_validator("depth_cost")
@@ -98,13 +98,6 @@ class NaturalConfig(_Model):
     def _positive(cls, v: float) -> float:
         if not (math.isfinite(v) and v > 0):
             raise ValueError(f"depth_cost must be a positive number, got {v!r}")
-        return v
-
-    @field_validator("val_min_delta")
-    @classmethod
-    def _min_delta(cls, v: float) -> float:
-        if not (math.isfinite(v) and 0 <= v < 1):
-            raise ValueError(f"val_min_delta must be a fraction in [0, 1), got {v!r}")
         return v
 
     @field_validator("candidates", "refine_steps", "cooldown", "val_patience")

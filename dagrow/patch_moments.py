@@ -66,20 +66,23 @@ class Layout:
         return cls(h, w, h + shift[0], w + shift[1])
 
     @property
+    def half(self) -> int:
+        """Column frequencies of the real transform."""
+        return self.cols // 2 + 1
+
+    @property
     def frequencies(self) -> int:
-        """Frequencies of the real transform: ``rows (cols // 2 + 1)``."""
-        return self.rows * (self.cols // 2 + 1)
+        """Frequencies of the real transform: ``rows half``."""
+        return self.rows * self.half
 
     def floats(self, channels: int) -> int:
         """Floats per sample that one chunk holds for ``channels`` channels: the inputs, the
         transform along the columns and the spectrum."""
-        half = self.cols // 2 + 1
-        return channels * (self.height * self.width + 2 * self.height * half + 2 * self.frequencies)
+        return channels * (self.height * self.width + 2 * self.height * self.half + 2 * self.frequencies)
 
     def transform_cost(self, channels: int) -> int:
         """Multiply-adds per sample of :meth:`spectrum` for ``channels`` channels."""
-        half = self.cols // 2 + 1
-        return channels * (2 * half * self.width * self.height + 4 * self.rows * self.height * half)
+        return channels * self.half * (2 * self.width * self.height + 4 * self.rows * self.height)
 
     def stack(self, *xs: Tensor, dtype: torch.dtype) -> Tensor:
         """``x [n, C, H, W]`` (each of ``xs``) -> ``[n, sum C, height, width]`` in ``dtype``, the channels
@@ -98,7 +101,7 @@ class Layout:
         C]`` each (F = ``frequencies``, the row frequency outer)."""
         along_cols, along_rows = _dft(self, x.dtype, x.device)
         n, c, h, w = x.shape
-        half = self.cols // 2 + 1
+        half = self.half
         y = along_cols @ x.reshape(n * c, h, w).permute(1, 2, 0)  # [h, (re, im) x half, n C]
         z = along_rows @ y.reshape(2 * h, half * n * c)  # [(re, im) x rows, half n C]
         z = z.reshape(2, self.frequencies, n, c)
@@ -110,27 +113,23 @@ class Layout:
         transform, else 1."""
         return _phases(self, tuple(ds), dtype, device)
 
-    def _phases(self, ds: tuple[Pair, ...], dtype: torch.dtype, device) -> tuple[Tensor, Tensor]:
-        half = self.cols // 2 + 1
-        k1 = torch.arange(self.rows, dtype=torch.float64).view(-1, 1)
-        k2 = torch.arange(half, dtype=torch.float64).view(1, -1)
-        weight = torch.full((self.rows, half), 2.0, dtype=torch.float64)
-        weight[:, 0] = 1.0
-        if self.cols % 2 == 0:
-            weight[:, -1] = 1.0
-        weight /= self.rows * self.cols
-        theta = torch.stack([2 * math.pi * (k1 * d[0] / self.rows + k2 * d[1] / self.cols) for d in ds])
-        theta = theta.reshape(len(ds), -1)
-        flat = weight.reshape(-1)
-        return (
-            (flat * torch.cos(theta)).to(dtype=dtype, device=device),
-            (flat * torch.sin(theta)).to(dtype=dtype, device=device),
-        )
-
 
 @functools.lru_cache(maxsize=64)
 def _phases(layout: Layout, ds: tuple[Pair, ...], dtype: torch.dtype, device) -> tuple[Tensor, Tensor]:
-    return layout._phases(ds, dtype, device)
+    k1 = torch.arange(layout.rows, dtype=torch.float64).view(-1, 1)
+    k2 = torch.arange(layout.half, dtype=torch.float64).view(1, -1)
+    weight = torch.full((layout.rows, layout.half), 2.0, dtype=torch.float64)
+    weight[:, 0] = 1.0
+    if layout.cols % 2 == 0:
+        weight[:, -1] = 1.0
+    weight /= layout.rows * layout.cols
+    theta = torch.stack([2 * math.pi * (k1 * d[0] / layout.rows + k2 * d[1] / layout.cols) for d in ds])
+    theta = theta.reshape(len(ds), -1)
+    flat = weight.reshape(-1)
+    return (
+        (flat * torch.cos(theta)).to(dtype=dtype, device=device),
+        (flat * torch.sin(theta)).to(dtype=dtype, device=device),
+    )
 
 
 @functools.lru_cache(maxsize=32)
@@ -138,7 +137,7 @@ def _dft(layout: Layout, dtype: torch.dtype, device) -> tuple[Tensor, Tensor]:
     """The two real matrices of :meth:`Layout.spectrum`: along the columns ``[2 half, width]`` (the
     cosines, then minus the sines, of the real transform's frequencies), then along the rows
     ``[2 rows, 2 height]`` (a complex transform of (re, im) pairs, the pair inner in its columns)."""
-    half = layout.cols // 2 + 1
+    half = layout.half
     q2 = torch.arange(layout.width, dtype=torch.float64)
     angle = 2 * math.pi * torch.arange(half, dtype=torch.float64).view(-1, 1) * q2 / layout.cols
     along_cols = torch.cat([torch.cos(angle), -torch.sin(angle)])
@@ -324,12 +323,6 @@ def _canonical_key(key: Key) -> Key:
     return (kind, (-d[0], -d[1]), *moved)
 
 
-def shifts(gu: Geometry, gv: Geometry) -> set[Pair]:
-    """The offsets d = o_v(b) - o_u(a) between the taps of two geometries."""
-    ou, ov = offsets(gu), offsets(gv)
-    return {(b1 - a1, b2 - a2) for a1 in ou[0] for a2 in ou[1] for b1 in ov[0] for b2 in ov[1]}
-
-
 def correlate_jointly(pairs: Sequence[tuple[int, int, bool]], channels: int) -> bool:
     """Whether :class:`Correlations` of all ``channels`` at once cost at most 1.5 times the products
     of the pairs' own spectra (``(C_u, C_v, symmetric)`` each: three real products of C_u C_v per
@@ -389,15 +382,14 @@ def multiply_adds(
     keys = set(_Assembly.of(gu, grid_u, gv, grid_v, out_grid).keys)
     if same:
         keys = {_canonical_key(k) if k[1] < (0, 0) else k for k in keys}
-    length = {"f": 0, "p": 1}
     border = 0
     for kind, d, *_ in keys:
         if kind == "r":
             border += max(0, min(layout.width, layout.width - d[1]) - max(0, -d[1]))
         elif kind == "c":
             border += max(0, min(layout.height, layout.height - d[0]) - max(0, -d[0]))
-        else:
-            border += length[kind]
+        elif kind == "p":
+            border += 1
     return ((3 if same else 4) * layout.frequencies + border) * cu * cv
 
 

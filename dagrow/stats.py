@@ -395,21 +395,8 @@ class Accumulator:
         for start in range(0, n, chunk):
             part = slice(start, min(start + chunk, n))
             x = {v: post[v][part].detach().to(dtype) for v in nodes}
-            if jointly:  # one spectrum and one product per frequency for all the nodes
-                corr = Correlations(layout.stack(*x.values(), dtype=dtype), channels, layout)
-            elif correlated:
-                moments = Chunk(layout)  # each input's spectrum and each pair's terms once
-                stacked = {v: layout.stack(x[v], dtype=dtype) for v in nodes}
-            for s, p in correlated:
-                u, v = base(s), base(p)
-                shape_u, shape_v = self.sg.shapes[u], self.sg.shapes[v]
-                if jointly:
-                    block = corr.moment(u, shape_u, geometry[s], v, shape_v, geometry[p], grid)
-                else:
-                    xu, xv = stacked[u], stacked[v]
-                    block = moments.moment(xu, shape_u, geometry[s], xv, shape_v, geometry[p], grid)
-                self._add(self.pair_sums, (s, p), block)
-            corr = moments = None  # type: ignore[assignment]  # the spectra go before the gradients
+            if correlated:  # its spectra are freed on return, before the gradient blocks
+                self._patch_moments(correlated, x, geometry, layout, channels if jointly else None, grid)
             for s, p in summed:
                 total = x[base(p)].sum(0, keepdim=True)
                 block = patch_gradient(total, geometry[p], total.new_ones((1, 1, *grid)))
@@ -431,6 +418,32 @@ class Accumulator:
             self._accumulate(z, g, n, dtype, {}, flat=False, pairs=slow, grad_pairs=slow_grads, moments=False)
             for w, grad in grads.items():  # the gradient moments from the gradients as they are
                 self._gradient_moments(w, grad[part].to(dtype), g.get(w), n)
+
+    def _patch_moments(
+        self,
+        correlated: list[tuple[str, str]],
+        x: dict[str, Tensor],
+        geometry: dict[str, Geometry],
+        layout: Layout,
+        channels: dict[str, slice] | None,
+        grid: tuple[int, int],
+    ) -> None:
+        """Add the blocks of the stride-1 patch pairs ``correlated`` of one chunk of samples ``x`` (by
+        node): with ``channels``, one spectrum and one product per frequency for all the nodes
+        (:class:`Correlations`), else one :class:`Chunk` for the pairs' own inputs."""
+        dtype = next(iter(x.values())).dtype
+        joint = Correlations(layout.stack(*x.values(), dtype=dtype), channels, layout) if channels else None
+        moments = Chunk(layout)  # each input's spectrum and each pair's terms once
+        stacked = {} if joint else {v: layout.stack(x[v], dtype=dtype) for v in x}
+        for s, p in correlated:
+            u, v = base(s), base(p)
+            shape_u, shape_v = self.sg.shapes[u], self.sg.shapes[v]
+            if joint is not None:
+                block = joint.moment(u, shape_u, geometry[s], v, shape_v, geometry[p], grid)
+            else:
+                xu, xv = stacked[u], stacked[v]
+                block = moments.moment(xu, shape_u, geometry[s], xv, shape_v, geometry[p], grid)
+            self._add(self.pair_sums, (s, p), block)
 
     def _add(self, store: dict, key, value: Tensor) -> None:
         """store[key] += value, summed in ``dtype`` (the first value is copied, never aliased)."""
